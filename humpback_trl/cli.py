@@ -1,0 +1,34 @@
+"""The `humpback` console script: one subcommand per stage, each the same code as `python -m humpback_trl.<stage>`.
+
+Subcommands run in this process; for several processes use `accelerate launch -m humpback_trl.<stage>`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "sft": ("humpback_trl.sft", "train a forward or backward model (QLoRA by default)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: humpback <command> [--config recipe.yaml] [--key value ...]", "", "commands:"]
+    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] not in COMMANDS:
+        sys.exit(f"humpback: unknown command {argv[0]!r}\n\n{usage()}")
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module.run(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Swapped-field collation: one collator trains the forward model p(output | instruction) and the backward model
+p(instruction | output) (Li et al. 2024, section 2.1) from the same raw pair rows.
+
+Each row is rendered with the tokenizer's chat template as a user turn (the prompt) and an assistant turn (the
+completion). Labels cover exactly the tokens the model has to generate: the completion plus the end-of-turn token
+that closes it. The prompt, the system block, the template's trailer after the end-of-turn token and the padding
+are -100.
+
+Truncation rule: when a row exceeds `max_length`, the OUTPUT text is shortened from the right (token by token)
+until the row fits, so the instruction is never cut. In the forward direction the output is the completion, so a
+truncated completion carries no end-of-turn token: the model is not taught to stop mid-answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from humpback_trl.chat_template import Message, encode, render, turn_end
+from humpback_trl.tagging import Tagging
+
+Direction = Literal["forward", "backward"]
+
+DEFAULT_BACKWARD_PROMPT = (
+    "Write the most likely question or instruction that the following text answers. "
+    "Reply with the instruction only.\n\n{output}"
+)
+IGNORE_INDEX = -100
+# Re-rendering a decoded prefix can merge tokens differently; a few rounds always converge in practice.
+MAX_TRUNCATION_ROUNDS = 8
+
+
+@dataclass
+class EncodedPair:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+@dataclass
+class SwappedFieldCollator:
+    """Collate raw `{"instruction", "output", "source"?}` rows into `input_ids`, `attention_mask` and `labels`.
+
+    `direction="backward"` (the default) puts the output in the prompt (inside `backward_prompt`) and trains on
+    the instruction; `direction="forward"` trains on the output, with the paper's source tag appended to the
+    instruction when `tagging` is enabled (never in the backward direction: the backward model must write
+    untagged instructions).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    direction: Direction = "backward"
+    max_length: int | None = 1024
+    system_prompt: str | None = None
+    backward_prompt: str = DEFAULT_BACKWARD_PROMPT
+    tagging: Tagging = field(default_factory=Tagging)
+    pad_to_multiple_of: int | None = None
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("forward", "backward"):
+            raise ValueError(f"direction must be 'forward' or 'backward', got {self.direction!r}")
+        if "{output}" not in self.backward_prompt:
+            raise ValueError("backward_prompt must contain the placeholder {output}")
+        self._turn_end = turn_end(self.tokenizer)
+
+    def prompt_messages(self, row: Mapping[str, Any], output: str) -> list[Message]:
+        """The conversation before the completion; `humpback augment` reuses it for the backward prompt."""
+        if self.direction == "backward":
+            user = self.backward_prompt.format(output=output)
+        else:
+            user = self.tagging.apply(row["instruction"], row.get("source") or "seed")
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": user}]
+
+    def _assistant_chunk(self, messages: list[Message], completion: str) -> str | None:
+        """What the template writes for the assistant turn after the generation prompt, or None if the prompt render
+        is not a prefix of the conversation render."""
+        prompt_text = render(self.tokenizer, messages, add_generation_prompt=True, **self.template_kwargs)
+        full_text = render(
+            self.tokenizer, [*messages, {"role": "assistant", "content": completion}], **self.template_kwargs
+        )
+        if not full_text.startswith(prompt_text) or not full_text.endswith(self._turn_end.suffix):
+            return None
+        return full_text[len(prompt_text) : len(full_text) - len(self._turn_end.suffix)]
+
+    def _tokenize(self, row: Mapping[str, Any], output: str, close_turn: bool) -> tuple[list[int], list[int]]:
+        messages = self.prompt_messages(row, output)
+        completion = output if self.direction == "forward" else row["instruction"]
+        prompt_text = render(self.tokenizer, messages, add_generation_prompt=True, **self.template_kwargs)
+        content = self._assistant_chunk(messages, completion)
+        if content is None and messages[0]["role"] == "system":
+            # Some templates (Mistral v0.3) attach the system prompt only to the LAST message, so it vanishes once
+            # an assistant turn follows. Inference sees it, so train on the prompt as inference renders it and take
+            # the assistant turn's rendering from the conversation without the system block.
+            content = self._assistant_chunk(messages[1:], completion)
+        if content is None:
+            raise ValueError(
+                f"The chat template of {self.tokenizer.name_or_path!r} does not render the generation prompt as a "
+                f"prefix of the conversation, or does not end the assistant turn with {self._turn_end.suffix!r}; "
+                f"cannot locate the completion (row {row.get('source_id', '?')})."
+            )
+        completion_text = content + self._turn_end.close if close_turn else content
+        prompt_ids = encode(self.tokenizer, prompt_text)
+        joint_ids = encode(self.tokenizer, prompt_text + completion_text)
+        # Tokenizing the joint text gives the tokens generation produces after the prompt; only when a merge
+        # crosses the boundary (rare) are the two parts tokenized separately.
+        if joint_ids[: len(prompt_ids)] == prompt_ids:
+            return prompt_ids, joint_ids[len(prompt_ids) :]
+        return prompt_ids, encode(self.tokenizer, completion_text)
+
+    def encode_row(self, row: Mapping[str, Any]) -> EncodedPair:
+        output = row["output"]
+        truncated = False
+        for _ in range(MAX_TRUNCATION_ROUNDS):
+            close_turn = not (truncated and self.direction == "forward")
+            prompt_ids, completion_ids = self._tokenize(row, output, close_turn)
+            excess = len(prompt_ids) + len(completion_ids) - (self.max_length or 0)
+            if self.max_length is None or excess <= 0:
+                labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+                return EncodedPair(prompt_ids + completion_ids, labels, truncated)
+            output_ids = encode(self.tokenizer, output)
+            if excess >= len(output_ids):
+                raise ValueError(
+                    f"Row {row.get('source_id', '?')}: even with the output removed the row needs "
+                    f"{len(prompt_ids) + len(completion_ids) - len(output_ids)} tokens, more than "
+                    f"max_length={self.max_length}; the instruction is never cut, so raise max_length or drop the row."
+                )
+            output = self.tokenizer.decode(output_ids[: len(output_ids) - excess])
+            truncated = True
+        raise RuntimeError(f"Row {row.get('source_id', '?')}: truncation did not converge")
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        encoded = [self.encode_row(row) for row in rows]
+        width = max(len(e.input_ids) for e in encoded)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            n = len(e.input_ids)
+            input_ids[i, :n] = torch.tensor(e.input_ids)
+            labels[i, :n] = torch.tensor(e.labels)
+            attention_mask[i, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,122 @@
+"""Hub naming, model and dataset cards, and pushes.
+
+Every artifact of a run is named from one `hub_prefix` and its stage: adapters `<prefix>-myx`, `<prefix>-m0`,
+`<prefix>-m1`, ... and datasets `<prefix>-<stage>-data`. Cards name the base model, the data and the settings, and
+link the repos that trained or scored each other, so a published adapter can be traced back to its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from datasets import Dataset
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+
+from humpback_trl.tagging import Tagging
+
+PROJECT_TAGS = ["humpback-trl", "instruction-backtranslation", "trl", "sft"]
+
+
+def stage_name(direction: str, iteration: int) -> str:
+    """`myx` for the backward model, `m<k>` for the forward model of iteration k (m0 = seed model)."""
+    return "myx" if direction == "backward" else f"m{iteration}"
+
+
+def model_repo_id(prefix: str, stage: str) -> str:
+    return f"{prefix}-{stage}"
+
+
+def dataset_repo_id(prefix: str, stage: str) -> str:
+    return f"{prefix}-{stage}-data"
+
+
+def _bullets(items: Mapping[str, object]) -> str:
+    return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
+
+
+def model_card(
+    *,
+    base_model: str,
+    stage: str,
+    direction: str,
+    tagging: Tagging,
+    data: Sequence[str],
+    counts: Mapping[str, int],
+    training_dataset: str | None,
+    settings: Mapping[str, object],
+) -> ModelCard:
+    data_yaml = [training_dataset] if training_dataset and "/" in training_dataset else None
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        tags=[*PROJECT_TAGS, f"humpback-{stage}"],
+        datasets=data_yaml,
+    )
+    role = (
+        "backward model M_yx = p(instruction | output): writes an instruction for a web document"
+        if direction == "backward"
+        else f"forward model {stage.upper()} = p(output | instruction)"
+    )
+    tags = (
+        "off (backward models write untagged instructions)"
+        if direction == "backward"
+        else (f"on: {dict(tagging.tags)}" if tagging.enabled else "off")
+    )
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# humpback-trl {stage}
+
+The {role}, trained with humpback-trl (instruction backtranslation, Li et al., ICLR 2024).
+
+- **Base model**: `{base_model}`
+- **Direction**: {direction}
+- **Source tagging**: {tags}
+- **Training data**: {", ".join(f"`{name}`" for name in data)}
+- **Exact training set**: {f"`{training_dataset}`" if training_dataset else "`training_data.jsonl` beside this card"}
+
+## Data counts
+
+{_bullets(counts)}
+
+## Settings
+
+{_bullets(settings)}
+"""
+    return ModelCard(content)
+
+
+def dataset_card(*, title: str, summary: str, counts: Mapping[str, int], links: Mapping[str, str]) -> DatasetCard:
+    card_data = DatasetCardData(tags=PROJECT_TAGS[:2], license="other")
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {title}
+
+{summary}
+
+## Counts
+
+{_bullets(counts)}
+
+## Related repositories
+
+{_bullets(links) if links else "- none"}
+"""
+    return DatasetCard(content)
+
+
+def save_dataset(dataset: Dataset, card: DatasetCard, folder: Path) -> None:
+    """Write a dataset and its card to disk: the offline stand-in for a Hub dataset repo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset.to_json(str(folder / "data.jsonl"), lines=True, force_ascii=False)
+    card.save(str(folder / "README.md"))
+
+
+def push_dataset(dataset: Dataset, card: DatasetCard, repo_id: str, private: bool | None = None) -> str:
+    dataset.push_to_hub(repo_id, private=private)
+    card.push_to_hub(repo_id, repo_type="dataset")
+    return repo_id

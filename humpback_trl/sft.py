@@ -1,0 +1,211 @@
+"""Train the forward or backward model on pair data with TRL's SFTTrainer and the swapped-field collator.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml -m humpback_trl.sft --config recipes/quickstart/backward.yaml
+    humpback sft --config recipes/quickstart/seed.yaml
+
+Parse (our arguments + SFTConfig + ModelConfig, unknown keys fail) -> load pairs -> train (QLoRA by default in the
+recipes, resuming from the last checkpoint in output_dir) -> save the adapter, tokenizer, card and the exact training
+set -> optionally push the adapter and the training set to `<hub_prefix>-<stage>` and `<hub_prefix>-<stage>-data`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets
+from transformers import AutoTokenizer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
+
+from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator
+from humpback_trl.hub import dataset_card, dataset_repo_id, model_card, model_repo_id, push_dataset, stage_name
+from humpback_trl.oasst import load_oasst_seed
+from humpback_trl.pairs import PairColumns, load_pairs
+from humpback_trl.schedule import apply_paper_schedule
+from humpback_trl.tagging import Tagging
+from humpback_trl.tiny import resolve_model
+
+logger = logging.getLogger(__name__)
+
+TRAINING_DATA_FILE = "training_data.jsonl"
+
+
+@dataclass
+class HumpbackSFTArguments:
+    data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Pair data: local jsonl/json/parquet/csv files, save_to_disk folders, Hub dataset ids, or "
+                  "builtin:seed. Concatenated in order."},
+    )
+    data_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
+    default_source: str = field(default="seed", metadata={"help": "Source of rows whose data has no source column."})
+    instruction_column: str = "instruction"
+    output_column: str = "output"
+    source_column: str = "source"
+    id_column: str = "source_id"
+    oasst_seed: str | None = field(
+        default=None,
+        metadata={"help": "oasst1 message export (local file or Hub id, e.g. OpenAssistant/oasst1): its first-turn "
+                  "rank-0 English pairs are added as seed."},
+    )
+    oasst_lang: str = "en"
+    seed_limit: int = field(default=3200, metadata={"help": "Cap on oasst seed pairs (paper: 3,200)."})
+    direction: str = field(default="forward", metadata={"help": "forward: p(output|instruction); backward: p(instruction|output)."})
+    tagging: bool = field(default=True, metadata={"help": "Append the paper's source tags to forward instructions."})
+    system_prompt: str | None = None
+    backward_prompt: str = DEFAULT_BACKWARD_PROMPT
+    paper_schedule: bool = field(
+        default=False,
+        metadata={"help": "Use the paper's lr 1e-5 -> 9e-6 linear, weight decay 0.1, batch 32 (8 under 3,000), steps by size."},
+    )
+    iteration: int = field(default=0, metadata={"help": "Forward iteration k: the model is M_k (M0 = seed model)."})
+    stage: str | None = field(default=None, metadata={"help": "Artifact name; default myx (backward) or m<iteration>."})
+    hub_prefix: str | None = field(
+        default=None, metadata={"help": "Push to <hub_prefix>-<stage> (adapter) and <hub_prefix>-<stage>-data."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("forward", "backward"):
+            raise ValueError(f"direction must be 'forward' or 'backward', got {self.direction!r}")
+        if not self.data and not self.oasst_seed:
+            raise ValueError("No training data: set `data` (pair files or Hub ids) and/or `oasst_seed`.")
+        self.stage = self.stage or stage_name(self.direction, self.iteration)
+
+
+def load_training_pairs(args: HumpbackSFTArguments) -> tuple[Dataset, dict[str, int]]:
+    columns = PairColumns(args.instruction_column, args.output_column, args.source_column, args.id_column)
+    parts, counts = [], {}
+    if args.oasst_seed:
+        seed, report = load_oasst_seed(args.oasst_seed, lang=args.oasst_lang, limit=args.seed_limit)
+        parts.append(seed)
+        counts[f"{args.oasst_seed} (oasst first-turn seed)"] = report.kept
+    for name in args.data:
+        pairs, report = load_pairs(name, columns, args.default_source, split=args.data_split)
+        parts.append(pairs)
+        counts[name] = report.kept
+        if report.rejected:
+            counts[f"{name} rejected (empty instruction or output)"] = report.rejected
+    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if len(dataset) == 0:
+        raise ValueError(f"No usable training pairs in {args.data or args.oasst_seed}")
+    counts["training pairs"] = len(dataset)
+    return dataset, counts
+
+
+def configure(training_args: SFTConfig, script_args: HumpbackSFTArguments, num_examples: int) -> None:
+    # The collator tokenizes raw rows itself, so TRL must neither tokenize the dataset nor drop its columns.
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    training_args.remove_unused_columns = False
+    if script_args.paper_schedule:
+        apply_paper_schedule(training_args, num_examples, training_args.world_size)
+    if script_args.hub_prefix and not training_args.hub_model_id:
+        training_args.hub_model_id = model_repo_id(script_args.hub_prefix, script_args.stage)
+
+
+def build_trainer(
+    script_args: HumpbackSFTArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    callbacks: list[TrainerCallback] | None = None,
+) -> tuple[SFTTrainer, dict[str, int]]:
+    model_path = resolve_model(model_args.model_name_or_path)
+    dataset, counts = load_training_pairs(script_args)
+    configure(training_args, script_args, len(dataset))
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    collator = SwappedFieldCollator(
+        tokenizer,
+        direction=script_args.direction,
+        max_length=training_args.max_length,
+        system_prompt=script_args.system_prompt,
+        backward_prompt=script_args.backward_prompt,
+        tagging=Tagging(enabled=script_args.tagging),
+    )
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+    trainer = SFTTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=callbacks,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    return trainer, counts
+
+
+def save_outputs(trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_args: ModelConfig, counts: dict[str, int]) -> None:
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    trainer.save_model(str(output_dir))
+    if not trainer.accelerator.is_main_process:
+        return
+    dataset = trainer.train_dataset
+    dataset.to_json(str(output_dir / TRAINING_DATA_FILE), lines=True, force_ascii=False)
+    data_repo = dataset_repo_id(script_args.hub_prefix, script_args.stage) if script_args.hub_prefix else None
+    settings = {
+        "learning_rate": args.learning_rate,
+        "lr_scheduler": f"{args.lr_scheduler_type} {args.lr_scheduler_kwargs or ''}".strip(),
+        "weight_decay": args.weight_decay,
+        "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "max_steps": args.max_steps,
+        "max_length": args.max_length,
+        "quantization": "4-bit nf4 (QLoRA)" if model_args.load_in_4bit else ("8-bit" if model_args.load_in_8bit else "none"),
+        "lora": f"r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
+                f"targets={model_args.lora_target_modules}" if model_args.use_peft else "full fine-tuning",
+    }
+    card = model_card(
+        base_model=model_args.model_name_or_path,
+        stage=script_args.stage,
+        direction=script_args.direction,
+        tagging=Tagging(enabled=script_args.tagging),
+        data=script_args.data + ([script_args.oasst_seed] if script_args.oasst_seed else []),
+        counts=counts,
+        training_dataset=data_repo,
+        settings=settings,
+    )
+    card.save(str(output_dir / "README.md"))
+    if args.push_to_hub:
+        trainer.push_to_hub()
+        card.push_to_hub(trainer.hub_model_id)
+        if data_repo:
+            summary = f"The exact training set of `{trainer.hub_model_id}` ({script_args.direction} direction)."
+            links = {"trained model": trainer.hub_model_id}
+            push_dataset(dataset, dataset_card(title=data_repo, summary=summary, counts=counts, links=links), data_repo)
+
+
+def main(script_args: HumpbackSFTArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+    trainer, counts = build_trainer(script_args, training_args, model_args)
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and Path(training_args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint:
+            trainer.accelerator.print(f"Resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    save_outputs(trainer, script_args, model_args, counts)
+    trainer.accelerator.print(f"Saved {script_args.stage} to {training_args.output_dir}")
+    trainer.end()
+    return trainer
+
+
+def make_parser(subparsers=None) -> TrlParser:
+    dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig)
+    if subparsers is not None:
+        return subparsers.add_parser("sft", help="Train a forward or backward model", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types)
+
+
+def run(argv: list[str] | None = None) -> SFTTrainer:
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+    return main(script_args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,53 @@
+"""Shared fixtures: no network, tiny tokenizers and models built in-process, the real tokenizers in ../shared."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from humpback_trl.tiny import build_model, build_tokenizer  # noqa: E402
+
+torch.set_num_threads(2)
+
+SHARED_TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
+REAL_TOKENIZERS = ["qwen2.5-instruct", "llama-3.2-instruct", "mistral-instruct-v0.3", "gemma-2-it", "smollm2-instruct"]
+NO_SHARED = "../shared/tokenizers not found (the real tokenizer test data lives beside the checkout)"
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun.",
+    "Explain how photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "Write a short poem about the sea, the wind and a small boat coming home at night.",
+    "To bake bread, mix flour, water, salt and yeast, knead the dough, let it rise, then bake it.",
+    "Python lists are ordered and mutable; tuples are ordered and immutable; sets hold unique items.",
+    "Score: 1 2 3 4 5. The answer is complete, clear and helpful. Below is an instruction from a user.",
+    "What is the capital of France? Paris is the capital and largest city of France.",
+] * 3
+
+
+def real_tokenizer_path(name: str) -> Path:
+    if not SHARED_TOKENIZERS.is_dir():
+        pytest.skip(NO_SHARED)
+    return SHARED_TOKENIZERS / name
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """The built-in tiny model is built into a per-session cache, never into the user's home."""
+    os.environ["HUMPBACK_CACHE"] = str(tmp_path_factory.mktemp("humpback-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer(TEXTS, vocab_size=400)
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    return build_model(tiny_tokenizer, seed=0)
