@@ -1,0 +1,105 @@
+"""The SFT entry point end to end on CPU: QLoRA on a tiny model, cards and data on disk, recipes parsed strictly."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import TEXTS
+from peft import AutoPeftModelForCausalLM
+
+from humpback_trl import sft
+from humpback_trl.chat_template import encode
+from humpback_trl.schedule import PAPER_LEARNING_RATE, PAPER_MIN_LEARNING_RATE, paper_batch_size, paper_steps
+from humpback_trl.tiny import build_model, build_tokenizer
+
+PAIRS = [
+    {"instruction": f"Question number {i}: what is {i} plus {i}?", "output": f"The answer is {2 * i}. " * 3, "id": f"p{i}"}
+    for i in range(24)
+] + [{"instruction": "   ", "output": "rejected: blank instruction", "id": "blank"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = build_tokenizer(TEXTS + [p["instruction"] + p["output"] for p in PAIRS], vocab_size=400)
+    tokenizer.save_pretrained(path)
+    build_model(tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return path
+
+
+def recipe(tmp_path, tiny_path, data_path, **overrides):
+    config = {
+        "model_name_or_path": str(tiny_path), "dtype": "float32",
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True,
+        "use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["all-linear"],
+        "data": [str(data_path)], "id_column": "id", "direction": "backward",
+        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "max_steps": 12,
+        "per_device_train_batch_size": 8, "learning_rate": 5e-3, "lr_scheduler_type": "constant",
+        "max_length": 256, "gradient_checkpointing": False, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "seed": 0, **overrides,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path):
+    trainer = sft.run(["--config", recipe(tmp_path, tiny_path, data_path)])
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    layer = trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(layer).__name__ == "Linear4bit"
+
+    out = tmp_path / "out"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in out.iterdir()}
+    saved = [json.loads(line) for line in (out / sft.TRAINING_DATA_FILE).read_text().splitlines()]
+    assert len(saved) == 24 and saved[0]["source_id"] == "p0" and "blank" not in {r["source_id"] for r in saved}
+    card = (out / "README.md").read_text()
+    assert f"base_model: {tiny_path}" in card and "**Direction**: backward" in card
+    assert "Source tagging**: off" in card and "rejected (empty instruction or output)**: 1" in card
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    tokenizer = trainer.processing_class
+    ids = torch.tensor([encode(tokenizer, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n")])
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids.shape[1]
+
+
+def test_paper_schedule_ends_at_the_floor(tmp_path, tiny_path, data_path):
+    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, max_steps=5, direction="forward",
+                    paper_schedule=True, per_device_train_batch_size=4)
+    trainer = sft.run(["--config", config])
+    args = trainer.args
+    assert (args.gradient_accumulation_steps, args.weight_decay) == (2, 0.1)  # batch 8 under 3,000 examples
+    lrs = [trainer.lr_scheduler.lr_lambdas[0](step) * PAPER_LEARNING_RATE for step in range(5)]
+    assert lrs == pytest.approx([1e-5, 9.75e-6, 9.5e-6, 9.25e-6, 9e-6], rel=1e-9)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(PAPER_MIN_LEARNING_RATE, rel=1e-9)
+
+
+def test_paper_table():
+    assert [paper_steps(n) for n in (50, 100, 101, 3200, 40000, 10**6)] == [30, 30, 300, 500, 1600, 1600]
+    assert (paper_batch_size(2999), paper_batch_size(3000)) == (8, 32)
+
+
+def test_unknown_recipe_key_fails_with_its_name(tmp_path, tiny_path, data_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(open(recipe(tmp_path, tiny_path, data_path))), "lerning_rate": 1}))
+    with pytest.raises(ValueError, match="lerning_rate"):
+        sft.run(["--config", str(config)])
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_path, data_path):
+    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, save_strategy="steps", save_steps=3, max_steps=3)
+    sft.run(["--config", config])
+    trainer = sft.run(["--config", config, "--max_steps", "6"])
+    steps = [entry["step"] for entry in trainer.state.log_history if "loss" in entry]
+    assert steps == [1, 2, 3, 4, 5, 6] and trainer.state.global_step == 6
+    assert (tmp_path / "out" / "checkpoint-6").is_dir()
