@@ -103,3 +103,25 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_path, data_pat
     steps = [entry["step"] for entry in trainer.state.log_history if "loss" in entry]
     assert steps == [1, 2, 3, 4, 5, 6] and trainer.state.global_step == 6
     assert (tmp_path / "out" / "checkpoint-6").is_dir()
+
+
+def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / "accelerate_configs/cpu.yaml"),
+        "--num_processes", "2", "-m", "humpback_trl.sft", "--config", recipe(tmp_path, tiny_path, data_path),
+        "--output_dir", str(out), "--max_steps", "3",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    # 24 pairs in batches of 8 rows x 2 processes take 2 steps an epoch, so 3 steps end at epoch 1.5;
+    # one process would take 3 steps an epoch and end at epoch 1.
+    assert "'epoch': '1.5'" in result.stdout
+    assert len(list(out.glob("adapter_model.safetensors"))) == 1
