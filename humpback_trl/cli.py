@@ -10,6 +10,9 @@ import sys
 
 COMMANDS = {
     "sft": ("humpback_trl.sft", "train a forward or backward model (QLoRA by default)"),
+    "corpus": ("humpback_trl.corpus", "split unlabeled documents into filtered, deduplicated segments"),
+    "augment": ("humpback_trl.augment", "the backward model writes an instruction for every segment"),
+    "curate": ("humpback_trl.curate", "a forward model scores candidate pairs and selects A4 / A5"),
 }
 
 

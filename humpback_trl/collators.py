@@ -13,8 +13,10 @@ truncated completion carries no end-of-turn token: the model is not taught to st
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -150,3 +152,37 @@ class SwappedFieldCollator:
             labels[i, :n] = torch.tensor(e.labels)
             attention_mask[i, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+PROMPT_SETTINGS_FILE = "humpback_prompts.json"
+
+
+def save_prompt_settings(collator: SwappedFieldCollator, folder: str | Path) -> None:
+    """Store the prompt layout beside a trained adapter, so inference rebuilds exactly the training prompts."""
+    settings = {
+        "direction": collator.direction,
+        "system_prompt": collator.system_prompt,
+        "backward_prompt": collator.backward_prompt,
+        "tagging": collator.tagging.enabled,
+        "tags": collator.tagging.tags,
+        "template_kwargs": collator.template_kwargs,
+    }
+    (Path(folder) / PROMPT_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def load_collator(tokenizer: PreTrainedTokenizerBase, folder: str | Path | None, direction: Direction) -> SwappedFieldCollator:
+    """The collator a model in `folder` was trained with (defaults when the folder holds no settings file)."""
+    path = Path(folder) / PROMPT_SETTINGS_FILE if folder else None
+    if path is None or not path.is_file():
+        return SwappedFieldCollator(tokenizer, direction=direction)
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if settings["direction"] != direction:
+        raise ValueError(f"{folder} holds a {settings['direction']} model, but a {direction} model is needed here")
+    return SwappedFieldCollator(
+        tokenizer,
+        direction=direction,
+        system_prompt=settings["system_prompt"],
+        backward_prompt=settings["backward_prompt"],
+        tagging=Tagging(enabled=settings["tagging"], tags=settings["tags"]),
+        template_kwargs=settings["template_kwargs"],
+    )

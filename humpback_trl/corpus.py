@@ -524,3 +524,24 @@ def write_corpus(dataset: datasets.Dataset, counts: dict[str, int], output_dir: 
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (output / "corpus_counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     return output
+
+
+@dataclass
+class CorpusOutputArguments:
+    output_dir: str = field(default="outputs/corpus", metadata={"help": "Where the segments and counts are written."})
+
+
+def run(argv: list[str] | None = None) -> datasets.Dataset:
+    """`humpback corpus --source DOCS --output_dir DIR`: prepare segments for self-augmentation."""
+    from trl import TrlParser
+
+    config, output = TrlParser((CorpusConfig, CorpusOutputArguments)).parse_args_and_config(argv)
+    dataset, counts = prepare_corpus(config)
+    folder = write_corpus(dataset, counts, output.output_dir)
+    print(json.dumps(counts, indent=2))
+    print(f"{counts['segments_kept']} segments -> {folder}")
+    return dataset
+
+
+if __name__ == "__main__":
+    run()

@@ -31,6 +31,14 @@ def dataset_repo_id(prefix: str, stage: str) -> str:
     return f"{prefix}-{stage}-data"
 
 
+def candidates_repo_id(prefix: str) -> str:
+    return f"{prefix}-candidates"
+
+
+def curated_repo_id(prefix: str, iteration: int) -> str:
+    return f"{prefix}-curated-{iteration}"
+
+
 def _bullets(items: Mapping[str, object]) -> str:
     return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
 

@@ -19,8 +19,18 @@ from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
-from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator
-from humpback_trl.hub import dataset_card, dataset_repo_id, model_card, model_repo_id, push_dataset, stage_name
+from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator, save_prompt_settings
+from humpback_trl.callbacks import SelfCurationCallback
+from humpback_trl.curation import CurationSettings
+from humpback_trl.hub import (
+    curated_repo_id,
+    dataset_card,
+    dataset_repo_id,
+    model_card,
+    model_repo_id,
+    push_dataset,
+    stage_name,
+)
 from humpback_trl.oasst import load_oasst_seed
 from humpback_trl.pairs import PairColumns, load_pairs
 from humpback_trl.schedule import apply_paper_schedule
@@ -65,6 +75,12 @@ class HumpbackSFTArguments:
     hub_prefix: str | None = field(
         default=None, metadata={"help": "Push to <hub_prefix>-<stage> (adapter) and <hub_prefix>-<stage>-data."}
     )
+    curate_candidates: str | None = field(
+        default=None,
+        metadata={"help": "Candidate pool (file, folder or Hub id) that the trained forward model scores when training "
+                  "ends, for the next iteration (SelfCurationCallback)."},
+    )
+    curation_output_dir: str | None = field(default=None, metadata={"help": "Default: <output_dir>/curation."})
 
     def __post_init__(self) -> None:
         if self.direction not in ("forward", "backward"):
@@ -72,6 +88,8 @@ class HumpbackSFTArguments:
         if not self.data and not self.oasst_seed:
             raise ValueError("No training data: set `data` (pair files or Hub ids) and/or `oasst_seed`.")
         self.stage = self.stage or stage_name(self.direction, self.iteration)
+        if self.curate_candidates and self.direction != "forward":
+            raise ValueError("curate_candidates needs a forward model: only M_k scores candidates")
 
 
 def load_training_pairs(args: HumpbackSFTArguments) -> tuple[Dataset, dict[str, int]]:
@@ -147,6 +165,7 @@ def save_outputs(trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_a
     trainer.save_model(str(output_dir))
     if not trainer.accelerator.is_main_process:
         return
+    save_prompt_settings(trainer.data_collator, output_dir)
     dataset = trainer.train_dataset
     dataset.to_json(str(output_dir / TRAINING_DATA_FILE), lines=True, force_ascii=False)
     data_repo = dataset_repo_id(script_args.hub_prefix, script_args.stage) if script_args.hub_prefix else None
@@ -181,8 +200,32 @@ def save_outputs(trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_a
             push_dataset(dataset, dataset_card(title=data_repo, summary=summary, counts=counts, links=links), data_repo)
 
 
-def main(script_args: HumpbackSFTArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
-    trainer, counts = build_trainer(script_args, training_args, model_args)
+def curation_callback(
+    script_args: HumpbackSFTArguments, training_args: SFTConfig, settings: CurationSettings
+) -> SelfCurationCallback | None:
+    if not script_args.curate_candidates:
+        return None
+    candidates, _ = load_pairs(script_args.curate_candidates, default_source="augmented", split=script_args.data_split)
+    iteration = script_args.iteration + 1
+    return SelfCurationCallback(
+        candidates,
+        script_args.curation_output_dir or Path(training_args.output_dir) / "curation",
+        settings,
+        iteration=iteration,
+        scorer=training_args.hub_model_id
+        or (model_repo_id(script_args.hub_prefix, script_args.stage) if script_args.hub_prefix else training_args.output_dir),
+        hub_repo=curated_repo_id(script_args.hub_prefix, iteration) if script_args.hub_prefix else None,
+    )
+
+
+def main(
+    script_args: HumpbackSFTArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    curation: CurationSettings | None = None,
+) -> SFTTrainer:
+    callback = curation_callback(script_args, training_args, curation or CurationSettings())
+    trainer, counts = build_trainer(script_args, training_args, model_args, [callback] if callback else None)
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and Path(training_args.output_dir).is_dir():
         checkpoint = get_last_checkpoint(training_args.output_dir)
@@ -196,15 +239,15 @@ def main(script_args: HumpbackSFTArguments, training_args: SFTConfig, model_args
 
 
 def make_parser(subparsers=None) -> TrlParser:
-    dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig)
+    dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig, CurationSettings)
     if subparsers is not None:
         return subparsers.add_parser("sft", help="Train a forward or backward model", dataclass_types=dataclass_types)
     return TrlParser(dataclass_types)
 
 
 def run(argv: list[str] | None = None) -> SFTTrainer:
-    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
-    return main(script_args, training_args, model_args)
+    script_args, training_args, model_args, curation = make_parser().parse_args_and_config(argv)
+    return main(script_args, training_args, model_args, curation)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,12 @@ def tiny_tokenizer():
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
     return build_model(tiny_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny model folder, as `model_name_or_path` for the entry points."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_tokenizer.save_pretrained(path)
+    build_model(tiny_tokenizer, seed=0).save_pretrained(path)
+    return path

@@ -5,13 +5,11 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TEXTS
 from peft import AutoPeftModelForCausalLM
 
 from humpback_trl import sft
 from humpback_trl.chat_template import encode
 from humpback_trl.schedule import PAPER_LEARNING_RATE, PAPER_MIN_LEARNING_RATE, paper_batch_size, paper_steps
-from humpback_trl.tiny import build_model, build_tokenizer
 
 PAIRS = [
     {"instruction": f"Question number {i}: what is {i} plus {i}?", "output": f"The answer is {2 * i}. " * 3, "id": f"p{i}"}
@@ -20,12 +18,8 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = build_tokenizer(TEXTS + [p["instruction"] + p["output"] for p in PAIRS], vocab_size=400)
-    tokenizer.save_pretrained(path)
-    build_model(tokenizer).save_pretrained(path)
-    return path
+def tiny_path(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

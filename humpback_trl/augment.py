@@ -1,0 +1,143 @@
+"""Self-augmentation (Li et al. 2024, section 2.1): the backward model M_yx writes an instruction for every
+segment of the unlabeled corpus, giving the candidate pool A of (instruction, segment) pairs.
+
+    accelerate launch -m humpback_trl.augment --config recipes/quickstart/augment.yaml
+    humpback augment --config recipes/quickstart/augment.yaml
+
+The prompt is built by the same collator code that trained M_yx, with the prompt settings saved beside the adapter.
+Work is split in resumable shards across accelerate processes; sampling defaults to the paper's T=0.7, top-p=0.9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import set_seed
+from trl import TrlParser
+
+from humpback_trl.chat_template import render
+from humpback_trl.collators import load_collator
+from humpback_trl.generation import SamplingConfig, generate, generate_vllm
+from humpback_trl.hub import candidates_repo_id, dataset_card, push_dataset
+from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
+from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
+from humpback_trl.reports import subset_stats, write_report
+from humpback_trl.shards import run_sharded
+
+ENGINES = ("transformers", "vllm")
+
+
+@dataclass
+class AugmentArguments:
+    corpus: str = field(
+        metadata={"help": "Prepared segments (`humpback corpus` output folder's dataset/, a jsonl/parquet file or a Hub id)."}
+    )
+    text_column: str = "text"
+    id_column: str = "segment_id"
+    corpus_split: str = "train"
+    max_segments: int | None = field(default=None, metadata={"help": "Use only the first N segments."})
+    output_dir: str = "outputs/augment"
+    engine: str = field(default="transformers", metadata={"help": "transformers (batched) or vllm (optional extra)."})
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
+    shard_size: int = 256
+    seed: int = 42
+    hub_prefix: str | None = field(default=None, metadata={"help": "Push the candidates to <hub_prefix>-candidates."})
+    push_to_hub: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+
+
+def load_segments(args: AugmentArguments) -> Dataset:
+    table = load_table(args.corpus, split=args.corpus_split)
+    for column in (args.text_column, args.id_column):
+        if column not in table.column_names:
+            raise KeyError(f"{args.corpus}: no column {column!r}; its columns are {table.column_names}")
+    if args.max_segments is not None:
+        table = table.select(range(min(args.max_segments, len(table))))
+    return table.map(
+        lambda ids, texts: {"source_id": [str(i) for i in ids], "text": texts},
+        input_columns=[args.id_column, args.text_column],
+        batched=True,
+        remove_columns=table.column_names,
+    )
+
+
+def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Dataset:
+    state = PartialState()
+    set_seed(args.seed + state.process_index)
+    segments = load_segments(args)
+    tokenizer = load_tokenizer(model_args)
+    collator = load_collator(tokenizer, adapter_folder(model_args), "backward")
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    model = load_model(model_args)[0] if args.engine == "transformers" else None
+
+    def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        prompts = [render(tokenizer, collator.prompt_messages({}, row["text"]), add_generation_prompt=True) for row in rows]
+        if model is None:
+            instructions = generate_vllm(base_model_name(model_args), model_args.adapter, prompts, sampling)
+        else:
+            instructions = generate(model, tokenizer, prompts, sampling, args.token_budget, show_progress=False)
+        return [
+            make_pair(instruction, row["text"], "augmented", row["source_id"])
+            for row, instruction in zip(rows, instructions, strict=True)
+        ]
+
+    generated = run_sharded(
+        segments,
+        work,
+        Path(args.output_dir),
+        shard_size=args.shard_size,
+        key="source_id",
+        desc="Writing instructions",
+        features=PAIR_FEATURES,
+    )
+    candidates, report = drop_blank(generated, "generated instructions")
+    if state.is_main_process:
+        write_candidates(candidates, args, model_args, {"segments": len(segments), "empty_instruction": report.rejected})
+    state.wait_for_everyone()
+    return candidates
+
+
+def write_candidates(
+    candidates: Dataset, args: AugmentArguments, model_args: InferenceModelArguments, counts: dict[str, int]
+) -> None:
+    output_dir = Path(args.output_dir)
+    candidates.to_json(str(output_dir / "candidates.jsonl"), lines=True, force_ascii=False)
+    writer = model_args.adapter or model_args.model_name_or_path
+    funnel = {**counts, "candidates": len(candidates), "writer": writer, "lengths": subset_stats(candidates)}
+    write_report(funnel, output_dir, "Self-augmentation")
+    card = dataset_card(
+        title=candidates_repo_id(args.hub_prefix) if args.hub_prefix else "humpback candidates",
+        summary=f"Candidate pairs: instructions written by the backward model `{writer}` for segments of "
+        f"`{args.corpus}` (T={args.temperature}, top-p={args.top_p}). Not yet curated.",
+        counts={key: value for key, value in funnel.items() if isinstance(value, int)},
+        links={"backward model": writer, "corpus": args.corpus},
+    )
+    card.save(str(output_dir / "README.md"))
+    if args.push_to_hub and args.hub_prefix:
+        push_dataset(candidates, card, candidates_repo_id(args.hub_prefix))
+
+
+def make_parser(subparsers=None) -> TrlParser:
+    dataclass_types = (AugmentArguments, InferenceModelArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("augment", help="Write instructions for corpus segments", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types)
+
+
+def run(argv: list[str] | None = None) -> Dataset:
+    args, model_args = make_parser().parse_args_and_config(argv)
+    return augment(args, model_args)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,54 @@
+"""SelfCurationCallback: when a forward model finishes training, it scores the next iteration's candidates.
+
+This is how the loop chains: the stage that trains M_{k-1} ends by curating the pool for iteration k with the
+model still in memory, so M_k trains on seed + A5 scored by M_{k-1} (Li et al. 2024, section 2.3). The callback
+needs only the trainer's model, processing class and accelerate state, so any TRL trainer can carry it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from humpback_trl.curation import CurationSettings, curate
+
+
+class SelfCurationCallback(TrainerCallback):
+    """Score `candidates` with the just-trained model at the end of training and write (and optionally push) the
+    scored pool with its A4/A5 subsets under `output_dir` (and `hub_repo`). The model is used in eval mode and its
+    training mode is restored afterwards; `self.summary` holds the funnel counts."""
+
+    def __init__(
+        self,
+        candidates: Dataset,
+        output_dir: str | Path,
+        settings: CurationSettings | None = None,
+        iteration: int = 1,
+        scorer: str = "model",
+        hub_repo: str | None = None,
+    ) -> None:
+        self.candidates = candidates
+        self.output_dir = Path(output_dir)
+        self.settings = settings or CurationSettings()
+        self.iteration = iteration
+        self.scorer = scorer
+        self.hub_repo = hub_repo
+        self.summary: dict[str, Any] | None = None
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model, tokenizer = kwargs["model"], kwargs["processing_class"]
+        _, self.summary = curate(
+            model,
+            tokenizer,
+            self.candidates,
+            self.settings,
+            iteration=self.iteration,
+            scorer=self.scorer,
+            output_dir=self.output_dir,
+            hub_repo=self.hub_repo,
+        )

@@ -1,0 +1,177 @@
+"""The project's one generation engine: batched, token-budgeted decoding of already-rendered chat prompts.
+
+Self-augmentation, generate-mode self-curation, MAGPIE and the augmentation step all call `generate` (or
+`generate_vllm` with the optional vLLM extra). Prompts arrive as text rendered by `chat_template.render`, so they
+already hold BOS: they are encoded without adding special tokens. Decoding stops on the template's end-of-turn
+token and EOS. The default sampling is the paper's nucleus sampling, T=0.7 and top-p=0.9 (Li et al. 2024).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from humpback_trl import chat_template
+
+# The choice callers offer: `generate` (a loaded model) or `generate_vllm` (a model path, optional extra).
+Engine = Literal["transformers", "vllm"]
+ENGINES: tuple[str, ...] = ("transformers", "vllm")
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings; `do_sample=False` is greedy decoding and ignores temperature and top_p."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    do_sample: bool = True
+
+
+def generation_config(sampling: SamplingConfig, stop_ids: Sequence[int], pad_id: int) -> GenerationConfig:
+    # `generate` fills unset fields from the model's own generation_config (e.g. Qwen's top_k=20 and
+    # repetition_penalty=1.05), which would silently change the paper's pure nucleus sampling: set them all. Greedy
+    # gets the values transformers treats as neutral, so inherited sampling fields raise no warning.
+    if sampling.do_sample:
+        knobs: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+    else:
+        knobs = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+    return GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=sampling.do_sample,
+        repetition_penalty=1.0,
+        num_beams=1,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        **knobs,
+    )
+
+
+def budget_batches(lengths: Sequence[int], max_new_tokens: int, token_budget: int) -> Iterator[list[int]]:
+    """Indices of `lengths` grouped longest first, each group holding `budget // (longest + new tokens)` rows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    start = 0
+    while start < len(order):
+        rows = max(1, token_budget // (lengths[order[start]] + max_new_tokens))
+        yield order[start : start + rows]
+        start += rows
+
+
+def left_pad(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Padding by hand leaves the tokenizer's padding_side and pad token untouched, so no caller can ever see them
+    # changed (the SFT collators pad right).
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase, stop_ids: Sequence[int]) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else stop_ids[0]
+
+
+def cut_at_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
+    for position, token_id in enumerate(ids):
+        if token_id in stop_ids:
+            return ids[:position]
+    return ids
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    token_budget: int = 16384,
+    stop_token_ids: list[int] | None = None,
+    show_progress: bool = True,
+    desc: str = "Generating",
+) -> list[str]:
+    """The new text for each rendered prompt, in the input order, special tokens skipped and whitespace stripped.
+
+    Batches are formed over length-sorted prompts so that rows x (longest prompt + max_new_tokens) stays within
+    `token_budget` (at least one row per batch). The model runs in eval mode; its training mode is restored after.
+    """
+    stop_ids = stop_token_ids if stop_token_ids is not None else chat_template.stop_token_ids(tokenizer)
+    pad_id = pad_token_id(tokenizer, stop_ids)
+    config = generation_config(sampling, stop_ids, pad_id)
+    encoded = [chat_template.encode(tokenizer, prompt) for prompt in prompts]
+    stops = set(stop_ids)
+    device = model.device
+    results: list[str] = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show_progress)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in budget_batches([len(ids) for ids in encoded], sampling.max_new_tokens, token_budget):
+                input_ids, attention_mask = left_pad([encoded[i] for i in batch], pad_id)
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                )
+                new_tokens = output[:, input_ids.shape[1] :].tolist()
+                for index, ids in zip(batch, new_tokens, strict=True):
+                    text = tokenizer.decode(cut_at_stop(ids, stops), skip_special_tokens=True)
+                    results[index] = text.strip()
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
+
+
+def lora_rank(adapter_path: str) -> int:
+    return int(json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
+
+
+def generate_vllm(
+    model_name_or_path: str,
+    adapter_path: str | None,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    stop_token_ids: list[int] | None = None,
+    show_progress: bool = True,
+    **llm_kwargs: Any,
+) -> list[str]:
+    """`generate` on vLLM: same prompts, same stop rule, same output contract; `adapter_path` serves a LoRA."""
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+    except ImportError as error:
+        raise ImportError(
+            "engine='vllm' needs the optional vLLM extra: pip install humpback-trl[vllm] (GPU only)"
+        ) from error
+    if adapter_path is not None:
+        # vLLM rejects adapters whose rank exceeds max_lora_rank (16 by default).
+        llm_kwargs = {"enable_lora": True, "max_lora_rank": max(16, lora_rank(adapter_path)), **llm_kwargs}
+    llm = LLM(model=model_name_or_path, **llm_kwargs)
+    # The project's own tokenizer, not vLLM's (which may be mistral_common's): prompts and stop ids stay identical
+    # to the transformers engine.
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    stop_ids = stop_token_ids if stop_token_ids is not None else chat_template.stop_token_ids(tokenizer)
+    params = SamplingParams(
+        temperature=sampling.temperature if sampling.do_sample else 0.0,
+        top_p=sampling.top_p if sampling.do_sample else 1.0,
+        max_tokens=sampling.max_new_tokens,
+        stop_token_ids=list(stop_ids),
+        skip_special_tokens=True,
+    )
+    # Token ids, not text: vLLM would add BOS on top of the one the chat template already rendered.
+    inputs = [{"prompt_token_ids": chat_template.encode(tokenizer, prompt)} for prompt in prompts]
+    lora = LoRARequest("adapter", 1, adapter_path) if adapter_path is not None else None
+    outputs = llm.generate(inputs, params, lora_request=lora, use_tqdm=show_progress)
+    return [output.outputs[0].text.strip() for output in outputs]

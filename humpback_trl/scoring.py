@@ -1,0 +1,354 @@
+"""Self-curation: the forward model rates each candidate (instruction, output) pair 1-5 (Li et al. 2024, 2.3).
+
+The prompt is the paper's rubric (Table 1 / Table 19) as the user turn, with the generated instruction and the
+output appended. Two modes:
+
+- "generate" (the paper's): the model writes a brief reasoning and "Score: <rating>"; `parse_score` reads it.
+  Peer reproductions lost 45-67% of pairs to unparseable or out-of-range scores here (REFERENCE.md, section 2).
+- "logits": one forward pass per pair on the prompt followed by the cue "Score:", skipping the reasoning; the score
+  is the expectation of the rating under the model's next-token distribution over the digits 1-5. It always yields
+  a score, and ranks pairs instead of tying them on five values. The rubric is the same for every pair, so its KV
+  cache is computed once and shared by every batch.
+
+A5 keeps score >= 4.5 (the paper's definition; 5 in generate mode where scores are integers) and A4 keeps >= 4.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+
+from humpback_trl.chat_template import Message, encode, render
+from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.tagging import INFERENCE_SOURCES, Tagging
+
+Mode = Literal["logits", "generate"]
+MODES: tuple[str, ...] = ("logits", "generate")
+
+RUBRIC = (
+    "Below is an instruction from an user and a candidate answer. Evaluate whether or not the answer is a good "
+    "example of how AI Assistant should respond to the user's instruction. Please assign a score using the following "
+    "5-point scale:\n"
+    "1: It means the answer is incomplete, vague, off-topic, controversial, or not exactly what the user asked for. "
+    "For example, some content seems missing, numbered list does not start from the beginning, the opening sentence "
+    "repeats user's question. Or the response is from another person's perspective with their personal experience "
+    "(e.g. taken from blog posts), or looks like an answer from a forum. Or it contains promotional text, navigation "
+    "text, or other irrelevant information.\n"
+    "2: It means the answer addresses most of the asks from the user. It does not directly address the user's "
+    "question. For example, it only provides a high-level methodology instead of the exact solution to user's "
+    "question.\n"
+    "3: It means the answer is helpful but not written by an AI Assistant. It addresses all the basic asks from the "
+    "user. It is complete and self contained with the drawback that the response is not written from an AI "
+    "assistant's perspective, but from other people's perspective. The content looks like an excerpt from a blog "
+    "post, web page, or web search results. For example, it contains personal experience or opinion, mentions "
+    "comments section, or share on social media, etc.\n"
+    "4: It means the answer is written from an AI assistant's perspective with a clear focus of addressing the "
+    "instruction. It provide a complete, clear, and comprehensive response to user's question or instruction without "
+    "missing or irrelevant information. It is well organized, self-contained, and written in a helpful tone. It has "
+    "minor room for improvement, e.g. more concise and focused.\n"
+    "5: It means it is a perfect answer from an AI Assistant. It has a clear focus on being a helpful AI Assistant, "
+    "where the response looks like intentionally written to address the user's question or instruction without any "
+    "irrelevant sentences. The answer provides high quality content, demonstrating expert knowledge in the area, is "
+    "very well written, logical, easy-to-follow, engaging and insightful.\n"
+    "\n"
+    'Please first provide a brief reasoning you used to derive the rating score, and then write "Score: <rating>" '
+    "in the last line."
+)
+
+SCORE_CUE = "Score:"
+DIGITS = ("1", "2", "3", "4", "5")
+DEFAULT_THRESHOLDS: dict[str, float] = {"logits": 4.5, "generate": 5}
+A4_THRESHOLD = 4.0
+GENERATE_SAMPLING = SamplingConfig(do_sample=False, max_new_tokens=256)
+# Instruction openings that differ in their first character's class (letter, digit, punctuation, space, newline).
+_PREFIX_PROBES = ("Write", "how", "2", '"', " x", "\nx")
+
+_SCORE_LABEL = re.compile(r"\bscore[ \t]*:", re.IGNORECASE)
+# One digit 1-5, optionally in markdown emphasis and optionally written "/5"; a digit, or "." "," "/" followed by a
+# digit, right after it means another number ("10", "4.5", "4/10"), which is rejected rather than truncated.
+_SCORE_VALUE = re.compile(r"[ \t]*(\*{1,2}|_{1,2})?[ \t]*([1-5])(?:/5)?(?![.,/]?\d)")
+
+
+def curation_prompt(instruction: str, output: str) -> str:
+    """The rubric, a blank line, then the instruction and the output on the next line (paper Table 19)."""
+    return f"{RUBRIC}\n\n{instruction}\n{output}"
+
+
+def curation_messages(instruction: str, output: str, tagging: Tagging | None = None) -> list[Message]:
+    """The single user turn that asks for a rating; `tagging` appends the inference tags, as in `humpback chat`."""
+    prompt = curation_prompt(instruction, output)
+    if tagging is not None:
+        prompt = tagging.apply(prompt, INFERENCE_SOURCES)
+    return [{"role": "user", "content": prompt}]
+
+
+def parse_score(text: str) -> int | None:
+    """The rating a generated curation reply states, or None.
+
+    Rule: take the LAST occurrence of "score" + optional spaces + ":" (case-insensitive, "score" as a word, so
+    "Score:", "score :", "Final score:" count but "a score of 5" does not). After it, on the same line, there must be
+    a single digit 1-5, optionally wrapped in markdown emphasis ("**4**", "*4*") and optionally written as "4/5".
+    The value must stand alone: "10", "91", "0", "4.5", "4,5", "4/10" all give None, as does a last "Score:" with
+    no valid value even when an earlier one had one. Anything may follow the value ("Score: 4\\nThanks", "4.").
+    """
+    labels = list(_SCORE_LABEL.finditer(text))
+    if not labels:
+        return None
+    value = _SCORE_VALUE.match(text, labels[-1].end())
+    return int(value.group(2)) if value else None
+
+
+@dataclass
+class ScoreResult:
+    """`score` in [1, 5] (None when generate mode found no parseable score); `argmax` the most likely (logits) or
+    stated (generate) rating; `mass` the probability the model put on the five digit tokens (logits mode only);
+    `reasoning` the generated reply (generate mode only)."""
+
+    score: float | None
+    argmax: int | None
+    mass: float | None
+    reasoning: str | None
+
+    def as_fields(self) -> dict[str, float | int | str | None]:
+        """The curation columns of the pair schema (`pairs.PAIR_FEATURES`) this result fills."""
+        return {"score": self.score, "score_argmax": self.argmax, "score_mass": self.mass, "reasoning": self.reasoning}
+
+
+@dataclass(frozen=True)
+class ScoreCue:
+    """What follows the generation prompt in logits mode (`text`) and the token ids of "1".."5" right after it."""
+
+    text: str
+    digit_ids: tuple[int, ...]
+
+
+def _next_digit_ids(
+    tokenizer: PreTrainedTokenizerBase, context: str, cue: str, gap: str
+) -> tuple[tuple[int, ...] | None, str]:
+    prompt = context + cue
+    base = encode(tokenizer, prompt)
+    found = []
+    for digit in DIGITS:
+        ids = encode(tokenizer, prompt + gap + digit)
+        if ids[: len(base)] != base or len(ids) != len(base) + 1:
+            tokens = tokenizer.convert_ids_to_tokens(ids[len(base) - 1 :])
+            return None, f"{cue + gap + digit!r} ends in tokens {tokens}"
+        found.append(ids[-1])
+    if len(set(found)) != len(DIGITS):
+        return None, f"the digits share token ids {found}"
+    return tuple(found), ""
+
+
+def score_cue(tokenizer: PreTrainedTokenizerBase) -> ScoreCue:
+    """Find the digit tokens by encoding a real curation prompt + cue + digit and reading the one token added.
+
+    "Score:" followed by a " 4" token is preferred: where the tokenizer has space-digit tokens, that is how the model
+    writes a score, and a prompt ending in a lone space token would be text it never produced. Tokenizers that split
+    the space from the digit (Qwen2.5, Llama-3, SentencePiece) get the cue "Score: " and bare digit tokens.
+    """
+    context = render(tokenizer, curation_messages("Hi", "Hello"), add_generation_prompt=True)
+    problems = []
+    for cue, gap in ((SCORE_CUE, " "), (SCORE_CUE + " ", "")):
+        digit_ids, problem = _next_digit_ids(tokenizer, context, cue, gap)
+        if digit_ids is not None:
+            return ScoreCue(cue, digit_ids)
+        problems.append(problem)
+    raise ValueError(
+        f"Logits scoring needs each digit 1-5 to be one token after {SCORE_CUE!r} (with or without a space), but "
+        f"for {tokenizer.name_or_path!r}: {'; '.join(problems)}. Use mode='generate' with this tokenizer."
+    )
+
+
+def logits_prompt(
+    tokenizer: PreTrainedTokenizerBase, instruction: str, output: str, cue: ScoreCue, tagging: Tagging | None = None
+) -> str:
+    """The generation prompt with the assistant turn opened by the score cue, so the next token is the rating."""
+    return render(tokenizer, curation_messages(instruction, output, tagging), add_generation_prompt=True) + cue.text
+
+
+def rubric_prefix_ids(tokenizer: PreTrainedTokenizerBase, tagging: Tagging | None = None) -> list[int]:
+    """The tokens every curation prompt starts with (system block, user header, rubric).
+
+    Taken as the longest common token prefix of prompts whose instructions start differently, not by encoding the
+    text before the instruction: the last tokens of that text can merge with what follows (GPT-2-style tokenizers
+    split "\\n\\n" before a letter into two tokens, Qwen's merges ".\\n\\n\\n"). Every pair is still checked
+    against it (`split_at_prefix`).
+    """
+    encodings = [
+        encode(tokenizer, render(tokenizer, curation_messages(probe, "x", tagging), add_generation_prompt=True))
+        for probe in _PREFIX_PROBES
+    ]
+    length = 0
+    while all(len(ids) > length and ids[length] == encodings[0][length] for ids in encodings):
+        length += 1
+    return encodings[0][:length]
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    # Right padding is never attended to by a real token, so any id works when the tokenizer defines none.
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def last_logits(
+    model: PreTrainedModel,
+    rows: Sequence[list[int]],
+    pad_id: int,
+    prefix: tuple[list[int], Cache] | None = None,
+) -> torch.Tensor:
+    """Next-token logits after each row's last token, [rows, vocab].
+
+    Rows are right-padded. With `prefix` = (prefix ids, their KV cache), the rows are suffixes of that prefix: a
+    fresh copy of the cache is expanded to the batch (forward appends to it), positions continue after the prefix and
+    the attention mask covers prefix + suffix.
+    """
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    last = torch.tensor([len(ids) - 1 for ids in rows], dtype=torch.long)
+    offset, cache = 0, None
+    if prefix is not None:
+        prefix_ids, prefix_kv = prefix
+        offset = len(prefix_ids)
+        cache = copy.deepcopy(prefix_kv)
+        cache.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones((len(rows), offset), dtype=torch.long), mask], dim=1)
+    positions = torch.arange(offset, offset + width, dtype=torch.long).expand(len(rows), -1)
+    device = model.device
+    output = model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        logits_to_keep=last[:, None].to(device),
+    )
+    return output.logits[:, 0, :].float()
+
+
+def result_from_logits(logits: torch.Tensor, digit_ids: torch.Tensor) -> list[ScoreResult]:
+    """Expected rating under the next-token distribution renormalised over the five digits, per row."""
+    digit_logits = logits[:, digit_ids]
+    weights = torch.softmax(digit_logits, dim=-1)
+    scores = weights @ torch.arange(1, len(DIGITS) + 1, dtype=weights.dtype, device=weights.device)
+    # exp(logsumexp over digits - logsumexp over vocab): the unrenormalised mass, without underflow to 0/0.
+    mass = torch.exp(torch.logsumexp(digit_logits, dim=-1) - torch.logsumexp(logits, dim=-1))
+    argmax = weights.argmax(dim=-1) + 1
+    return [
+        ScoreResult(score=float(s), argmax=int(a), mass=float(m), reasoning=None)
+        for s, a, m in zip(scores.tolist(), argmax.tolist(), mass.tolist(), strict=True)
+    ]
+
+
+def _batches(indices: list[int], rows: Sequence[list[int] | None], batch_size: int) -> list[list[int]]:
+    # Similar lengths share a batch, so little of the forward is spent on padding.
+    ordered = sorted(indices, key=lambda i: len(rows[i]), reverse=True)
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
+def split_at_prefix(prefix_ids: list[int], encoded: Sequence[list[int]]) -> list[list[int] | None]:
+    """Each prompt's tokens after the shared prefix, or None where the joint tokenization merges across the
+    boundary (the prefix tokens are not an exact prefix) and the pair must be run without the cache."""
+    n = len(prefix_ids)
+    return [ids[n:] if ids[:n] == prefix_ids and len(ids) > n else None for ids in encoded]
+
+
+def score_logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 8,
+    prefix_cache: bool = True,
+    show_progress: bool = True,
+    tagging: Tagging | None = None,
+) -> list[ScoreResult]:
+    """Score (instruction, output) pairs from one forward pass each; results in the input order."""
+    cue = score_cue(tokenizer)
+    digit_ids = torch.tensor(cue.digit_ids, dtype=torch.long, device=model.device)
+    encoded = [encode(tokenizer, logits_prompt(tokenizer, i, o, cue, tagging)) for i, o in pairs]
+    pad_id = _pad_id(tokenizer)
+    results: list[ScoreResult | None] = [None] * len(encoded)
+    bar = tqdm(total=len(encoded), desc="Scoring (logits)", unit="pair", disable=not show_progress)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            suffixes: list[list[int] | None] = [None] * len(encoded)
+            prefix = None
+            prefix_ids = rubric_prefix_ids(tokenizer, tagging) if prefix_cache and encoded else []
+            if prefix_ids:
+                suffixes = split_at_prefix(prefix_ids, encoded)
+                if any(s is not None for s in suffixes):
+                    # use_cache explicitly: training with gradient checkpointing leaves config.use_cache False.
+                    kv = model(
+                        input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1
+                    )
+                    prefix = (prefix_ids, kv.past_key_values)
+            cached = [i for i, s in enumerate(suffixes) if s is not None]
+            plain = [i for i, s in enumerate(suffixes) if s is None]
+            for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
+                for batch in _batches(indices, rows, batch_size):
+                    logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
+                    for index, result in zip(batch, result_from_logits(logits, digit_ids), strict=True):
+                        results[index] = result
+                    bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
+
+
+def score_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    sampling: SamplingConfig = GENERATE_SAMPLING,
+    token_budget: int = 16384,
+    show_progress: bool = True,
+    tagging: Tagging | None = None,
+) -> list[ScoreResult]:
+    """The paper's curation: generate a reasoning and "Score: <rating>", then `parse_score` it."""
+    prompts = [render(tokenizer, curation_messages(i, o, tagging), add_generation_prompt=True) for i, o in pairs]
+    replies = generate(
+        model,
+        tokenizer,
+        prompts,
+        sampling,
+        token_budget=token_budget,
+        show_progress=show_progress,
+        desc="Scoring (generate)",
+    )
+    scores = [parse_score(reply) for reply in replies]
+    return [
+        ScoreResult(score=None if score is None else float(score), argmax=score, mass=None, reasoning=reply)
+        for score, reply in zip(scores, replies, strict=True)
+    ]
+
+
+def score_pairs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    mode: Mode = "logits",
+    batch_size: int = 8,
+    prefix_cache: bool = True,
+    sampling: SamplingConfig = GENERATE_SAMPLING,
+    token_budget: int = 16384,
+    show_progress: bool = True,
+    tagging: Tagging | None = None,
+) -> list[ScoreResult]:
+    """Dispatch on `mode`: `batch_size` and `prefix_cache` apply to logits mode, `sampling` and `token_budget` to
+    generate mode."""
+    if mode == "logits":
+        return score_logits(model, tokenizer, pairs, batch_size, prefix_cache, show_progress, tagging)
+    if mode == "generate":
+        return score_generate(model, tokenizer, pairs, sampling, token_budget, show_progress, tagging)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
