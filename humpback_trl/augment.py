@@ -10,6 +10,7 @@ Work is split in resumable shards across accelerate processes; sampling defaults
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,6 @@ def load_segments(args: AugmentArguments) -> Dataset:
 
 def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Dataset:
     state = PartialState()
-    set_seed(args.seed + state.process_index)
     segments = load_segments(args)
     tokenizer = load_tokenizer(model_args)
     collator = load_collator(tokenizer, adapter_folder(model_args), "backward")
@@ -81,6 +81,9 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
     model = load_model(model_args)[0] if args.engine == "transformers" else None
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Seeding by the shard's first key makes a shard's instructions the same whichever process writes it and
+        # whether or not the run was interrupted, so a resumed run ends with the data of an uninterrupted one.
+        set_seed(args.seed + zlib.crc32(rows[0]["source_id"].encode()))
         prompts = [render(tokenizer, collator.prompt_messages({}, row["text"]), add_generation_prompt=True) for row in rows]
         if model is None:
             instructions = generate_vllm(base_model_name(model_args), model_args.adapter, prompts, sampling)

@@ -13,6 +13,10 @@ COMMANDS = {
     "corpus": ("humpback_trl.corpus", "split unlabeled documents into filtered, deduplicated segments"),
     "augment": ("humpback_trl.augment", "the backward model writes an instruction for every segment"),
     "curate": ("humpback_trl.curate", "a forward model scores candidate pairs and selects A4 / A5"),
+    "magpie": ("humpback_trl.magpie", "an aligned chat model writes instructions and answers (MAGPIE)"),
+    "run": ("humpback_trl.pipeline", "the whole loop from a recipe folder: humpback run recipes/quickstart/"),
+    "demo": ("humpback_trl.demo", "the whole loop on CPU with a tiny model and bundled data (no download)"),
+    "chat": ("humpback_trl.chat", "answer prompts with a published (or local) Humpback adapter"),
 }
 
 

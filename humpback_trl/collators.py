@@ -74,7 +74,7 @@ class SwappedFieldCollator:
         if self.direction == "backward":
             user = self.backward_prompt.format(output=output)
         else:
-            user = self.tagging.apply(row["instruction"], row.get("source") or "seed")
+            user = self.tagging.apply(row["instruction"], row.get("source", "seed"))
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*system, {"role": "user", "content": user}]
 

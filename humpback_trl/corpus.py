@@ -64,7 +64,9 @@ _SUPPORTED_SUFFIXES = (*_FILE_FORMATS, *_TABLE_SUFFIXES)
 class CorpusConfig:
     """Input and filters of the corpus step. A filter is switched off with False, None or an empty list."""
 
-    source: str = field(metadata={"help": "Local file, directory of files, or Hugging Face Hub dataset id."})
+    source: str = field(
+        metadata={"help": "Local file, directory of files, Hugging Face Hub dataset id, or builtin:python-docs."}
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the documents (tabular inputs)."})
     id_column: str | None = field(default=None, metadata={"help": "Column with document ids; else '<name>:<row>'."})
     doc_format: str = field(
@@ -358,7 +360,34 @@ def _hub_documents(config: CorpusConfig) -> Iterator[_Document]:
     yield from _row_documents(dataset.select_columns(columns), config.source, config)
 
 
+PYTHON_DOCS = "builtin:python-docs"
+_RST_UNDERLINES = {"*": 1, "=": 2, "-": 3}
+
+
+def _rst_to_markdown(text: str) -> str:
+    """Python's help topics mark headers with RST underlines; turn them into Markdown headers for splitting."""
+    lines, out = text.split("\n"), []
+    for i, line in enumerate(lines):
+        below = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and len(below) == len(line) and len(set(below)) == 1 and below[0] in _RST_UNDERLINES:
+            out.append("#" * _RST_UNDERLINES[below[0]] + " " + line)
+        elif not (out and out[-1].startswith("#") and line and len(set(line)) == 1 and line[0] in _RST_UNDERLINES):
+            out.append(line)
+    return "\n".join(out)
+
+
+def _python_docs() -> Iterator[_Document]:
+    """The documentation text that ships with Python itself (the `help()` topics): a corpus with no download."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield _Document(f"python-docs:{name}", _rst_to_markdown(topics[name]), "markdown", False)
+
+
 def _iter_documents(config: CorpusConfig) -> Iterator[_Document]:
+    if config.source == PYTHON_DOCS:
+        yield from _python_docs()
+        return
     path = Path(config.source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _SUPPORTED_SUFFIXES)
@@ -531,11 +560,18 @@ class CorpusOutputArguments:
     output_dir: str = field(default="outputs/corpus", metadata={"help": "Where the segments and counts are written."})
 
 
-def run(argv: list[str] | None = None) -> datasets.Dataset:
-    """`humpback corpus --source DOCS --output_dir DIR`: prepare segments for self-augmentation."""
+def make_parser(subparsers=None):
     from trl import TrlParser
 
-    config, output = TrlParser((CorpusConfig, CorpusOutputArguments)).parse_args_and_config(argv)
+    dataclass_types = (CorpusConfig, CorpusOutputArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("corpus", help="Prepare corpus segments", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types)
+
+
+def run(argv: list[str] | None = None) -> datasets.Dataset:
+    """`humpback corpus --source DOCS --output_dir DIR`: prepare segments for self-augmentation."""
+    config, output = make_parser().parse_args_and_config(argv)
     dataset, counts = prepare_corpus(config)
     folder = write_corpus(dataset, counts, output.output_dir)
     print(json.dumps(counts, indent=2))

@@ -7,16 +7,50 @@ The official configs hand-write the pre-query template per model family. Here it
 conversation whose last user message is a sentinel and cutting at the sentinel, so the template's own default
 system block (Qwen2.5, SmolLM2), its dated system block (Llama 3.x, pinned by `chat_template.render`) and its BOS
 come out exactly as the model saw them in alignment training, for any tokenizer that ships a template.
+
+The stage entry point generates a data set in the pair schema (source=magpie):
+
+    accelerate launch -m humpback_trl.magpie --config recipes/quickstart/magpie.yaml
+    humpback magpie --config recipes/quickstart/magpie.yaml
+
+Every conversation samples its instruction from the pre-query template (T=1.0, top-p=1.0 by default) and its response
+through the chat template (greedy by default), for `num_turns` turns, optionally under a system prompt drawn with
+weights. Generation runs in resumable shards across accelerate processes (output_dir/generation); the filters then
+run in pipeline order, each counted in the funnel report, and optional self-curation scores the kept pairs with the
+backtranslation rubric. Finished shards are reused as they are: change generation settings with a new output_dir or
+`overwrite`. Output: magpie.jsonl (first turn as instruction/output, the whole conversation in `messages`),
+report.json/.md and a dataset card README.md, pushed to `<hub_prefix>-magpie` with push_to_hub.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+from datasets import Dataset, Features, List, Value
+from huggingface_hub import DatasetCard
 from jinja2.exceptions import TemplateError
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from trl import TrlParser
 
 from humpback_trl.chat_template import SENTINEL, Message, encode, render, special_token_ids
+from humpback_trl.corpus import CorpusConfig, _exact_duplicate_check, _near_duplicate_check
+from humpback_trl.curation import CurationSettings, curate
+from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
+from humpback_trl.hub import dataset_card, push_dataset
+from humpback_trl.modeling import InferenceModelArguments, base_model_name, load_model, load_tokenizer
+from humpback_trl.pairs import PAIR_FEATURES, make_pair
+from humpback_trl.reports import subset_stats, write_report
+from humpback_trl.shards import run_sharded
+
+logger = logging.getLogger(__name__)
 
 _TURN_ROLES = ("user", "assistant")
 
@@ -141,3 +175,422 @@ def instruction_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
             "special token, so instruction generation could never stop."
         )
     return closing
+
+
+def instruction_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str | None = None,
+    history: list[Message] | None = None,
+) -> str:
+    """`pre_query_ids` as text that `chat_template.encode` turns back into exactly those ids.
+
+    The generation engine takes rendered text, and the template text is not always what the model should see: for
+    Mistral "<s>[INST] " ends in a space the model writes itself (see `pre_query_ids`), so the ids are decoded.
+    """
+    ids = pre_query_ids(tokenizer, system_prompt, history)
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if encode(tokenizer, text) != ids:
+        raise ValueError(
+            f"The pre-query ids of {_tokenizer_name(tokenizer)!r} do not survive decoding and encoding again "
+            f"({text!r}), so they cannot be passed to the generation engine as text."
+        )
+    return text
+
+
+# ---- Filters -------------------------------------------------------------------------------------------------------
+
+REMOVAL_KEYS = (
+    "removed_empty_instruction", "removed_too_short", "removed_too_long", "removed_template_leak",
+    "removed_language", "removed_empty_response", "removed_exact_duplicate", "removed_near_duplicate",
+)  # fmt: skip
+COUNT_KEYS = ("generated", *REMOVAL_KEYS, "kept")
+
+# Chat markup of the common families, on top of the tokenizer's own special tokens: a model may spell another
+# family's markup, or its own in plain pieces.
+MARKUP = ("<|", "|>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "<start_of_turn>", "<end_of_turn>")
+ROLE_NAMES = ("user", "assistant", "system")
+# Share of ASCII among the letters of an English instruction (language="en").
+ENGLISH_ASCII_SHARE = 0.9
+# Instructions are a few dozen words, so near-duplicates are compared on word 3-grams (the corpus uses 5-grams).
+INSTRUCTION_SHINGLE = 3
+
+Check = tuple[str, Callable[[str], bool]]
+
+
+def _header_line(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """The last non-blank line of `text` without its special tokens: the role header a template writes there."""
+    decoded = tokenizer.decode(encode(tokenizer, text), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    lines = decoded.splitlines()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def leak_check(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], bool]:
+    """Whether an instruction holds chat markup or a role header, i.e. the model wrote past the end of the user turn.
+
+    Generated text is decoded without special tokens, so a model that opens the assistant turn itself leaves the
+    header's words ("assistant", Gemma's "model") on a line of their own. Markers: the tokenizer's special tokens
+    and MARKUP anywhere; a line that starts with a role name or the template's user or assistant header, followed by
+    a colon or the end of the line.
+    """
+    # A blank special token would match every instruction.
+    specials = {t for t in tokenizer.convert_ids_to_tokens(sorted(special_token_ids(tokenizer))) if t.strip()}
+    markers = re.compile("|".join(map(re.escape, sorted({*MARKUP, *specials}, key=len, reverse=True))))
+    generation = render(tokenizer, [{"role": "user", "content": SENTINEL}], add_generation_prompt=True)
+    headers = {
+        *ROLE_NAMES,
+        _header_line(tokenizer, pre_query_template(tokenizer)),
+        _header_line(tokenizer, generation[generation.rindex(SENTINEL) + len(SENTINEL) :]),
+    }
+    names = "|".join(re.escape(header.rstrip(":")) for header in sorted(headers - {""}))
+    role_line = re.compile(rf"^[ \t]*(?:{names})[ \t]*(?::|$)", re.IGNORECASE | re.MULTILINE)
+    return lambda text: bool(markers.search(text) or role_line.search(text))
+
+
+def _ascii_letter_share(text: str) -> float:
+    letters = [char for char in text if char.isalpha()]
+    return sum(char.isascii() for char in letters) / len(letters) if letters else 0.0
+
+
+def wrong_language(language: str) -> Callable[[str], bool]:
+    """Whether a text is not in `language`. "en" is a dependency-free heuristic: at least 90% of the letters are
+    ASCII, which removes non-Latin scripts and heavily accented text but keeps other Latin-script languages. Other
+    codes use langdetect (an optional dependency), seeded so that reruns agree."""
+    if language == "en":
+        return lambda text: _ascii_letter_share(text) < ENGLISH_ASCII_SHARE
+    if importlib.util.find_spec("langdetect") is None:
+        raise ImportError(
+            f"language={language!r} needs langdetect: pip install langdetect (language='en' uses a built-in heuristic)"
+        )
+    from langdetect import DetectorFactory, LangDetectException, detect
+
+    DetectorFactory.seed = 0
+
+    def wrong(text: str) -> bool:
+        try:
+            return detect(text) != language
+        except LangDetectException:
+            return True
+
+    return wrong
+
+
+def instruction_checks(args: MagpieArguments, tokenizer: PreTrainedTokenizerBase) -> list[Check]:
+    """The per-instruction filters in pipeline order, as (count key, reject) pairs."""
+    checks: list[Check] = [("removed_empty_instruction", lambda text: not text.strip())]
+    if (low := args.min_instruction_chars) is not None:
+        checks.append(("removed_too_short", lambda text: len(text.strip()) < low))
+    if (high := args.max_instruction_chars) is not None:
+        checks.append(("removed_too_long", lambda text: len(text.strip()) > high))
+    checks.append(("removed_template_leak", leak_check(tokenizer)))
+    if args.language is not None:
+        checks.append(("removed_language", wrong_language(args.language)))
+    return checks
+
+
+def _dialogue(messages: list[Message]) -> list[Message]:
+    return [message for message in messages if message["role"] != "system"]
+
+
+def _turn_drop_reason(messages: list[Message], checks: list[Check]) -> str:
+    """The first filter a turn fails, turn by turn; a user turn with no answer after it counts as an empty response."""
+    turns = _dialogue(messages)
+    for position in range(0, len(turns), 2):
+        if reason := next((key for key, reject in checks if reject(turns[position]["content"])), ""):
+            return reason
+        answer = turns[position + 1]["content"] if position + 1 < len(turns) else ""
+        if not answer.strip():
+            return "removed_empty_response"
+    return ""
+
+
+def _first(messages: list[Message], role: str) -> str:
+    return next((message["content"] for message in messages if message["role"] == role), "")
+
+
+def filter_conversations(
+    conversations: Sequence[list[Message]], checks: list[Check], args: MagpieArguments
+) -> tuple[list[int], dict[str, int]]:
+    """Indices of the conversations every filter keeps, and the funnel counts (COUNT_KEYS order, adding up).
+
+    Each conversation counts under the first filter it fails. Deduplication runs last, on the first instruction, so
+    only conversations that passed every other filter are indexed and the first of a group of duplicates is kept.
+    """
+    duplicate_checks: list[Check] = []
+    if args.exact_dedup:
+        duplicate_checks.append(("removed_exact_duplicate", _exact_duplicate_check()))
+    if args.near_dedup_threshold is not None:
+        config = CorpusConfig(source="magpie instructions", minhash_ngram=INSTRUCTION_SHINGLE)
+        duplicate_checks.append(("removed_near_duplicate", _near_duplicate_check(config, args.near_dedup_threshold)))
+    counts = {"generated": len(conversations), **dict.fromkeys(REMOVAL_KEYS, 0)}
+    keep: list[int] = []
+    for index, messages in enumerate(conversations):
+        instruction = _first(messages, "user")
+        reason = _turn_drop_reason(messages, checks) or next(
+            (key for key, is_duplicate in duplicate_checks if is_duplicate(instruction)), ""
+        )
+        if reason:
+            counts[reason] += 1
+        else:
+            keep.append(index)
+    counts["kept"] = len(keep)
+    return keep, counts
+
+
+# ---- Generation ----------------------------------------------------------------------------------------------------
+
+MAGPIE_FEATURES = Features({**PAIR_FEATURES, "messages": List({"role": Value("string"), "content": Value("string")})})
+
+# prompts, sampling, stop ids (None: the template's end of turn and EOS) -> the generated texts
+Generator = Callable[[list[str], SamplingConfig, list[int] | None], list[str]]
+Row = dict[str, Any]
+
+
+def _sampling(temperature: float, top_p: float, max_new_tokens: int) -> SamplingConfig:
+    return SamplingConfig(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, do_sample=temperature > 0
+    )
+
+
+@dataclass
+class MagpieArguments:
+    num_samples: int = field(default=1000, metadata={"help": "Conversations to generate, before filtering."})
+    num_turns: int = field(default=1, metadata={"help": "User/assistant turns per conversation."})
+    instruction_temperature: float = 1.0
+    instruction_top_p: float = 1.0
+    instruction_max_new_tokens: int = 128
+    response_temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily (the paper's setting)."})
+    response_top_p: float = 1.0
+    response_max_new_tokens: int = 512
+    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
+    system_prompts: list[str] | None = field(
+        default=None, metadata={"help": "Drawn per conversation; unset keeps the template's default system block."}
+    )
+    system_prompt_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per system prompt; unset draws them uniformly."}
+    )
+    min_instruction_chars: int | None = field(default=10, metadata={"help": "Drop shorter instructions."})
+    max_instruction_chars: int | None = field(default=2000, metadata={"help": "Drop longer instructions."})
+    language: str | None = field(
+        default=None, metadata={"help": "Keep instructions in this language: en (a heuristic) or a langdetect code."}
+    )
+    exact_dedup: bool = field(default=True, metadata={"help": "Drop repeats of a space/case-normalised instruction."})
+    near_dedup_threshold: float | None = field(
+        default=0.8, metadata={"help": "MinHash-LSH Jaccard threshold for near-duplicate instructions."}
+    )
+    curate: bool = field(default=False, metadata={"help": "Score the kept pairs with the rubric and write A4/A5."})
+    seed: int = 42
+    shard_size: int = field(default=64, metadata={"help": "Conversations per resumable shard."})
+    overwrite: bool = field(default=False, metadata={"help": "Discard the finished shards of an earlier run."})
+    output_dir: str = "outputs/magpie"
+    engine: str = field(default="transformers", metadata={"help": "transformers (batched) or vllm (optional extra)."})
+    hub_prefix: str | None = field(default=None, metadata={"help": "Push the data set to <hub_prefix>-magpie."})
+    push_to_hub: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.num_samples < 1 or self.num_turns < 1:
+            raise ValueError(f"num_samples and num_turns must be positive, got {self.num_samples}, {self.num_turns}")
+        weights = self.system_prompt_weights
+        if weights is not None and (not self.system_prompts or len(weights) != len(self.system_prompts)):
+            raise ValueError(
+                f"system_prompt_weights needs one weight per system prompt: {len(weights)} weights for "
+                f"{len(self.system_prompts or [])} system prompts"
+            )
+        if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"system_prompt_weights must be non-negative with a positive sum, got {weights}")
+        low, high = self.min_instruction_chars, self.max_instruction_chars
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_instruction_chars ({low}) is larger than max_instruction_chars ({high})")
+
+    @property
+    def instruction_sampling(self) -> SamplingConfig:
+        return _sampling(self.instruction_temperature, self.instruction_top_p, self.instruction_max_new_tokens)
+
+    @property
+    def response_sampling(self) -> SamplingConfig:
+        return _sampling(self.response_temperature, self.response_top_p, self.response_max_new_tokens)
+
+
+def draw_system_prompt(args: MagpieArguments, index: int) -> str | None:
+    """The system prompt of conversation `index`, drawn from a generator keyed by the seed and the index alone, so
+    the draw does not depend on the number of samples, the shards or the processes."""
+    if not args.system_prompts:
+        return None
+    rng = random.Random(f"{args.seed}:{index}")
+    return rng.choices(args.system_prompts, weights=args.system_prompt_weights)[0]
+
+
+def magpie_items(args: MagpieArguments) -> Dataset:
+    indices = range(args.num_samples)
+    return Dataset.from_dict({
+        "source_id": [f"magpie:{index}" for index in indices],
+        "index": list(indices),
+        "system_prompt": [draw_system_prompt(args, index) for index in indices],
+    })  # fmt: skip
+
+
+def synthesize(
+    rows: list[Row], tokenizer: PreTrainedTokenizerBase, generate_fn: Generator, args: MagpieArguments
+) -> list[Row]:
+    """One MAGPIE conversation per row (source_id, system_prompt): `num_turns` times, an instruction sampled from
+    the pre-query template of the conversation so far, then its response through the chat template.
+
+    Responses are nearly all the compute, so an empty instruction or one that leaks chat markup gets none and its
+    conversation stops there (the filters reject it whatever else they check); so does one with an empty response.
+    """
+    unusable = leak_check(tokenizer)
+    instruction_stops = instruction_stop_token_ids(tokenizer)
+    conversations: list[list[Message]] = [
+        [{"role": "system", "content": row["system_prompt"]}] if row["system_prompt"] is not None else []
+        for row in rows
+    ]
+    active = list(range(len(rows)))
+    for _ in range(args.num_turns):
+        prompts = [instruction_prompt(tokenizer, rows[i]["system_prompt"], _dialogue(conversations[i])) for i in active]
+        instructions = generate_fn(prompts, args.instruction_sampling, instruction_stops) if prompts else []
+        for i, text in zip(active, instructions, strict=True):
+            conversations[i].append({"role": "user", "content": text})
+        active = [i for i, text in zip(active, instructions, strict=True) if text.strip() and not unusable(text)]
+        prompts = [render(tokenizer, conversations[i], add_generation_prompt=True) for i in active]
+        responses = generate_fn(prompts, args.response_sampling, None) if prompts else []
+        for i, text in zip(active, responses, strict=True):
+            conversations[i].append({"role": "assistant", "content": text})
+        active = [i for i, text in zip(active, responses, strict=True) if text.strip()]
+    return [
+        {**make_pair(_first(messages, "user"), _first(messages, "assistant"), "magpie", row["source_id"]),
+         "messages": messages}
+        for row, messages in zip(rows, conversations, strict=True)
+    ]  # fmt: skip
+
+
+def make_generator(
+    args: MagpieArguments,
+    model_args: InferenceModelArguments,
+    model: PreTrainedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+) -> Generator:
+    if args.engine == "vllm":
+        name = base_model_name(model_args)
+        return lambda prompts, sampling, stops: generate_vllm(
+            name, model_args.adapter, prompts, sampling, stops, show_progress=False, seed=seed
+        )
+    return lambda prompts, sampling, stops: generate(
+        model, tokenizer, prompts, sampling, args.token_budget, stops, show_progress=False
+    )
+
+
+# ---- Stage ---------------------------------------------------------------------------------------------------------
+
+# The `iteration` recorded on scored pairs: MAGPIE data is curated once, like the first backtranslation pool.
+CURATION_ITERATION = 1
+
+
+def magpie_repo_id(prefix: str) -> str:
+    return f"{prefix}-magpie"
+
+
+def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
+    """Generate, filter (and optionally self-curate) MAGPIE conversations; returns the kept rows on every process."""
+    state = PartialState()
+    if args.engine == "transformers":
+        model, tokenizer = load_model(model_args)
+    else:
+        model, tokenizer = None, load_tokenizer(model_args)
+    # Built before generation, so that a missing optional dependency fails before hours of work.
+    checks = instruction_checks(args, tokenizer)
+
+    def work(rows: list[Row]) -> list[Row]:
+        # Seeded per shard, so a shard samples the same text whichever process runs it, resumed or not; identical
+        # prompts still sample different instructions, each row drawing its own tokens.
+        seed = args.seed + rows[0]["index"]
+        set_seed(seed)
+        return synthesize(rows, tokenizer, make_generator(args, model_args, model, tokenizer, seed), args)
+
+    generated = run_sharded(
+        magpie_items(args),
+        work,
+        Path(args.output_dir) / "generation",
+        shard_size=args.shard_size,
+        key="source_id",
+        desc="MAGPIE conversations",
+        overwrite=args.overwrite,
+        features=MAGPIE_FEATURES,
+    )
+    keep, counts = filter_conversations(generated["messages"], checks, args)
+    kept = generated.select(keep)
+    writer = model_args.adapter or model_args.model_name_or_path
+    summary = None
+    if args.curate and not len(kept):
+        logger.warning("MAGPIE: no conversation survived the filters, so there is nothing to curate")
+    elif args.curate:
+        model = model if model is not None else load_model(model_args)[0]
+        hub_repo = f"{magpie_repo_id(args.hub_prefix)}-curated" if args.push_to_hub and args.hub_prefix else None
+        _, summary = curate(
+            model, tokenizer, kept.select_columns(list(PAIR_FEATURES)), settings, iteration=CURATION_ITERATION,
+            scorer=writer, output_dir=Path(args.output_dir) / "curation", hub_repo=hub_repo,
+        )  # fmt: skip
+    if state.is_main_process:
+        write_outputs(kept, counts, summary, args, writer)
+        print(f"MAGPIE: kept {counts['kept']} of {counts['generated']} conversations -> {args.output_dir}/magpie.jsonl")
+    state.wait_for_everyone()
+    return kept
+
+
+def magpie_card(counts: dict[str, int], args: MagpieArguments, writer: str) -> DatasetCard:
+    response = (
+        f"T={args.response_temperature}, top-p={args.response_top_p}" if args.response_temperature > 0 else "greedy"
+    )
+    systems = (
+        f"{len(args.system_prompts)} system prompts drawn with weights {args.system_prompt_weights or 'uniform'}"
+        if args.system_prompts
+        else "the template's default system block"
+    )
+    dedup = ["exact"] if args.exact_dedup else []
+    if args.near_dedup_threshold is not None:
+        dedup.append(f"MinHash near (Jaccard >= {args.near_dedup_threshold})")
+    summary = (
+        f"MAGPIE data (Xu et al. 2024): `{writer}` wrote {args.num_turns}-turn conversations from its pre-query "
+        f"template alone, under {systems}. Instructions sampled at T={args.instruction_temperature}, "
+        f"top-p={args.instruction_top_p} (at most {args.instruction_max_new_tokens} tokens); responses {response} "
+        f"(at most {args.response_max_new_tokens} tokens), seed {args.seed}.\n\n"
+        f"Filters, in order: empty instruction; instruction shorter than {args.min_instruction_chars} or longer than "
+        f"{args.max_instruction_chars} characters; chat markup or a role header in the instruction; language "
+        f"{args.language or '(off)'}; empty response; {' and '.join(dedup) or 'no'} duplicate instructions.\n\n"
+        "Columns: the humpback pair schema with the first turn as instruction/output (source `magpie`), and "
+        "`messages`, the whole conversation."
+    )
+    title = magpie_repo_id(args.hub_prefix) if args.hub_prefix else "humpback magpie"
+    return dataset_card(title=title, summary=summary, counts=counts, links={"generating model": writer})
+
+
+def write_outputs(
+    kept: Dataset, counts: dict[str, int], summary: dict[str, Any] | None, args: MagpieArguments, writer: str
+) -> None:
+    output_dir = Path(args.output_dir)
+    kept.to_json(str(output_dir / "magpie.jsonl"), lines=True, force_ascii=False)
+    report: dict[str, Any] = {**counts, "generator": writer, "num_turns": args.num_turns, "lengths": subset_stats(kept)}
+    if summary is not None:
+        report["iterations"] = [summary]
+    write_report(report, output_dir, "MAGPIE")
+    card = magpie_card(counts, args, writer)
+    card.save(str(output_dir / "README.md"))
+    if args.push_to_hub and args.hub_prefix:
+        push_dataset(kept, card, magpie_repo_id(args.hub_prefix))
+
+
+def make_parser(subparsers=None) -> TrlParser:
+    dataclass_types = (MagpieArguments, InferenceModelArguments, CurationSettings)
+    if subparsers is not None:
+        return subparsers.add_parser("magpie", help="Synthesise pairs with MAGPIE", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types)
+
+
+def run(argv: list[str] | None = None) -> Dataset:
+    args, model_args, settings = make_parser().parse_args_and_config(argv)
+    return magpie(args, model_args, settings)
+
+
+if __name__ == "__main__":
+    run()

@@ -112,7 +112,8 @@ def to_pairs(table: Dataset, name: str, columns: PairColumns = PairColumns(), de
     if default_source not in SOURCES:
         raise ValueError(f"default source {default_source!r} is not one of {SOURCES}")
     has_source = columns.source in table.column_names
-    has_id = columns.source_id in table.column_names
+    # Files in the pair schema (candidates, A5) keep their own ids whatever id column the seed data uses.
+    id_column = next((c for c in (columns.source_id, "source_id") if c in table.column_names), None)
 
     def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         n = len(indices)
@@ -124,7 +125,7 @@ def to_pairs(table: Dataset, name: str, columns: PairColumns = PairColumns(), de
             "instruction": batch[columns.instruction],
             "output": batch[columns.output],
             "source": sources,
-            "source_id": [str(v) for v in batch[columns.source_id]] if has_id else [f"{name}:{i}" for i in indices],
+            "source_id": [str(v) for v in batch[id_column]] if id_column else [f"{name}:{i}" for i in indices],
         }
         for field in CURATION_FIELDS:
             out[field] = batch[field] if field in batch else [None] * n
@@ -163,5 +164,9 @@ def load_pairs(
     split: str = "train",
     config_name: str | None = None,
 ) -> tuple[Dataset, LoadReport]:
+    if is_local(name) and Path(name).is_file() and Path(name).stat().st_size == 0:
+        # An empty subset (A5 of a weak scorer) is a legitimate input, not a broken file.
+        logger.warning("%s is empty: it adds no pairs", name)
+        return Dataset.from_dict({column: [] for column in PAIR_FEATURES}, features=PAIR_FEATURES), LoadReport(name, 0, 0, 0, 0)
     table = load_table(name, split=split, config_name=config_name)
     return drop_blank(to_pairs(table, name, columns, default_source), name)

@@ -67,7 +67,7 @@ def render_markdown(report: Mapping[str, Any], title: str = "Data funnel") -> st
             "",
             f"## Iteration {it['iteration']}: scored by `{it['scorer']}` ({it['mode']} mode, "
             f"A4 >= {it['thresholds']['a4']}, A5 >= {it['thresholds']['a5']})",
-            "",
+            *([f"{it['trains']} trained on {it['training_pairs']} pairs (seed + A5)", ""] if "trains" in it else [""]),
             "| score | " + " | ".join(map(str, SCORES)) + " | unparsed | candidates |",
             "|---|" + "---|" * (len(SCORES) + 2),
             "| count | " + " | ".join(str(it["per_score"][str(s)]) for s in SCORES)

@@ -75,8 +75,8 @@ class HumpbackSFTArguments:
     hub_prefix: str | None = field(
         default=None, metadata={"help": "Push to <hub_prefix>-<stage> (adapter) and <hub_prefix>-<stage>-data."}
     )
-    curate_candidates: str | None = field(
-        default=None,
+    curate_candidates: list[str] = field(
+        default_factory=list,
         metadata={"help": "Candidate pool (file, folder or Hub id) that the trained forward model scores when training "
                   "ends, for the next iteration (SelfCurationCallback)."},
     )
@@ -205,7 +205,8 @@ def curation_callback(
 ) -> SelfCurationCallback | None:
     if not script_args.curate_candidates:
         return None
-    candidates, _ = load_pairs(script_args.curate_candidates, default_source="augmented", split=script_args.data_split)
+    pools = [load_pairs(name, default_source="augmented", split=script_args.data_split)[0] for name in script_args.curate_candidates]
+    candidates = concatenate_datasets(pools) if len(pools) > 1 else pools[0]
     iteration = script_args.iteration + 1
     return SelfCurationCallback(
         candidates,

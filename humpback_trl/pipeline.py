@@ -1,0 +1,259 @@
+"""The whole Humpback loop from one recipe folder (Li et al. 2024, Algorithm 1):
+
+    corpus -> myx (backward model) -> augment (M_yx writes instructions) -> m0 (seed model; its SelfCurationCallback
+    scores the candidates for iteration 1) -> m1 (seed + A5 of iteration 1; scores for iteration 2) -> ... -> mK
+
+    humpback run recipes/quickstart/ [--from STAGE] [--key value ...]
+    humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml
+
+The folder holds `loop.yaml` (these arguments) and one recipe per stage (corpus, backward, augment, seed, optionally
+magpie); every forward model M_k uses seed.yaml with its data extended. Each stage is an `accelerate launch` of
+the stage's entry point, printed before it starts, so it can be rerun by hand. A finished stage leaves a marker with
+a hash of its command, recipe and upstream hashes: a rerun skips finished stages, resumes an interrupted one
+(checkpoints and shards), and redoes, from scratch, a stage whose recipe or inputs changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import TrlParser
+
+from humpback_trl.reports import render_markdown, write_report
+
+MARKERS = ".stages"
+MAGPIE_USES = ("none", "candidates", "seed")
+
+
+@dataclass
+class LoopArguments:
+    output_dir: str = field(default="outputs/humpback", metadata={"help": "One folder per stage goes under it."})
+    iterations: int = field(default=2, metadata={"help": "Forward iterations K; the paper's Humpback is M2."})
+    accelerate_config: str = field(default="accelerate_configs/cpu.yaml", metadata={"help": "For every stage."})
+    num_processes: int = 1
+    hub_prefix: str | None = field(default=None, metadata={"help": "With push_to_hub: <prefix>-myx, -m0, -candidates, ..."})
+    push_to_hub: bool = False
+    magpie: str = field(
+        default="none",
+        metadata={"help": "none | candidates (MAGPIE pairs join the pool and are curated) | seed (added to the seed)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError("iterations must be at least 1")
+        if self.magpie not in MAGPIE_USES:
+            raise ValueError(f"magpie must be one of {MAGPIE_USES}, got {self.magpie!r}")
+
+
+@dataclass
+class Stage:
+    name: str
+    module: str
+    recipe: Path
+    overrides: list[str]
+    upstream: list[str]
+
+    def command(self, loop: LoopArguments) -> list[str]:
+        return [
+            "accelerate", "launch", "--config_file", loop.accelerate_config, "--num_processes", str(loop.num_processes),
+            "-m", self.module, "--config", str(self.recipe), *self.overrides,
+        ]
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"The loop needs the recipe {path}")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
+    """The stages of the loop in order, each with the overrides that chain it to the stages before it."""
+    out = Path(loop.output_dir)
+    hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if loop.push_to_hub and loop.hub_prefix else []
+    seed_recipe = folder / "seed.yaml"
+    seed_data = [str(item) for item in read_recipe(seed_recipe).get("data", [])]
+    magpie_pairs = str(out / "magpie" / "magpie.jsonl")
+    if loop.magpie == "seed":
+        seed_data.append(magpie_pairs)
+    candidates = [str(out / "augment" / "candidates.jsonl")]
+    if loop.magpie == "candidates":
+        candidates.append(magpie_pairs)
+    with_magpie = ["magpie"] if loop.magpie != "none" else []
+    stages = [
+        Stage("corpus", "humpback_trl.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []),
+        Stage("myx", "humpback_trl.sft", folder / "backward.yaml", ["--output_dir", str(out / "myx"), *hub], []),
+        Stage(
+            "augment", "humpback_trl.augment", folder / "augment.yaml",
+            ["--corpus", str(out / "corpus" / "dataset"), "--adapter", str(out / "myx"),
+             "--output_dir", str(out / "augment"), *hub],
+            ["corpus", "myx"],
+        ),
+    ]
+    if with_magpie:
+        stages.append(Stage("magpie", "humpback_trl.magpie", folder / "magpie.yaml",
+                            ["--output_dir", str(out / "magpie")], []))
+    for k in range(loop.iterations + 1):
+        data = seed_data + ([str(out / f"m{k - 1}" / "curation" / "a5.jsonl")] if k else [])
+        curation = ["--curate_candidates", *candidates] if k < loop.iterations else []
+        upstream = (["augment"] if k < loop.iterations else []) + ([f"m{k - 1}"] if k else []) + with_magpie
+        stages.append(Stage(
+            f"m{k}", "humpback_trl.sft", seed_recipe,
+            ["--output_dir", str(out / f"m{k}"), "--iteration", str(k), *(["--data", *data] if data else []),
+             *curation, *hub],
+            upstream,
+        ))
+    return stages
+
+
+def stage_hash(stage: Stage, loop: LoopArguments, upstream_hashes: list[str]) -> str:
+    payload = {
+        "module": stage.module,
+        "recipe": stage.recipe.read_text(encoding="utf-8"),
+        "overrides": stage.overrides,
+        "accelerate": Path(loop.accelerate_config).read_text(encoding="utf-8"),
+        "upstream": upstream_hashes,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def marker_path(loop: LoopArguments, stage: Stage) -> Path:
+    return Path(loop.output_dir) / MARKERS / f"{stage.name}.json"
+
+
+def read_marker(path: Path) -> dict[str, str] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_marker(path: Path, digest: str, status: str, command: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"hash": digest, "status": status, "command": shlex.join(command)}) + "\n")
+    tmp.replace(path)
+
+
+def stage_output(loop: LoopArguments, stage: Stage) -> Path:
+    return Path(loop.output_dir) / stage.name
+
+
+def run_stage(stage: Stage, loop: LoopArguments, digest: str, force: bool) -> str:
+    """Run, resume or skip one stage; returns what happened."""
+    marker = marker_path(loop, stage)
+    previous = read_marker(marker)
+    if previous and previous["hash"] == digest and previous["status"] == "done" and not force:
+        print(f"[humpback] {stage.name}: up to date, skipped")
+        return "skipped"
+    resumed = bool(previous and previous["hash"] == digest and not force)
+    if not resumed and stage_output(loop, stage).exists():
+        # Outputs of another recipe, input or a forced restart: never resume from them.
+        shutil.rmtree(stage_output(loop, stage))
+    command = stage.command(loop)
+    print(f"[humpback] {stage.name}: {'resuming' if resumed else 'running'}\n  {shlex.join(command)}", flush=True)
+    write_marker(marker, digest, "started", command)
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
+    if result.returncode:
+        raise SystemExit(
+            f"[humpback] stage {stage.name} failed with exit code {result.returncode}; fix the cause and run the same "
+            "command again: finished stages are skipped and this one resumes."
+        )
+    write_marker(marker, digest, "done", command)
+    return "resumed" if resumed else "ran"
+
+
+def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = None) -> dict[str, Any]:
+    folder = Path(folder)
+    stages = plan(folder, loop)
+    names = [stage.name for stage in stages]
+    if start_from is not None and start_from not in names:
+        raise ValueError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
+    hashes: dict[str, str] = {}
+    forcing = False
+    for stage in stages:
+        forcing = forcing or stage.name == start_from
+        hashes[stage.name] = stage_hash(stage, loop, [hashes[name] for name in stage.upstream])
+        run_stage(stage, loop, hashes[stage.name], force=forcing)
+    report = loop_report(loop)
+    write_report(report, loop.output_dir, "Humpback data funnel")
+    return report
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _count_source(path: Path, source: str) -> int:
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if json.loads(line)["source"] == source)
+
+
+def _lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
+
+
+def loop_report(loop: LoopArguments) -> dict[str, Any]:
+    """Seed, documents, candidates and, per iteration, the curation funnel and the size of M_k's training set."""
+    out = Path(loop.output_dir)
+    corpus = _json(out / "corpus" / "corpus_counts.json")
+    report: dict[str, Any] = {
+        "seed": _count_source(out / "m0" / "training_data.jsonl", "seed"),
+        "documents": corpus["documents_read"],
+        "segments": corpus["segments_kept"],
+        "candidates": _json(out / "augment" / "report.json")["candidates"],
+    }
+    if (out / "magpie" / "report.json").is_file():
+        report["magpie_pairs"] = _lines(out / "magpie" / "magpie.jsonl")
+    report["iterations"] = [
+        {**_json(out / f"m{k - 1}" / "curation" / "report.json")["iterations"][0],
+         "trains": f"m{k}", "training_pairs": _lines(out / f"m{k}" / "training_data.jsonl")}
+        for k in range(1, loop.iterations + 1)
+    ]
+    report["artifacts"] = {
+        "backward model": str(out / "myx"),
+        **{f"M{k}": str(out / f"m{k}") for k in range(loop.iterations + 1)},
+        "candidates": str(out / "augment" / "candidates.jsonl"),
+        **{f"A5 iteration {k}": str(out / f"m{k - 1}" / "curation" / "a5.jsonl") for k in range(1, loop.iterations + 1)},
+    }
+    return report
+
+
+def print_summary(report: dict[str, Any], output_dir: str) -> None:
+    print(render_markdown({k: v for k, v in report.items() if k != "artifacts"}, "Humpback data funnel"))
+    print("Artifacts:")
+    for name, path in report["artifacts"].items():
+        print(f"  {name:<20} {path}")
+    print(f"  {'report':<20} {Path(output_dir) / 'report.md'} (+ report.json, scores.png)")
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((LoopArguments,))
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit("usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] ...")
+    target = Path(argv.pop(0))
+    # A folder runs its loop.yaml; a yaml file in a recipe folder runs that variant (e.g. loop_multi_gpu.yaml).
+    folder, loop_file = (target.parent, target) if target.suffix == ".yaml" else (target, target / "loop.yaml")
+    start_from = None
+    if "--from" in argv:
+        index = argv.index("--from")
+        start_from = argv[index + 1]
+        del argv[index : index + 2]
+    (loop,) = make_parser().parse_args_and_config(["--config", str(loop_file), *argv])
+    report = run_loop(folder, loop, start_from)
+    print_summary(report, loop.output_dir)
+    return report
+
+
+if __name__ == "__main__":
+    run()

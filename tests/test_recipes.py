@@ -1,0 +1,75 @@
+"""Every recipe in the repository parses with the parser its stage uses; every referenced file and stage exists."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from humpback_trl import pipeline
+from humpback_trl.pairs import BUILTIN_PREFIX, builtin_path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+MODULES = {
+    "backward.yaml": "humpback_trl.sft",
+    "seed.yaml": "humpback_trl.sft",
+    "corpus.yaml": "humpback_trl.corpus",
+    "augment.yaml": "humpback_trl.augment",
+    "magpie.yaml": "humpback_trl.magpie",
+}
+LOOP_FILES = sorted(RECIPES.glob("*/loop*.yaml"))
+STAGE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if not p.name.startswith("loop"))
+
+
+def test_every_recipe_file_has_a_stage():
+    assert LOOP_FILES and STAGE_FILES
+    assert [p for p in STAGE_FILES if p.name not in MODULES] == []
+    assert {p.parent.name for p in LOOP_FILES} == {p.parent.name for p in STAGE_FILES}
+
+
+def parse_stage(module_name, recipe, overrides=()):
+    """Parse exactly as the stage does; the GPU recipes get bf16 off, since this machine has no GPU."""
+    config = yaml.safe_load(recipe.read_text())
+    cpu = ["--bf16", "false"] if config.get("bf16") else []
+    module = importlib.import_module(module_name)
+    return module.make_parser().parse_args_and_config(["--config", str(recipe), *overrides, *cpu])
+
+
+def assert_local_reference_exists(name):
+    if name.startswith(BUILTIN_PREFIX):
+        if name != "builtin:python-docs":
+            assert builtin_path(name[len(BUILTIN_PREFIX):]).is_file()
+    elif name.startswith((".", "/")) or Path(name).suffix:
+        assert (ROOT / name).exists(), name
+    else:
+        assert name.count("/") == 1, f"{name} is neither a local file nor a Hub id"
+
+
+@pytest.mark.parametrize("loop_file", LOOP_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_loop_and_its_stages_parse(loop_file, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    (loop,) = pipeline.make_parser().parse_args_and_config(["--config", str(loop_file)])
+    assert (ROOT / loop.accelerate_config).is_file()
+    stages = pipeline.plan(loop_file.parent, loop)
+    names = [stage.name for stage in stages]
+    assert names[:3] == ["corpus", "myx", "augment"] and names[-1] == f"m{loop.iterations}"
+    for stage in stages:
+        assert all(name in names[: names.index(stage.name)] for name in stage.upstream)
+        parse_stage(stage.module, stage.recipe, stage.overrides)
+        config = yaml.safe_load(stage.recipe.read_text())
+        for name in config.get("data", []) + [config[k] for k in ("source", "oasst_seed") if config.get(k)]:
+            assert_local_reference_exists(name)
+
+
+@pytest.mark.parametrize("recipe", [p for p in STAGE_FILES if p.name == "magpie.yaml"], ids=lambda p: p.parent.name)
+def test_standalone_recipes_parse(recipe, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    parse_stage(MODULES[recipe.name], recipe)
+
+
+def test_unknown_key_in_a_recipe_fails_loudly(tmp_path):
+    recipe = tmp_path / "augment.yaml"
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load((RECIPES / "quickstart/augment.yaml").read_text()), "temprature": 1}))
+    with pytest.raises(ValueError, match="temprature"):
+        parse_stage("humpback_trl.augment", recipe, ["--corpus", "x.jsonl", "--adapter", "a"])
