@@ -35,7 +35,9 @@ ENGINES = ("transformers", "vllm")
 @dataclass
 class AugmentArguments:
     corpus: str = field(
-        metadata={"help": "Prepared segments (`humpback corpus` output folder's dataset/, a jsonl/parquet file or a Hub id)."}
+        metadata={
+            "help": "Prepared segments (`humpback corpus` output folder's dataset/, a jsonl/parquet file or a Hub id)."
+        }
     )
     text_column: str = "text"
     id_column: str = "segment_id"
@@ -84,7 +86,9 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
         # Seeding by the shard's first key makes a shard's instructions the same whichever process writes it and
         # whether or not the run was interrupted, so a resumed run ends with the data of an uninterrupted one.
         set_seed(args.seed + zlib.crc32(rows[0]["source_id"].encode()))
-        prompts = [render(tokenizer, collator.prompt_messages({}, row["text"]), add_generation_prompt=True) for row in rows]
+        prompts = [
+            render(tokenizer, collator.prompt_messages({}, row["text"]), add_generation_prompt=True) for row in rows
+        ]
         if model is None:
             instructions = generate_vllm(base_model_name(model_args), model_args.adapter, prompts, sampling)
         else:
@@ -105,7 +109,9 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
     )
     candidates, report = drop_blank(generated, "generated instructions")
     if state.is_main_process:
-        write_candidates(candidates, args, model_args, {"segments": len(segments), "empty_instruction": report.rejected})
+        write_candidates(
+            candidates, args, model_args, {"segments": len(segments), "empty_instruction": report.rejected}
+        )
     state.wait_for_everyone()
     return candidates
 
@@ -133,7 +139,9 @@ def write_candidates(
 def make_parser(subparsers=None) -> TrlParser:
     dataclass_types = (AugmentArguments, InferenceModelArguments)
     if subparsers is not None:
-        return subparsers.add_parser("augment", help="Write instructions for corpus segments", dataclass_types=dataclass_types)
+        return subparsers.add_parser(
+            "augment", help="Write instructions for corpus segments", dataclass_types=dataclass_types
+        )
     return TrlParser(dataclass_types)
 
 

@@ -49,8 +49,13 @@ class HumpbackChat:
 
     def chat(self, instructions: Sequence[str], sampling: SamplingConfig | None = None) -> list[str]:
         prompts = [self.prompt(instruction) for instruction in instructions]
-        return generate(self.model, self.tokenizer, prompts, sampling or SamplingConfig(max_new_tokens=512),
-                        show_progress=len(prompts) > 1)
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            sampling or SamplingConfig(max_new_tokens=512),
+            show_progress=len(prompts) > 1,
+        )
 
 
 def load_humpback(
@@ -71,7 +76,9 @@ class ChatArguments:
     prompts_file: str | None = field(
         default=None, metadata={"help": "A text file (one prompt a line) or jsonl with an 'instruction' field."}
     )
-    tags: str = field(default="both", metadata={"help": "Source tags appended to prompts: both | seed | augmented | none."})
+    tags: str = field(
+        default="both", metadata={"help": "Source tags appended to prompts: both | seed | augmented | none."}
+    )
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 512

@@ -170,7 +170,9 @@ def save_prompt_settings(collator: SwappedFieldCollator, folder: str | Path) -> 
     (Path(folder) / PROMPT_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
-def load_collator(tokenizer: PreTrainedTokenizerBase, folder: str | Path | None, direction: Direction) -> SwappedFieldCollator:
+def load_collator(
+    tokenizer: PreTrainedTokenizerBase, folder: str | Path | None, direction: Direction
+) -> SwappedFieldCollator:
     """The collator a model in `folder` was trained with (defaults when the folder holds no settings file)."""
     path = Path(folder) / PROMPT_SETTINGS_FILE if folder else None
     if path is None or not path.is_file():

@@ -35,12 +35,19 @@ def run(argv: list[str] | None = None) -> DatasetDict:
     model, tokenizer = load_model(model_args)
     hub_repo = curated_repo_id(args.hub_prefix, args.iteration) if args.push_to_hub and args.hub_prefix else None
     curated, summary = curate(
-        model, tokenizer, candidates, settings,
-        iteration=args.iteration, scorer=model_args.adapter or model_args.model_name_or_path,
-        output_dir=args.output_dir, hub_repo=hub_repo,
+        model,
+        tokenizer,
+        candidates,
+        settings,
+        iteration=args.iteration,
+        scorer=model_args.adapter or model_args.model_name_or_path,
+        output_dir=args.output_dir,
+        hub_repo=hub_repo,
     )
-    print(f"Scored {summary['candidates']} candidates: A4 {summary['a4']}, A5 {summary['a5']}, "
-          f"unparsed {summary['unparsed']} -> {args.output_dir}")
+    print(
+        f"Scored {summary['candidates']} candidates: A4 {summary['a4']}, A5 {summary['a5']}, "
+        f"unparsed {summary['unparsed']} -> {args.output_dir}"
+    )
     return curated
 
 

@@ -15,10 +15,10 @@ from accelerate import PartialState
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from humpback_trl.generation import SamplingConfig
 from humpback_trl.hub import dataset_card
 from humpback_trl.pairs import PAIR_FEATURES
 from humpback_trl.reports import curation_summary, write_report
-from humpback_trl.generation import SamplingConfig
 from humpback_trl.scoring import DEFAULT_THRESHOLDS, GENERATE_SAMPLING, MODES, score_pairs
 from humpback_trl.shards import run_sharded
 
@@ -30,10 +30,15 @@ CURATED_FOLDER = "curated"
 class CurationSettings:
     curation_mode: str = field(
         default="logits",
-        metadata={"help": "logits (one forward pass, probability-weighted score) or generate (the paper's reasoning + Score: N)."},
+        metadata={
+            "help": "logits (one forward pass, probability-weighted score) or generate (the paper's reasoning "
+            "+ Score: N)."
+        },
     )
     curation_batch_size: int = field(default=8, metadata={"help": "Pairs per forward pass in logits mode."})
-    curation_prefix_cache: bool = field(default=True, metadata={"help": "Encode the shared rubric prefix once (logits mode)."})
+    curation_prefix_cache: bool = field(
+        default=True, metadata={"help": "Encode the shared rubric prefix once (logits mode)."}
+    )
     curation_token_budget: int = field(default=16384, metadata={"help": "Tokens per generation batch (generate mode)."})
     curation_max_new_tokens: int = field(default=256, metadata={"help": "Reasoning length (generate mode)."})
     a4_threshold: float = A4_THRESHOLD
@@ -123,14 +128,21 @@ def curate(
         scored=scored, a4=at_least(scored, settings.a4_threshold), a5=at_least(scored, settings.a5_threshold)
     )
     summary = curation_summary(
-        scored, curated["a4"], curated["a5"], iteration=iteration, scorer=scorer,
-        mode=settings.curation_mode, thresholds=settings.thresholds,
+        scored,
+        curated["a4"],
+        curated["a5"],
+        iteration=iteration,
+        scorer=scorer,
+        mode=settings.curation_mode,
+        thresholds=settings.thresholds,
     )
     if PartialState().is_main_process:
         curated.save_to_disk(str(output_dir / CURATED_FOLDER))
         for split, pairs in curated.items():
             pairs.to_json(str(output_dir / f"{split}.jsonl"), lines=True, force_ascii=False)
-        write_report({"candidates": len(candidates), "iterations": [summary]}, output_dir, f"Curation, iteration {iteration}")
+        write_report(
+            {"candidates": len(candidates), "iterations": [summary]}, output_dir, f"Curation, iteration {iteration}"
+        )
         card = curation_card(summary, hub_repo)
         card.save(str(output_dir / "README.md"))
         if hub_repo:

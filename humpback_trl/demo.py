@@ -28,7 +28,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--from", dest="start_from", default=None, help="Force a restart from this stage.")
     args = parser.parse_args(argv)
     if not (QUICKSTART / "loop.yaml").is_file():
-        raise SystemExit(f"The demo runs the recipes in {QUICKSTART}, which this installation lacks: run it from a clone.")
+        raise SystemExit(
+            f"The demo runs the recipes in {QUICKSTART}, which this installation lacks: run it from a clone."
+        )
     print(NOISE_WARNING, flush=True)
     loop = pipeline.LoopArguments(
         output_dir=args.output_dir,

@@ -9,7 +9,13 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from peft import PeftConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from humpback_trl.tiny import resolve_model
 
@@ -21,7 +27,9 @@ class InferenceModelArguments:
     )
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter: a local folder or a Hub repo id."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit nf4 (bitsandbytes)."})
-    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU)."})
+    dtype: str = field(
+        default="auto", metadata={"help": "auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU)."}
+    )
     model_revision: str | None = None
 
     def __post_init__(self) -> None:

@@ -39,7 +39,9 @@ def _usable(message: Mapping[str, Any], lang: str) -> bool:
     return message["lang"] == lang and not message["deleted"] and message.get("review_result") is not False
 
 
-def first_turn_pairs(messages: Iterable[Mapping[str, Any]], lang: str = "en", limit: int | None = PAPER_SEED_SIZE) -> tuple[Dataset, SeedReport]:
+def first_turn_pairs(
+    messages: Iterable[Mapping[str, Any]], lang: str = "en", limit: int | None = PAPER_SEED_SIZE
+) -> tuple[Dataset, SeedReport]:
     rows = list(messages)
     for index, row in enumerate(rows):
         missing = [name for name in REQUIRED_FIELDS if name not in row]
@@ -82,7 +84,9 @@ def first_turn_pairs(messages: Iterable[Mapping[str, Any]], lang: str = "en", li
     return Dataset.from_list(kept, features=PAIR_FEATURES), report
 
 
-def load_oasst_seed(name: str = OASST1_HUB_ID, lang: str = "en", limit: int | None = PAPER_SEED_SIZE) -> tuple[Dataset, SeedReport]:
+def load_oasst_seed(
+    name: str = OASST1_HUB_ID, lang: str = "en", limit: int | None = PAPER_SEED_SIZE
+) -> tuple[Dataset, SeedReport]:
     """Extract seed pairs from a local export file/folder or a Hub dataset id (its train and validation splits)."""
     if is_local(name):
         table = load_table(name)

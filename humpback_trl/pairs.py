@@ -64,8 +64,13 @@ class LoadReport:
 
 def make_pair(instruction: str, output: str, source: str, source_id: str) -> dict[str, object]:
     """A row in the pair schema with the curation fields still empty."""
-    return {"instruction": instruction, "output": output, "source": source, "source_id": source_id,
-            **dict.fromkeys(CURATION_FIELDS)}
+    return {
+        "instruction": instruction,
+        "output": output,
+        "source": source,
+        "source_id": source_id,
+        **dict.fromkeys(CURATION_FIELDS),
+    }
 
 
 def is_local(name: str) -> bool:
@@ -152,7 +157,12 @@ def drop_blank(pairs: Dataset, name: str) -> tuple[Dataset, LoadReport]:
         rejected_ids = [sid for i, sid in enumerate(pairs["source_id"]) if i not in kept][:5]
         logger.warning(
             "%s: rejected %d of %d pairs with an empty instruction (%d) or output (%d), e.g. %s",
-            name, report.rejected, report.rows, report.empty_instruction, report.empty_output, rejected_ids,
+            name,
+            report.rejected,
+            report.rows,
+            report.empty_instruction,
+            report.empty_output,
+            rejected_ids,
         )
     return (pairs.select(keep) if report.rejected else pairs), report
 
@@ -167,6 +177,8 @@ def load_pairs(
     if is_local(name) and Path(name).is_file() and Path(name).stat().st_size == 0:
         # An empty subset (A5 of a weak scorer) is a legitimate input, not a broken file.
         logger.warning("%s is empty: it adds no pairs", name)
-        return Dataset.from_dict({column: [] for column in PAIR_FEATURES}, features=PAIR_FEATURES), LoadReport(name, 0, 0, 0, 0)
+        return Dataset.from_dict({column: [] for column in PAIR_FEATURES}, features=PAIR_FEATURES), LoadReport(
+            name, 0, 0, 0, 0
+        )
     table = load_table(name, split=split, config_name=config_name)
     return drop_blank(to_pairs(table, name, columns, default_source), name)

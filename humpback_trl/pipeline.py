@@ -40,7 +40,9 @@ class LoopArguments:
     iterations: int = field(default=2, metadata={"help": "Forward iterations K; the paper's Humpback is M2."})
     accelerate_config: str = field(default="accelerate_configs/cpu.yaml", metadata={"help": "For every stage."})
     num_processes: int = 1
-    hub_prefix: str | None = field(default=None, metadata={"help": "With push_to_hub: <prefix>-myx, -m0, -candidates, ..."})
+    hub_prefix: str | None = field(
+        default=None, metadata={"help": "With push_to_hub: <prefix>-myx, -m0, -candidates, ..."}
+    )
     push_to_hub: bool = False
     magpie: str = field(
         default="none",
@@ -64,8 +66,17 @@ class Stage:
 
     def command(self, loop: LoopArguments) -> list[str]:
         return [
-            "accelerate", "launch", "--config_file", loop.accelerate_config, "--num_processes", str(loop.num_processes),
-            "-m", self.module, "--config", str(self.recipe), *self.overrides,
+            "accelerate",
+            "launch",
+            "--config_file",
+            loop.accelerate_config,
+            "--num_processes",
+            str(loop.num_processes),
+            "-m",
+            self.module,
+            "--config",
+            str(self.recipe),
+            *self.overrides,
         ]
 
 
@@ -92,25 +103,46 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
         Stage("corpus", "humpback_trl.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []),
         Stage("myx", "humpback_trl.sft", folder / "backward.yaml", ["--output_dir", str(out / "myx"), *hub], []),
         Stage(
-            "augment", "humpback_trl.augment", folder / "augment.yaml",
-            ["--corpus", str(out / "corpus" / "dataset"), "--adapter", str(out / "myx"),
-             "--output_dir", str(out / "augment"), *hub],
+            "augment",
+            "humpback_trl.augment",
+            folder / "augment.yaml",
+            [
+                "--corpus",
+                str(out / "corpus" / "dataset"),
+                "--adapter",
+                str(out / "myx"),
+                "--output_dir",
+                str(out / "augment"),
+                *hub,
+            ],
             ["corpus", "myx"],
         ),
     ]
     if with_magpie:
-        stages.append(Stage("magpie", "humpback_trl.magpie", folder / "magpie.yaml",
-                            ["--output_dir", str(out / "magpie")], []))
+        stages.append(
+            Stage("magpie", "humpback_trl.magpie", folder / "magpie.yaml", ["--output_dir", str(out / "magpie")], [])
+        )
     for k in range(loop.iterations + 1):
         data = seed_data + ([str(out / f"m{k - 1}" / "curation" / "a5.jsonl")] if k else [])
         curation = ["--curate_candidates", *candidates] if k < loop.iterations else []
         upstream = (["augment"] if k < loop.iterations else []) + ([f"m{k - 1}"] if k else []) + with_magpie
-        stages.append(Stage(
-            f"m{k}", "humpback_trl.sft", seed_recipe,
-            ["--output_dir", str(out / f"m{k}"), "--iteration", str(k), *(["--data", *data] if data else []),
-             *curation, *hub],
-            upstream,
-        ))
+        stages.append(
+            Stage(
+                f"m{k}",
+                "humpback_trl.sft",
+                seed_recipe,
+                [
+                    "--output_dir",
+                    str(out / f"m{k}"),
+                    "--iteration",
+                    str(k),
+                    *(["--data", *data] if data else []),
+                    *curation,
+                    *hub,
+                ],
+                upstream,
+            )
+        )
     return stages
 
 
@@ -212,15 +244,20 @@ def loop_report(loop: LoopArguments) -> dict[str, Any]:
     if (out / "magpie" / "report.json").is_file():
         report["magpie_pairs"] = _lines(out / "magpie" / "magpie.jsonl")
     report["iterations"] = [
-        {**_json(out / f"m{k - 1}" / "curation" / "report.json")["iterations"][0],
-         "trains": f"m{k}", "training_pairs": _lines(out / f"m{k}" / "training_data.jsonl")}
+        {
+            **_json(out / f"m{k - 1}" / "curation" / "report.json")["iterations"][0],
+            "trains": f"m{k}",
+            "training_pairs": _lines(out / f"m{k}" / "training_data.jsonl"),
+        }
         for k in range(1, loop.iterations + 1)
     ]
     report["artifacts"] = {
         "backward model": str(out / "myx"),
         **{f"M{k}": str(out / f"m{k}") for k in range(loop.iterations + 1)},
         "candidates": str(out / "augment" / "candidates.jsonl"),
-        **{f"A5 iteration {k}": str(out / f"m{k - 1}" / "curation" / "a5.jsonl") for k in range(1, loop.iterations + 1)},
+        **{
+            f"A5 iteration {k}": str(out / f"m{k - 1}" / "curation" / "a5.jsonl") for k in range(1, loop.iterations + 1)
+        },
     }
     return report
 
@@ -240,7 +277,9 @@ def make_parser() -> TrlParser:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] ...")
+        raise SystemExit(
+            "usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] ..."
+        )
     target = Path(argv.pop(0))
     # A folder runs its loop.yaml; a yaml file in a recipe folder runs that variant (e.g. loop_multi_gpu.yaml).
     folder, loop_file = (target.parent, target) if target.suffix == ".yaml" else (target, target / "loop.yaml")

@@ -34,7 +34,14 @@ def subset_stats(pairs: Dataset) -> dict[str, Any]:
 
 
 def curation_summary(
-    scored: Dataset, a4: Dataset, a5: Dataset, *, iteration: int, scorer: str, mode: str, thresholds: Mapping[str, float]
+    scored: Dataset,
+    a4: Dataset,
+    a5: Dataset,
+    *,
+    iteration: int,
+    scorer: str,
+    mode: str,
+    thresholds: Mapping[str, float],
 ) -> dict[str, Any]:
     # Bucket k holds scores in [k, k + 1), so A_k (score >= k) is exactly the sum of the buckets from k up, in both
     # modes (logits scores are probability-weighted means, generate scores integers).
@@ -70,14 +77,17 @@ def render_markdown(report: Mapping[str, Any], title: str = "Data funnel") -> st
             *([f"{it['trains']} trained on {it['training_pairs']} pairs (seed + A5)", ""] if "trains" in it else [""]),
             "| score | " + " | ".join(map(str, SCORES)) + " | unparsed | candidates |",
             "|---|" + "---|" * (len(SCORES) + 2),
-            "| count | " + " | ".join(str(it["per_score"][str(s)]) for s in SCORES)
+            "| count | "
+            + " | ".join(str(it["per_score"][str(s)]) for s in SCORES)
             + f" | {it['unparsed']} | {it['candidates']} |",
             "",
             "| data | # examples | instruction length (chars) | output length (chars) |",
             "|---|---|---|---|",
         ]
         for name, stats in it["lengths"].items():
-            lines.append(f"| {name} | {stats['count']} | {_fmt(stats['instruction_chars'])} | {_fmt(stats['output_chars'])} |")
+            lines.append(
+                f"| {name} | {stats['count']} | {_fmt(stats['instruction_chars'])} | {_fmt(stats['output_chars'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,14 @@ PAPER_WEIGHT_DECAY = 0.1
 SMALL_DATA_EXAMPLES = 3000
 # (training examples, optimisation steps), Table 18.
 STEPS_BY_DATA_SIZE: tuple[tuple[int, int], ...] = (
-    (100, 30), (800, 300), (1600, 600), (3200, 500), (6400, 600), (12800, 600), (25600, 1200), (51200, 1600),
+    (100, 30),
+    (800, 300),
+    (1600, 600),
+    (3200, 500),
+    (6400, 600),
+    (12800, 600),
+    (25600, 1200),
+    (51200, 1600),
 )
 
 
@@ -60,6 +67,12 @@ def apply_paper_schedule(args: TrainingArguments, num_examples: int, world_size:
     }
     logger.info(
         "Paper schedule: %d examples -> batch %d (%d x %d processes x %d accumulation), %d steps, lr %.0e -> %.0e",
-        num_examples, batch, args.per_device_train_batch_size, world_size, args.gradient_accumulation_steps,
-        steps, PAPER_LEARNING_RATE, PAPER_MIN_LEARNING_RATE,
+        num_examples,
+        batch,
+        args.per_device_train_batch_size,
+        world_size,
+        args.gradient_accumulation_steps,
+        steps,
+        PAPER_LEARNING_RATE,
+        PAPER_MIN_LEARNING_RATE,
     )

@@ -1,6 +1,7 @@
 """Train the forward or backward model on pair data with TRL's SFTTrainer and the swapped-field collator.
 
-    accelerate launch --config_file accelerate_configs/cpu.yaml -m humpback_trl.sft --config recipes/quickstart/backward.yaml
+    accelerate launch --config_file accelerate_configs/cpu.yaml -m humpback_trl.sft \
+        --config recipes/quickstart/backward.yaml
     humpback sft --config recipes/quickstart/seed.yaml
 
 Parse (our arguments + SFTConfig + ModelConfig, unknown keys fail) -> load pairs -> train (QLoRA by default in the
@@ -19,8 +20,8 @@ from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
-from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator, save_prompt_settings
 from humpback_trl.callbacks import SelfCurationCallback
+from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator, save_prompt_settings
 from humpback_trl.curation import CurationSettings
 from humpback_trl.hub import (
     curated_repo_id,
@@ -46,8 +47,10 @@ TRAINING_DATA_FILE = "training_data.jsonl"
 class HumpbackSFTArguments:
     data: list[str] = field(
         default_factory=list,
-        metadata={"help": "Pair data: local jsonl/json/parquet/csv files, save_to_disk folders, Hub dataset ids, or "
-                  "builtin:seed. Concatenated in order."},
+        metadata={
+            "help": "Pair data: local jsonl/json/parquet/csv files, save_to_disk folders, Hub dataset ids, or "
+            "builtin:seed. Concatenated in order."
+        },
     )
     data_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
     default_source: str = field(default="seed", metadata={"help": "Source of rows whose data has no source column."})
@@ -57,18 +60,24 @@ class HumpbackSFTArguments:
     id_column: str = "source_id"
     oasst_seed: str | None = field(
         default=None,
-        metadata={"help": "oasst1 message export (local file or Hub id, e.g. OpenAssistant/oasst1): its first-turn "
-                  "rank-0 English pairs are added as seed."},
+        metadata={
+            "help": "oasst1 message export (local file or Hub id, e.g. OpenAssistant/oasst1): its first-turn "
+            "rank-0 English pairs are added as seed."
+        },
     )
     oasst_lang: str = "en"
     seed_limit: int = field(default=3200, metadata={"help": "Cap on oasst seed pairs (paper: 3,200)."})
-    direction: str = field(default="forward", metadata={"help": "forward: p(output|instruction); backward: p(instruction|output)."})
+    direction: str = field(
+        default="forward", metadata={"help": "forward: p(output|instruction); backward: p(instruction|output)."}
+    )
     tagging: bool = field(default=True, metadata={"help": "Append the paper's source tags to forward instructions."})
     system_prompt: str | None = None
     backward_prompt: str = DEFAULT_BACKWARD_PROMPT
     paper_schedule: bool = field(
         default=False,
-        metadata={"help": "Use the paper's lr 1e-5 -> 9e-6 linear, weight decay 0.1, batch 32 (8 under 3,000), steps by size."},
+        metadata={
+            "help": "Use the paper's lr 1e-5 -> 9e-6 linear, weight decay 0.1, batch 32 (8 under 3,000), steps by size."
+        },
     )
     iteration: int = field(default=0, metadata={"help": "Forward iteration k: the model is M_k (M0 = seed model)."})
     stage: str | None = field(default=None, metadata={"help": "Artifact name; default myx (backward) or m<iteration>."})
@@ -77,8 +86,10 @@ class HumpbackSFTArguments:
     )
     curate_candidates: list[str] = field(
         default_factory=list,
-        metadata={"help": "Candidate pool (file, folder or Hub id) that the trained forward model scores when training "
-                  "ends, for the next iteration (SelfCurationCallback)."},
+        metadata={
+            "help": "Candidate pool (file, folder or Hub id) that the trained forward model scores when training "
+            "ends, for the next iteration (SelfCurationCallback)."
+        },
     )
     curation_output_dir: str | None = field(default=None, metadata={"help": "Default: <output_dir>/curation."})
 
@@ -159,7 +170,9 @@ def build_trainer(
     return trainer, counts
 
 
-def save_outputs(trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_args: ModelConfig, counts: dict[str, int]) -> None:
+def save_outputs(
+    trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_args: ModelConfig, counts: dict[str, int]
+) -> None:
     args = trainer.args
     output_dir = Path(args.output_dir)
     trainer.save_model(str(output_dir))
@@ -176,9 +189,13 @@ def save_outputs(trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_a
         "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "max_steps": args.max_steps,
         "max_length": args.max_length,
-        "quantization": "4-bit nf4 (QLoRA)" if model_args.load_in_4bit else ("8-bit" if model_args.load_in_8bit else "none"),
+        "quantization": "4-bit nf4 (QLoRA)"
+        if model_args.load_in_4bit
+        else ("8-bit" if model_args.load_in_8bit else "none"),
         "lora": f"r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
-                f"targets={model_args.lora_target_modules}" if model_args.use_peft else "full fine-tuning",
+        f"targets={model_args.lora_target_modules}"
+        if model_args.use_peft
+        else "full fine-tuning",
     }
     card = model_card(
         base_model=model_args.model_name_or_path,
@@ -205,7 +222,10 @@ def curation_callback(
 ) -> SelfCurationCallback | None:
     if not script_args.curate_candidates:
         return None
-    pools = [load_pairs(name, default_source="augmented", split=script_args.data_split)[0] for name in script_args.curate_candidates]
+    pools = [
+        load_pairs(name, default_source="augmented", split=script_args.data_split)[0]
+        for name in script_args.curate_candidates
+    ]
     candidates = concatenate_datasets(pools) if len(pools) > 1 else pools[0]
     iteration = script_args.iteration + 1
     return SelfCurationCallback(
@@ -214,7 +234,11 @@ def curation_callback(
         settings,
         iteration=iteration,
         scorer=training_args.hub_model_id
-        or (model_repo_id(script_args.hub_prefix, script_args.stage) if script_args.hub_prefix else training_args.output_dir),
+        or (
+            model_repo_id(script_args.hub_prefix, script_args.stage)
+            if script_args.hub_prefix
+            else training_args.output_dir
+        ),
         hub_repo=curated_repo_id(script_args.hub_prefix, iteration) if script_args.hub_prefix else None,
     )
 

@@ -193,11 +193,18 @@ def run_sharded(
     shards = [range(start, min(start + shard_size, len(keys))) for start in range(0, len(keys), shard_size)]
     mine = range(state.process_index, len(shards), state.num_processes)
     finished = [i for i in mine if shard_path(shards_dir, i).is_file()]
-    logger.info("Process %d: %d of its %d shards already finished, skipping them", state.process_index,
-                len(finished), len(mine))
+    logger.info(
+        "Process %d: %d of its %d shards already finished, skipping them", state.process_index, len(finished), len(mine)
+    )
     # Starting the bar at the finished items keeps its rate and ETA right after a resume.
-    with tqdm(total=sum(len(shards[i]) for i in mine), initial=sum(len(shards[i]) for i in finished), desc=desc,
-              unit="item", position=state.process_index, disable=not show_progress) as bar:
+    with tqdm(
+        total=sum(len(shards[i]) for i in mine),
+        initial=sum(len(shards[i]) for i in finished),
+        desc=desc,
+        unit="item",
+        position=state.process_index,
+        disable=not show_progress,
+    ) as bar:
         for index in sorted(set(mine) - set(finished)):
             work_shard(items, keys, shards[index], index, key, work_fn, shards_dir)
             bar.update(len(shards[index]))

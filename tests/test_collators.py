@@ -22,7 +22,8 @@ END_OF_TURN = {
 
 ROW = {
     "instruction": "Give me three tips for keeping basil alive indoors.",
-    "output": "1. Put it in the sunniest window you have.\n2. Water when the top soil is dry.\n3. Pinch off flowers early.",
+    "output": "1. Put it in the sunniest window you have.\n2. Water when the top soil is dry.\n"
+    "3. Pinch off flowers early.",
     "source": "seed",
     "source_id": "row-7",
 }
@@ -49,7 +50,9 @@ def split(batch, tokenizer, i=0):
 
 def render_prompt(tokenizer, user, system=None):
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, date_string="26 Jul 2024")
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, date_string="26 Jul 2024"
+    )
 
 
 @pytest.mark.parametrize("direction", ["backward", "forward"])

@@ -9,8 +9,17 @@ from humpback_trl.oasst import first_turn_pairs, load_oasst_seed
 
 
 def message(mid, parent, role, text, lang="en", rank=None, deleted=False, review=True, tree=None):
-    return {"message_id": mid, "parent_id": parent, "message_tree_id": tree or mid, "role": role, "lang": lang,
-            "rank": rank, "deleted": deleted, "review_result": review, "text": text}
+    return {
+        "message_id": mid,
+        "parent_id": parent,
+        "message_tree_id": tree or mid,
+        "role": role,
+        "lang": lang,
+        "rank": rank,
+        "deleted": deleted,
+        "review_result": review,
+        "text": text,
+    }
 
 
 EXPORT = [

@@ -40,7 +40,10 @@ def test_missing_column_names_column_and_file(tmp_path):
 
 
 def test_source_column_is_respected_and_validated(tmp_path):
-    rows = [{"instruction": "q", "output": "a", "source": "magpie"}, {"instruction": "q2", "output": "a2", "source": "web"}]
+    rows = [
+        {"instruction": "q", "output": "a", "source": "magpie"},
+        {"instruction": "q2", "output": "a2", "source": "web"},
+    ]
     path = write_jsonl(tmp_path / "s.jsonl", rows[:1])
     pairs, _ = load_pairs(path)
     assert pairs["source"] == ["magpie"] and pairs["source_id"] == [f"{path}:0"]

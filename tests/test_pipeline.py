@@ -21,8 +21,13 @@ FAST = {  # the quickstart recipes, shortened so the loop runs in about a minute
     "seed.yaml": {"max_steps": 3, "save_steps": 2, "curation_shard_size": 8},
     "augment.yaml": {"max_new_tokens": 8, "shard_size": 8},
     "corpus.yaml": {},
-    "magpie.yaml": {"num_samples": 8, "num_turns": 1, "instruction_max_new_tokens": 8, "response_max_new_tokens": 8,
-                    "curate": False},
+    "magpie.yaml": {
+        "num_samples": 8,
+        "num_turns": 1,
+        "instruction_max_new_tokens": 8,
+        "response_max_new_tokens": 8,
+        "curate": False,
+    },
 }
 
 
@@ -32,8 +37,11 @@ def recipes(tmp_path_factory):
     for name, changes in FAST.items():
         config = {**yaml.safe_load((QUICKSTART / name).read_text()), **changes}
         (folder / name).write_text(yaml.safe_dump(config))
-    loop = {**yaml.safe_load((QUICKSTART / "loop.yaml").read_text()),
-            "accelerate_config": str(ROOT / "accelerate_configs/cpu.yaml"), "magpie": "candidates"}
+    loop = {
+        **yaml.safe_load((QUICKSTART / "loop.yaml").read_text()),
+        "accelerate_config": str(ROOT / "accelerate_configs/cpu.yaml"),
+        "magpie": "candidates",
+    }
     (folder / "loop.yaml").write_text(yaml.safe_dump(loop))
     return folder
 
@@ -41,7 +49,9 @@ def recipes(tmp_path_factory):
 def humpback_run(recipes, output_dir, *extra, **popen):
     command = [sys.executable, "-m", "humpback_trl.cli", "run", str(recipes), "--output_dir", str(output_dir), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
 
 
 def finish(process, timeout=600):
@@ -51,8 +61,11 @@ def finish(process, timeout=600):
 
 
 def statuses(output):
-    return {line.split(":")[0].split()[-1]: line.split(": ")[1].split(",")[0]
-            for line in output.splitlines() if line.startswith("[humpback] ") and ": " in line}
+    return {
+        line.split(":")[0].split()[-1]: line.split(": ")[1].split(",")[0]
+        for line in output.splitlines()
+        if line.startswith("[humpback] ") and ": " in line
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +114,15 @@ def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path)
     process.wait()
     assert not (out / "report.json").exists()
     output = finish(humpback_run(recipes, out))
-    assert statuses(output) == {"corpus": "up to date", "myx": "up to date", "augment": "up to date",
-                                "magpie": "up to date", "m0": "resuming", "m1": "running", "m2": "running"}
+    assert statuses(output) == {
+        "corpus": "up to date",
+        "myx": "up to date",
+        "augment": "up to date",
+        "magpie": "up to date",
+        "m0": "resuming",
+        "m1": "running",
+        "m2": "running",
+    }
     expected = (first_run[0] / "report.json").read_text().replace(str(first_run[0]), "OUT")
     assert (out / "report.json").read_text().replace(str(out), "OUT") == expected
 
@@ -110,8 +130,10 @@ def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path)
 def test_from_forces_a_restart(recipes, first_run):
     out, _ = first_run
     output = finish(humpback_run(recipes, out, "--from", "m2"))
-    assert statuses(output) == {**dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "m1"], "up to date"),
-                                "m2": "running"}
+    assert statuses(output) == {
+        **dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "m1"], "up to date"),
+        "m2": "running",
+    }
     with pytest.raises(ValueError, match="not a stage"):
         pipeline.run([str(recipes), "--output_dir", str(out), "--from", "m9"])
 
@@ -121,7 +143,9 @@ def test_changed_recipe_reruns_that_stage_and_downstream(recipes, first_run):
     seed = yaml.safe_load((recipes / "seed.yaml").read_text())
     (recipes / "seed.yaml").write_text(yaml.safe_dump({**seed, "max_steps": 2}))
     output = finish(humpback_run(recipes, out))
-    assert statuses(output) == {**dict.fromkeys(["corpus", "myx", "augment", "magpie"], "up to date"),
-                                **dict.fromkeys(["m0", "m1", "m2"], "running")}
+    assert statuses(output) == {
+        **dict.fromkeys(["corpus", "myx", "augment", "magpie"], "up to date"),
+        **dict.fromkeys(["m0", "m1", "m2"], "running"),
+    }
     state = json.loads((out / "m0" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and not (out / "m0" / "checkpoint-3").exists()

@@ -39,7 +39,7 @@ def parse_stage(module_name, recipe, overrides=()):
 def assert_local_reference_exists(name):
     if name.startswith(BUILTIN_PREFIX):
         if name != "builtin:python-docs":
-            assert builtin_path(name[len(BUILTIN_PREFIX):]).is_file()
+            assert builtin_path(name[len(BUILTIN_PREFIX) :]).is_file()
     elif name.startswith((".", "/")) or Path(name).suffix:
         assert (ROOT / name).exists(), name
     else:
@@ -70,6 +70,8 @@ def test_standalone_recipes_parse(recipe, monkeypatch):
 
 def test_unknown_key_in_a_recipe_fails_loudly(tmp_path):
     recipe = tmp_path / "augment.yaml"
-    recipe.write_text(yaml.safe_dump({**yaml.safe_load((RECIPES / "quickstart/augment.yaml").read_text()), "temprature": 1}))
+    recipe.write_text(
+        yaml.safe_dump({**yaml.safe_load((RECIPES / "quickstart/augment.yaml").read_text()), "temprature": 1})
+    )
     with pytest.raises(ValueError, match="temprature"):
         parse_stage("humpback_trl.augment", recipe, ["--corpus", "x.jsonl", "--adapter", "a"])

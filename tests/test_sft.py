@@ -12,7 +12,11 @@ from humpback_trl.chat_template import encode
 from humpback_trl.schedule import PAPER_LEARNING_RATE, PAPER_MIN_LEARNING_RATE, paper_batch_size, paper_steps
 
 PAIRS = [
-    {"instruction": f"Question number {i}: what is {i} plus {i}?", "output": f"The answer is {2 * i}. " * 3, "id": f"p{i}"}
+    {
+        "instruction": f"Question number {i}: what is {i} plus {i}?",
+        "output": f"The answer is {2 * i}. " * 3,
+        "id": f"p{i}",
+    }
     for i in range(24)
 ] + [{"instruction": "   ", "output": "rejected: blank instruction", "id": "blank"}]
 
@@ -31,14 +35,32 @@ def data_path(tmp_path_factory):
 
 def recipe(tmp_path, tiny_path, data_path, **overrides):
     config = {
-        "model_name_or_path": str(tiny_path), "dtype": "float32",
-        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True,
-        "use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["all-linear"],
-        "data": [str(data_path)], "id_column": "id", "direction": "backward",
-        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "max_steps": 12,
-        "per_device_train_batch_size": 8, "learning_rate": 5e-3, "lr_scheduler_type": "constant",
-        "max_length": 256, "gradient_checkpointing": False, "logging_steps": 1, "save_strategy": "no",
-        "report_to": "none", "seed": 0, **overrides,
+        "model_name_or_path": str(tiny_path),
+        "dtype": "float32",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "use_bnb_nested_quant": True,
+        "use_peft": True,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_target_modules": ["all-linear"],
+        "data": [str(data_path)],
+        "id_column": "id",
+        "direction": "backward",
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "bf16": False,
+        "max_steps": 12,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-3,
+        "lr_scheduler_type": "constant",
+        "max_length": 256,
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        **overrides,
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -53,7 +75,9 @@ def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path)
     assert type(layer).__name__ == "Linear4bit"
 
     out = tmp_path / "out"
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
     saved = [json.loads(line) for line in (out / sft.TRAINING_DATA_FILE).read_text().splitlines()]
     assert len(saved) == 24 and saved[0]["source_id"] == "p0" and "blank" not in {r["source_id"] for r in saved}
     card = (out / "README.md").read_text()
@@ -68,8 +92,16 @@ def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path)
 
 
 def test_paper_schedule_ends_at_the_floor(tmp_path, tiny_path, data_path):
-    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, max_steps=5, direction="forward",
-                    paper_schedule=True, per_device_train_batch_size=4)
+    config = recipe(
+        tmp_path,
+        tiny_path,
+        data_path,
+        load_in_4bit=False,
+        max_steps=5,
+        direction="forward",
+        paper_schedule=True,
+        per_device_train_batch_size=4,
+    )
     trainer = sft.run(["--config", config])
     args = trainer.args
     assert (args.gradient_accumulation_steps, args.weight_decay) == (2, 0.1)  # batch 8 under 3,000 examples
@@ -85,13 +117,17 @@ def test_paper_table():
 
 def test_unknown_recipe_key_fails_with_its_name(tmp_path, tiny_path, data_path):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({**yaml.safe_load(open(recipe(tmp_path, tiny_path, data_path))), "lerning_rate": 1}))
+    config.write_text(
+        yaml.safe_dump({**yaml.safe_load(open(recipe(tmp_path, tiny_path, data_path))), "lerning_rate": 1})
+    )
     with pytest.raises(ValueError, match="lerning_rate"):
         sft.run(["--config", str(config)])
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_path, data_path):
-    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, save_strategy="steps", save_steps=3, max_steps=3)
+    config = recipe(
+        tmp_path, tiny_path, data_path, load_in_4bit=False, save_strategy="steps", save_steps=3, max_steps=3
+    )
     sft.run(["--config", config])
     trainer = sft.run(["--config", config, "--max_steps", "6"])
     steps = [entry["step"] for entry in trainer.state.log_history if "loss" in entry]
@@ -108,11 +144,25 @@ def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / "accelerate_configs/cpu.yaml"),
-        "--num_processes", "2", "-m", "humpback_trl.sft", "--config", recipe(tmp_path, tiny_path, data_path),
-        "--output_dir", str(out), "--max_steps", "3",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(root / "accelerate_configs/cpu.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "humpback_trl.sft",
+        "--config",
+        recipe(tmp_path, tiny_path, data_path),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
     # 24 pairs in batches of 8 rows x 2 processes take 2 steps an epoch, so 3 steps end at epoch 1.5;

@@ -116,8 +116,9 @@ def test_a_rerun_after_kill_9_redoes_only_unfinished_shards(tmp_path):
     # What a kill in the middle of a write leaves behind.
     (out / "shards" / "shard-000009.jsonl.tmp-4242").write_text('{"source_id": "doc-0')
 
-    rerun = subprocess.run([sys.executable, str(script), str(out), str(log), "0"], capture_output=True, text=True,
-                           timeout=WAIT_S)
+    rerun = subprocess.run(
+        [sys.executable, str(script), str(out), str(log), "0"], capture_output=True, text=True, timeout=WAIT_S
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     calls = Counter(log.read_text().split())
     first_keys = {f"shard-{i:06d}.jsonl": f"doc-{4 * i:03d}" for i in range(10)}
@@ -182,12 +183,26 @@ def test_two_cpu_processes_alternate_shards_and_merge_once(tmp_path):
     script.write_text(TWO_PROCESSES)
     # `accelerate launch --cpu` starts a single process; the project's cpu.yaml starts N over gloo.
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs/cpu.yaml"),
-        "--num_processes", "2", "--main_process_port", str(free_port()), str(script), str(out),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs/cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        str(out),
     ]
     with open(tmp_path / "launch.log", "w") as log:
-        launch = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        launch = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         try:
             launch.wait(timeout=120)
         except subprocess.TimeoutExpired:

@@ -29,15 +29,34 @@ def corpus_file(tmp_path):
 
 def candidates_file(tmp_path, n=10):
     path = tmp_path / "candidates.jsonl"
-    rows = [{"instruction": f"How are tide tables number {i} read?", "output": SEGMENTS[i]["text"],
-             "source": "augmented", "source_id": SEGMENTS[i]["segment_id"]} for i in range(n)]
+    rows = [
+        {
+            "instruction": f"How are tide tables number {i} read?",
+            "output": SEGMENTS[i]["text"],
+            "source": "augmented",
+            "source_id": SEGMENTS[i]["segment_id"],
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
 def test_augment_writes_one_candidate_per_segment_and_resumes(tmp_path, tiny_model_dir, corpus_file):
-    args = ["--corpus", str(corpus_file), "--model_name_or_path", str(tiny_model_dir), "--output_dir",
-            str(tmp_path / "aug"), "--max_new_tokens", "8", "--shard_size", "4", "--seed", "1"]
+    args = [
+        "--corpus",
+        str(corpus_file),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(tmp_path / "aug"),
+        "--max_new_tokens",
+        "8",
+        "--shard_size",
+        "4",
+        "--seed",
+        "1",
+    ]
     candidates = augment.run(args)
     generated = load_from_disk(str(tmp_path / "aug" / "data"))
     assert generated["source_id"] == [row["segment_id"] for row in SEGMENTS]
@@ -56,20 +75,41 @@ def test_augment_writes_one_candidate_per_segment_and_resumes(tmp_path, tiny_mod
 
 def test_augment_missing_column_names_it(tmp_path, tiny_model_dir, corpus_file):
     with pytest.raises(KeyError, match="no column 'body'"):
-        augment.run(["--corpus", str(corpus_file), "--text_column", "body", "--model_name_or_path", str(tiny_model_dir)])
+        augment.run(
+            ["--corpus", str(corpus_file), "--text_column", "body", "--model_name_or_path", str(tiny_model_dir)]
+        )
 
 
 @pytest.mark.parametrize("mode", ["logits", "generate"])
 def test_curate_counts_add_up_and_subsets_nest(tmp_path, tiny_model_dir, mode):
     out = tmp_path / "cur"
-    curated = curate.run(["--candidates", str(candidates_file(tmp_path)), "--model_name_or_path", str(tiny_model_dir),
-                          "--output_dir", str(out), "--curation_mode", mode, "--curation_max_new_tokens", "6",
-                          "--a4_threshold", "2.5", "--a5_threshold", "3", "--iteration", "2"])
+    curated = curate.run(
+        [
+            "--candidates",
+            str(candidates_file(tmp_path)),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--output_dir",
+            str(out),
+            "--curation_mode",
+            mode,
+            "--curation_max_new_tokens",
+            "6",
+            "--a4_threshold",
+            "2.5",
+            "--a5_threshold",
+            "3",
+            "--iteration",
+            "2",
+        ]
+    )
     scored, a4, a5 = curated["scored"], curated["a4"], curated["a5"]
     assert len(scored) == 10 and set(scored["iteration"]) == {2} and set(scored["scorer"]) == {str(tiny_model_dir)}
     assert set(a5["source_id"]) <= set(a4["source_id"]) <= set(scored["source_id"])
     assert all(s >= 3 for s in a5["score"]) and all(s >= 2.5 for s in a4["score"])
-    outside = [s for sid, s in zip(scored["source_id"], scored["score"], strict=True) if sid not in set(a4["source_id"])]
+    outside = [
+        s for sid, s in zip(scored["source_id"], scored["score"], strict=True) if sid not in set(a4["source_id"])
+    ]
     assert all(s is None or s < 2.5 for s in outside)
     report = json.loads((out / "report.json").read_text())["iterations"][0]
     assert sum(report["per_score"].values()) + report["unparsed"] == report["candidates"] == 10
@@ -78,7 +118,14 @@ def test_curate_counts_add_up_and_subsets_nest(tmp_path, tiny_model_dir, mode):
         assert all(1 <= s <= 5 for s in scored["score"]) and report["unparsed"] == 0
     else:
         assert all(r is not None for r in scored["reasoning"])
-    assert {p.name for p in out.iterdir()} >= {"scored.jsonl", "a4.jsonl", "a5.jsonl", "report.md", "scores.png", "README.md"}
+    assert {p.name for p in out.iterdir()} >= {
+        "scored.jsonl",
+        "a4.jsonl",
+        "a5.jsonl",
+        "report.md",
+        "scores.png",
+        "README.md",
+    }
     assert set(load_from_disk(str(out / "curated")).keys()) == {"scored", "a4", "a5"}
     card = (out / "README.md").read_text()
     assert f"`{tiny_model_dir}`" in card and "iteration 2" in card and f"{mode} mode" in card
@@ -87,13 +134,27 @@ def test_curate_counts_add_up_and_subsets_nest(tmp_path, tiny_model_dir, mode):
 
 def forward_recipe(tmp_path, tiny_model_dir, **extra):
     seed = tmp_path / "seed.jsonl"
-    seed.write_text("".join(json.dumps({"instruction": f"Add {i} and {i}.", "output": f"{2 * i}."}) + "\n" for i in range(8)))
+    seed.write_text(
+        "".join(json.dumps({"instruction": f"Add {i} and {i}.", "output": f"{2 * i}."}) + "\n" for i in range(8))
+    )
     config = {
-        "model_name_or_path": str(tiny_model_dir), "use_peft": True, "lora_r": 4, "lora_target_modules": ["all-linear"],
-        "data": [str(seed)], "direction": "forward", "output_dir": str(tmp_path / "m0"), "use_cpu": True,
-        "bf16": False, "max_steps": 2, "per_device_train_batch_size": 4, "gradient_checkpointing": True,
-        "save_strategy": "no", "report_to": "none", "curate_candidates": str(candidates_file(tmp_path)),
-        "curation_shard_size": 3, **extra,
+        "model_name_or_path": str(tiny_model_dir),
+        "use_peft": True,
+        "lora_r": 4,
+        "lora_target_modules": ["all-linear"],
+        "data": [str(seed)],
+        "direction": "forward",
+        "output_dir": str(tmp_path / "m0"),
+        "use_cpu": True,
+        "bf16": False,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "gradient_checkpointing": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "curate_candidates": str(candidates_file(tmp_path)),
+        "curation_shard_size": 3,
+        **extra,
     }
     path = tmp_path / "m0.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -102,7 +163,9 @@ def forward_recipe(tmp_path, tiny_model_dir, **extra):
 
 def test_callback_scores_candidates_with_the_trained_model(tmp_path, tiny_model_dir, monkeypatch):
     pushed = []
-    monkeypatch.setattr(DatasetDict, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, sorted(self))))
+    monkeypatch.setattr(
+        DatasetDict, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, sorted(self)))
+    )
     monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("card", repo)))
     trainer = sft.run(["--config", str(forward_recipe(tmp_path, tiny_model_dir, hub_prefix="me/hb"))])
     callback = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "SelfCurationCallback")
@@ -116,13 +179,28 @@ def test_callback_scores_candidates_with_the_trained_model(tmp_path, tiny_model_
 
 def test_callback_under_two_processes(tmp_path, tiny_model_dir):
     recipe = forward_recipe(tmp_path, tiny_model_dir)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs/cpu.yaml"),
-               "--num_processes", "2", "-m", "humpback_trl.sft", "--config", str(recipe)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs/cpu.yaml"),
+        "--num_processes",
+        "2",
+        "-m",
+        "humpback_trl.sft",
+        "--config",
+        str(recipe),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     curation = tmp_path / "m0" / "curation"
     scored = load_from_disk(str(curation / "curated"))["scored"]
-    assert sorted(scored["source_id"]) == sorted(json.loads(line)["source_id"] for line in open(candidates_file(tmp_path)))
+    assert sorted(scored["source_id"]) == sorted(
+        json.loads(line)["source_id"] for line in open(candidates_file(tmp_path))
+    )
     assert len(list((curation / "scoring" / "shards").glob("shard-*.jsonl"))) == 4  # 10 pairs in shards of 3
     report = json.loads((curation / "report.json").read_text())["iterations"][0]
     assert sum(report["per_score"].values()) + report["unparsed"] == report["candidates"] == 10

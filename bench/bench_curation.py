@@ -1,0 +1,291 @@
+"""Throughput of self-curation scoring and of the generation engine, on one model and one input set (run by hand).
+
+Measured in a single run, on a random-initialised Llama with real shapes (float32, CPU by default):
+- pairs/s of generate-mode scoring (the paper's: reasoning + "Score: n", greedy), of logits-mode scoring without the
+  shared rubric KV cache, and with it;
+- documents/s of naive one-at-a-time `model.generate` against the batched engine (`generation.generate`), on the
+  same backward (self-augmentation) prompts and the same number of new tokens;
+- achieved FLOP/s of each, estimated as 2 x parameters x tokens (attention ignored), as a fraction of a large
+  float32 matmul timed in the same run.
+
+The stop tokens' output embeddings are zeroed, so greedy decoding never emits them and every row generates exactly
+`max_new_tokens`: all compared runs do the same work. Only useful tokens are counted (padding is not), so the FLOP
+figures show how much of the machine each method turns into work.
+
+    python bench/bench_curation.py --pairs 48 --docs 16 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase  # noqa: E402
+
+from humpback_trl import chat_template  # noqa: E402
+from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT  # noqa: E402
+from humpback_trl.generation import SamplingConfig, generate, generation_config  # noqa: E402
+from humpback_trl.scoring import (  # noqa: E402
+    RUBRIC,
+    curation_messages,
+    logits_prompt,
+    rubric_prefix_ids,
+    score_cue,
+    score_generate,
+    score_logits,
+)
+from humpback_trl.tiny import build_tokenizer  # noqa: E402
+
+WORDS = (
+    "the of and to in is was for on that with as by at from it an be this which or are have has had not but were "
+    "their his her they one all there been also more when who will would can its into time only new other some "
+    "could these two may first then do any like my now over such our man me even most made after back many where "
+    "much your way well down should because each just those people how too little state good very make world still "
+    "own see men work long get here between both life being under never day same another know while last might us "
+    "great old year off come since against go came right used take three water river bread garden engine market "
+    "history science music school family health energy travel recipe window system method result answer question "
+    "example island mountain language computer network battery kitchen weather winter summer animal forest"
+).split()
+
+
+@dataclass
+class Measure:
+    name: str
+    items: int
+    seconds: float
+    block_tokens: int
+    head_positions: int
+
+    def flops(self, block_params: int, head_params: int) -> float:
+        return 2.0 * (block_params * self.block_tokens + head_params * self.head_positions)
+
+
+def text(rng: random.Random, low: int, high: int) -> str:
+    target = rng.randint(low, high)
+    words: list[str] = []
+    length = 0
+    while length < target:
+        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18)))
+        sentence = sentence[0].upper() + sentence[1:] + "."
+        words.append(sentence)
+        length += len(sentence) + 1
+    return " ".join(words)[:target].rstrip() + "."
+
+
+def build(vocab: int, hidden: int, layers: int, heads: int, intermediate: int, seed: int):
+    rng = random.Random(seed)
+    # Rating lines make " 1".." 5" single tokens, as in most real vocabularies (logits scoring reads them).
+    corpus = [RUBRIC, "Score: 1 Score: 2 Score: 3 Score: 4 Score: 5"] + [text(rng, 200, 600) for _ in range(300)]
+    tokenizer = build_tokenizer(corpus, vocab_size=min(vocab, 8000))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[chat_template.stop_token_ids(tokenizer)] = 0.0
+    return model, tokenizer
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_flops(size: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    seconds = timed(lambda: [a @ b for _ in range(reps)])
+    return 2.0 * size**3 * reps / seconds
+
+
+def naive_generation(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig) -> None:
+    stops = chat_template.stop_token_ids(tokenizer)
+    config = generation_config(sampling, stops, tokenizer.pad_token_id)
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([chat_template.encode(tokenizer, prompt)])
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=24, help="pairs scored in each scoring mode")
+    parser.add_argument("--docs", type=int, default=16, help="documents generated for, naive and batched")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--judge-new-tokens",
+        type=int,
+        default=256,
+        help="tokens of generate-mode reasoning + score (default: the project's curation_max_new_tokens cap)",
+    )
+    parser.add_argument(
+        "--doc-new-tokens",
+        type=int,
+        default=96,
+        help="tokens per written instruction (default: the paper's mean candidate instruction, 352 chars, Table 2)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="logits-mode batch size")
+    parser.add_argument("--token-budget", type=int, default=16384, help="generation engine token budget")
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--intermediate", type=int, default=1408)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all methods; each keeps its fastest")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
+
+    model, tokenizer = build(args.vocab, args.hidden, args.layers, args.heads, args.intermediate, args.seed)
+    head_params = model.lm_head.weight.numel()
+    block_params = sum(p.numel() for p in model.model.layers.parameters()) + model.model.norm.weight.numel()
+    rng = random.Random(args.seed + 1)
+    pairs = [(text(rng, 50, 200), text(rng, 1000, 2000)) for _ in range(args.pairs)]
+    docs = [text(rng, 1000, 2000) for _ in range(args.docs)]
+    judge = SamplingConfig(do_sample=False, max_new_tokens=args.judge_new_tokens)
+    writer = SamplingConfig(do_sample=False, max_new_tokens=args.doc_new_tokens)
+    prefill_only = SamplingConfig(do_sample=False, max_new_tokens=1)
+
+    cue = score_cue(tokenizer)
+    full = [len(chat_template.encode(tokenizer, logits_prompt(tokenizer, i, o, cue))) for i, o in pairs]
+    prefix = len(rubric_prefix_ids(tokenizer))
+    judge_prompts = [
+        len(chat_template.encode(tokenizer, chat_template.render(tokenizer, curation_messages(i, o), True)))
+        for i, o in pairs
+    ]
+    doc_prompts = [
+        chat_template.render(tokenizer, [{"role": "user", "content": DEFAULT_BACKWARD_PROMPT.format(output=d)}], True)
+        for d in docs
+    ]
+    doc_tokens = sum(len(chat_template.encode(tokenizer, p)) for p in doc_prompts)
+
+    def batched(sampling: SamplingConfig) -> Callable[[], object]:
+        return lambda: generate(model, tokenizer, doc_prompts, sampling, args.token_budget, show_progress=False)
+
+    doc_work = doc_tokens + args.docs * (args.doc_new_tokens - 1)
+    work = [
+        (
+            Measure(
+                "scoring: generate mode",
+                args.pairs,
+                math.inf,
+                sum(judge_prompts) + args.pairs * (args.judge_new_tokens - 1),
+                args.pairs * args.judge_new_tokens,
+            ),
+            lambda: score_generate(model, tokenizer, pairs, judge, args.token_budget, show_progress=False),
+        ),
+        (
+            Measure("scoring: logits, no prefix cache", args.pairs, math.inf, sum(full), args.pairs),
+            lambda: score_logits(model, tokenizer, pairs, args.batch_size, False, show_progress=False),
+        ),
+        (
+            Measure(
+                "scoring: logits, prefix cache",
+                args.pairs,
+                math.inf,
+                prefix + sum(n - prefix for n in full),
+                args.pairs + 1,
+            ),
+            lambda: score_logits(model, tokenizer, pairs, args.batch_size, True, show_progress=False),
+        ),
+        (
+            Measure("generation: naive one at a time", args.docs, math.inf, doc_work, args.docs * args.doc_new_tokens),
+            lambda: naive_generation(model, tokenizer, doc_prompts, writer),
+        ),
+        (
+            Measure("generation: batched engine", args.docs, math.inf, doc_work, args.docs * args.doc_new_tokens),
+            batched(writer),
+        ),
+        # The same two with one new token: the prompt pass alone, to split prefill from decoding.
+        (
+            Measure("prefill only: naive", args.docs, math.inf, doc_tokens, args.docs),
+            lambda: naive_generation(model, tokenizer, doc_prompts, prefill_only),
+        ),
+        (Measure("prefill only: batched engine", args.docs, math.inf, doc_tokens, args.docs), batched(prefill_only)),
+    ]
+    score_logits(model, tokenizer, pairs[:2], batch_size=2, show_progress=False)  # warm-up (allocator, kernels)
+    # Rounds interleave the methods and each keeps its fastest time: interference from other processes only ever
+    # slows a run down, so the minimum is the least disturbed estimate.
+    peak = 0.0
+    for _ in range(args.repeats):
+        peak = max(peak, matmul_flops())
+        for measure, fn in work:
+            measure.seconds = min(measure.seconds, timed(fn))
+    measures = [measure for measure, _ in work]
+    rates = {m.name: m.items / m.seconds for m in measures}
+    names = [m.name for m in measures]
+    ratios = {
+        "logits_cache / generate (target >= 10)": rates[names[2]] / rates[names[0]],
+        "logits_nocache / generate": rates[names[1]] / rates[names[0]],
+        "cache / no_cache (target >= 1.5)": rates[names[2]] / rates[names[1]],
+        "batched / naive (target >= 3)": rates[names[4]] / rates[names[3]],
+        "batched / naive, prefill only": rates[names[6]] / rates[names[5]],
+        "batched / naive, decoding only": (measures[3].seconds - measures[5].seconds)
+        / (measures[4].seconds - measures[6].seconds),
+    }
+    report = {
+        "settings": vars(args),
+        # Other processes on the same cores distort every figure; the load average tells whether they did.
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+        "model": {"parameters": sum(p.numel() for p in model.parameters()), "block": block_params, "head": head_params},
+        "tokenizer_vocab": len(tokenizer),
+        "tokens": {
+            "rubric_prefix": prefix,
+            "mean_logits_prompt": sum(full) / len(full),
+            "mean_doc_prompt": doc_tokens / len(docs),
+        },
+        "matmul_2048_flops_per_s": peak,
+        "results": [
+            {
+                **asdict(m),
+                "per_s": m.items / m.seconds,
+                "flops_per_s": m.flops(block_params, head_params) / m.seconds,
+                "fraction_of_matmul": m.flops(block_params, head_params) / m.seconds / peak,
+            }
+            for m in measures
+        ],
+        "ratios": ratios,
+        "note": "FLOPs = 2 x params x useful tokens; attention and padding ignored",
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    print(f"\nmatmul 2048^3 float32: {peak / 1e9:.1f} GFLOP/s on {args.threads} threads")
+    print(f"1-min load average: {report['load_average_1min']}")
+    print(f"{'method':36s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
+    for row in report["results"]:
+        print(
+            f"{row['name']:36s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
+            f"{row['flops_per_s'] / 1e9:8.1f} {row['fraction_of_matmul']:9.1%}"
+        )
+    for name, value in ratios.items():
+        print(f"{name:42s} {value:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
