@@ -23,7 +23,7 @@ from trl import TrlParser
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
 from humpback_trl.generation import SamplingConfig, generate, generate_vllm
-from humpback_trl.hub import candidates_repo_id, dataset_card, push_dataset
+from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id, push_dataset
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
 from humpback_trl.reports import subset_stats, write_report
@@ -129,7 +129,10 @@ def write_candidates(
         summary=f"Candidate pairs: instructions written by the backward model `{writer}` for segments of "
         f"`{args.corpus}` (T={args.temperature}, top-p={args.top_p}). Not yet curated.",
         counts={key: value for key, value in funnel.items() if isinstance(value, int)},
-        links={"backward model": writer, "corpus": args.corpus},
+        links={
+            "backward model": model_repo_id(args.hub_prefix, "myx") if args.hub_prefix else writer,
+            "corpus": args.corpus,
+        },
     )
     card.save(str(output_dir / "README.md"))
     if args.push_to_hub and args.hub_prefix:

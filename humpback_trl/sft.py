@@ -94,6 +94,11 @@ class HumpbackSFTArguments:
     curation_output_dir: str | None = field(default=None, metadata={"help": "Default: <output_dir>/curation."})
 
     def __post_init__(self) -> None:
+        # A single path written as a YAML string instead of a list would otherwise be read character by character.
+        self.data = [self.data] if isinstance(self.data, str) else list(self.data)
+        self.curate_candidates = (
+            [self.curate_candidates] if isinstance(self.curate_candidates, str) else list(self.curate_candidates)
+        )
         if self.direction not in ("forward", "backward"):
             raise ValueError(f"direction must be 'forward' or 'backward', got {self.direction!r}")
         if not self.data and not self.oasst_seed:
@@ -209,7 +214,7 @@ def save_outputs(
     )
     card.save(str(output_dir / "README.md"))
     if args.push_to_hub:
-        trainer.push_to_hub()
+        # save_model above already pushed the adapter; our card replaces the generic one it wrote.
         card.push_to_hub(trainer.hub_model_id)
         if data_repo:
             summary = f"The exact training set of `{trainer.hub_model_id}` ({script_args.direction} direction)."

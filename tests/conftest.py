@@ -7,6 +7,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -16,7 +20,8 @@ from humpback_trl.tiny import build_model, build_tokenizer  # noqa: E402
 
 torch.set_num_threads(2)
 
-SHARED_TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
 REAL_TOKENIZERS = ["qwen2.5-instruct", "llama-3.2-instruct", "mistral-instruct-v0.3", "gemma-2-it", "smollm2-instruct"]
 NO_SHARED = "../shared/tokenizers not found (the real tokenizer test data lives beside the checkout)"
 
@@ -60,3 +65,27 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(path)
     build_model(tiny_tokenizer, seed=0).save_pretrained(path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_cpu_processes(*args: str, num_processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch` with the project's cpu.yaml: N gloo processes (`--cpu` would start only one)."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs/cpu.yaml"),
+        "--num_processes", str(num_processes), "--main_process_port", str(free_port()), *args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import launch_cpu_processes
 from peft import AutoPeftModelForCausalLM
 
 from humpback_trl import sft
@@ -136,32 +137,10 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_path, data_pat
 
 
 def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(root / "accelerate_configs/cpu.yaml"),
-        "--num_processes",
-        "2",
-        "-m",
-        "humpback_trl.sft",
-        "--config",
-        recipe(tmp_path, tiny_path, data_path),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "3",
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    config = recipe(tmp_path, tiny_path, data_path)
+    result = launch_cpu_processes(
+        "-m", "humpback_trl.sft", "--config", config, "--output_dir", str(out), "--max_steps", "3"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
@@ -169,3 +148,26 @@ def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
     # one process would take 3 steps an epoch and end at epoch 1.
     assert "'epoch': '1.5'" in result.stdout
     assert len(list(out.glob("adapter_model.safetensors"))) == 1
+
+
+def test_push_names_the_adapter_and_training_set_after_the_prefix(tmp_path, tiny_path, data_path, monkeypatch):
+    """The real push calls, recorded instead of sent: an upload needs the network and a token."""
+    from datasets import Dataset
+    from huggingface_hub import DatasetCard, ModelCard
+    from transformers import Trainer
+
+    pushed = []
+    # The real init_hf_repo creates the repo and records the id the Hub returns.
+    monkeypatch.setattr(
+        Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id)
+    )
+    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, **kw: pushed.append(("adapter", self.hub_model_id)))
+    monkeypatch.setattr(ModelCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("model card", repo)))
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, len(self))))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("data card", repo)))
+    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, max_steps=1, hub_prefix="me/hb")
+    sft.run(["--config", config, "--push_to_hub", "true"])
+    assert pushed == [("adapter", "me/hb-myx"), ("model card", "me/hb-myx"), ("data", "me/hb-myx-data", 24),
+                      ("data card", "me/hb-myx-data")]  # fmt: skip
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "datasets:\n- me/hb-myx-data" in card and "`me/hb-myx-data`" in card

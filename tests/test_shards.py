@@ -7,7 +7,6 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import json  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -16,11 +15,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from conftest import launch_cpu_processes  # noqa: E402
 from datasets import Dataset, load_from_disk  # noqa: E402
 
 from humpback_trl.shards import run_sharded  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 30
 
 # Run as a script: shards of 4 documents, each taking a moment, logging the first key of every shard it starts.
@@ -171,44 +170,12 @@ def test_wrong_results_are_never_kept_or_merged(tmp_path):
         run_sharded(documents(8), Recorder(), tmp_path, shard_size=4, show_progress=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed gloo unavailable")
 def test_two_cpu_processes_alternate_shards_and_merge_once(tmp_path):
     script, out = tmp_path / "two.py", tmp_path / "out"
     script.write_text(TWO_PROCESSES)
-    # `accelerate launch --cpu` starts a single process; the project's cpu.yaml starts N over gloo.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs/cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(script),
-        str(out),
-    ]
-    with open(tmp_path / "launch.log", "w") as log:
-        launch = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        try:
-            launch.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.wait()
-    assert launch.returncode == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    launch = launch_cpu_processes(str(script), str(out), timeout=120)
+    assert launch.returncode == 0, launch.stderr[-3000:]
 
     data = load_from_disk(str(out / "data"))
     assert list(data["source_id"]) == [f"doc-{i:03d}" for i in range(30)]

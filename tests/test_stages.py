@@ -1,19 +1,15 @@
 """Self-augmentation, self-curation and the SelfCurationCallback, end to end on a tiny model on CPU."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import launch_cpu_processes
 from datasets import DatasetDict, load_from_disk
 from huggingface_hub import DatasetCard
 
 from humpback_trl import augment, curate, sft
 
-ROOT = Path(__file__).resolve().parents[1]
 SEGMENTS = [
     {"segment_id": f"doc{i // 3}#{i % 3}", "text": f"Paragraph {i} explains how the {i}th tide tables are read. " * 4}
     for i in range(14)
@@ -179,22 +175,7 @@ def test_callback_scores_candidates_with_the_trained_model(tmp_path, tiny_model_
 
 def test_callback_under_two_processes(tmp_path, tiny_model_dir):
     recipe = forward_recipe(tmp_path, tiny_model_dir)
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs/cpu.yaml"),
-        "--num_processes",
-        "2",
-        "-m",
-        "humpback_trl.sft",
-        "--config",
-        str(recipe),
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    result = launch_cpu_processes("-m", "humpback_trl.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     curation = tmp_path / "m0" / "curation"
     scored = load_from_disk(str(curation / "curated"))["scored"]

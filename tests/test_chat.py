@@ -1,0 +1,48 @@
+"""`humpback chat` and `load_humpback`: a trained adapter answers with the training prompt layout and tags."""
+
+import json
+
+import pytest
+import yaml
+
+from humpback_trl import SEED_TAG, WEB_TAG, chat, load_humpback, sft
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("m2")
+    seed = folder / "seed.jsonl"
+    seed.write_text("".join(json.dumps({"instruction": f"Say {i}.", "output": f"{i}."}) + "\n" for i in range(8)))
+    config = {
+        "model_name_or_path": str(tiny_model_dir), "use_peft": True, "lora_r": 4, "lora_target_modules": ["all-linear"],
+        "data": [str(seed)], "direction": "forward", "system_prompt": "Be brief.", "output_dir": str(folder / "out"),
+        "use_cpu": True, "bf16": False, "max_steps": 1, "per_device_train_batch_size": 4, "save_strategy": "no",
+        "report_to": "none",
+    }  # fmt: skip
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(config))
+    sft.run(["--config", str(folder / "recipe.yaml")])
+    return folder / "out"
+
+
+def test_both_tags_and_the_training_system_prompt_by_default(adapter):
+    bot = load_humpback(str(adapter))
+    assert bot.prompt("Hi") == (
+        f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\n\n{SEED_TAG} {WEB_TAG}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert WEB_TAG not in load_humpback(str(adapter), tags="seed").prompt("Hi")
+    assert "Hi<|im_end|>" in load_humpback(str(adapter), tags="none").prompt("Hi")
+    with pytest.raises(ValueError, match="tags must be one of"):
+        load_humpback(str(adapter), tags="web")
+
+
+def test_cli_answers_prompts_from_arguments_and_a_file(adapter, tmp_path, capsys):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"instruction": "Name a color."}) + "\n")
+    answers = chat.run(["--adapter", str(adapter), "--prompt", "Say 3.", "--prompts_file", str(questions),
+                        "--max_new_tokens", "4", "--greedy", "true"])  # fmt: skip
+    assert len(answers) == 2
+    printed = capsys.readouterr().out
+    assert ">>> Say 3." in printed and ">>> Name a color." in printed
+    with pytest.raises(SystemExit, match="needs --adapter"):
+        chat.run(["--model_name_or_path", "x", "--prompt", "hi"])
