@@ -435,7 +435,8 @@ def _has_repeated_sentences(text: str, n: int, threshold: float) -> bool:
     return False
 
 
-def _exact_duplicate_check() -> Callable[[str], bool]:
+def exact_duplicate_check() -> Callable[[str], bool]:
+    """A predicate that is True for a text seen before (case and whitespace ignored); shared with MAGPIE."""
     seen: set[bytes] = set()
 
     def is_duplicate(text: str) -> bool:
@@ -448,12 +449,14 @@ def _exact_duplicate_check() -> Callable[[str], bool]:
     return is_duplicate
 
 
-def _near_duplicate_check(config: CorpusConfig, threshold: float) -> Callable[[str], bool]:
-    lsh = MinHashLSH(threshold=threshold, num_perm=config.minhash_num_perm)
+def near_duplicate_check(threshold: float, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> Callable[[str], bool]:
+    """A predicate that is True for a text whose word n-gram MinHash is within `threshold` Jaccard of a text kept
+    before (MinHash-LSH); shared with MAGPIE."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     keys = itertools.count()
-    n = config.minhash_ngram
+    n = ngram
     # Drawing the seeded permutations is costly: each segment starts from a copy of one empty MinHash.
-    empty = MinHash(num_perm=config.minhash_num_perm, seed=config.minhash_seed)
+    empty = MinHash(num_perm=num_perm, seed=seed)
 
     def is_duplicate(text: str) -> bool:
         words = _WORDS.findall(text.lower())
@@ -493,9 +496,12 @@ def _text_checks(config: CorpusConfig) -> list[_Check]:
         n = config.sentence_ngram
         checks.append(("removed_repeated_sentences", lambda text: _has_repeated_sentences(text, n, similarity)))
     if config.exact_dedup:
-        checks.append(("removed_exact_duplicate", _exact_duplicate_check()))
+        checks.append(("removed_exact_duplicate", exact_duplicate_check()))
     if config.near_dedup_threshold is not None:
-        checks.append(("removed_near_duplicate", _near_duplicate_check(config, config.near_dedup_threshold)))
+        near = near_duplicate_check(
+            config.near_dedup_threshold, config.minhash_num_perm, config.minhash_ngram, config.minhash_seed
+        )
+        checks.append(("removed_near_duplicate", near))
     return checks
 
 

@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import TrlParser
 
 from humpback_trl.chat_template import SENTINEL, Message, encode, render, special_token_ids
-from humpback_trl.corpus import CorpusConfig, _exact_duplicate_check, _near_duplicate_check
+from humpback_trl.corpus import exact_duplicate_check, near_duplicate_check
 from humpback_trl.curation import CurationSettings, curate
 from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
 from humpback_trl.hub import dataset_card, push_dataset
@@ -317,10 +317,10 @@ def filter_conversations(
     """
     duplicate_checks: list[Check] = []
     if args.exact_dedup:
-        duplicate_checks.append(("removed_exact_duplicate", _exact_duplicate_check()))
+        duplicate_checks.append(("removed_exact_duplicate", exact_duplicate_check()))
     if args.near_dedup_threshold is not None:
-        config = CorpusConfig(source="magpie instructions", minhash_ngram=INSTRUCTION_SHINGLE)
-        duplicate_checks.append(("removed_near_duplicate", _near_duplicate_check(config, args.near_dedup_threshold)))
+        near = near_duplicate_check(args.near_dedup_threshold, ngram=INSTRUCTION_SHINGLE)
+        duplicate_checks.append(("removed_near_duplicate", near))
     counts = {"generated": len(conversations), **dict.fromkeys(REMOVAL_KEYS, 0)}
     keep: list[int] = []
     for index, messages in enumerate(conversations):
