@@ -206,7 +206,7 @@ def save_outputs(
         base_model=model_args.model_name_or_path,
         stage=script_args.stage,
         direction=script_args.direction,
-        tagging=Tagging(enabled=script_args.tagging),
+        tagging=trainer.data_collator.tagging,
         data=script_args.data + ([script_args.oasst_seed] if script_args.oasst_seed else []),
         counts=counts,
         training_dataset=data_repo,
@@ -264,6 +264,9 @@ def main(
     trainer.train(resume_from_checkpoint=checkpoint)
     save_outputs(trainer, script_args, model_args, counts)
     trainer.accelerator.print(f"Saved {script_args.stage} to {training_args.output_dir}")
+    # The main process writes the card and data alone; tearing the process group down while it still works has
+    # hung gloo runs, so every process waits for it first.
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer
 
