@@ -22,14 +22,12 @@ from trl import TrlParser
 
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
-from humpback_trl.generation import SamplingConfig, generate, generate_vllm
+from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
 from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id, push_dataset
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
 from humpback_trl.reports import subset_stats, write_report
 from humpback_trl.shards import run_sharded
-
-ENGINES = ("transformers", "vllm")
 
 
 @dataclass
@@ -85,12 +83,15 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Seeding by the shard's first key makes a shard's instructions the same whichever process writes it and
         # whether or not the run was interrupted, so a resumed run ends with the data of an uninterrupted one.
-        set_seed(args.seed + zlib.crc32(rows[0]["source_id"].encode()))
+        seed = args.seed + zlib.crc32(rows[0]["source_id"].encode())
+        set_seed(seed)
         prompts = [
-            render(tokenizer, collator.prompt_messages({}, row["text"]), add_generation_prompt=True) for row in rows
+            render(tokenizer, collator.prompt_messages({}, row["text"]), True, **collator.template_kwargs)
+            for row in rows
         ]
         if model is None:
-            instructions = generate_vllm(base_model_name(model_args), model_args.adapter, prompts, sampling)
+            name = base_model_name(model_args)
+            instructions = generate_vllm(name, model_args.adapter, prompts, sampling, seed=seed)
         else:
             instructions = generate(model, tokenizer, prompts, sampling, args.token_budget, show_progress=False)
         return [
@@ -106,6 +107,14 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
         key="source_id",
         desc="Writing instructions",
         features=PAIR_FEATURES,
+        job={
+            "writer": vars(model_args),
+            "engine": args.engine,
+            "sampling": vars(sampling),
+            "seed": args.seed,
+            "prompt": collator.backward_prompt,
+            "system": collator.system_prompt,
+        },
     )
     candidates, report = drop_blank(generated, "generated instructions")
     if state.is_main_process:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -42,6 +43,14 @@ class SelfCurationCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model, tokenizer = kwargs["model"], kwargs["processing_class"]
+        distributed = str(PartialState().distributed_type)
+        if "FSDP" in distributed or "DEEPSPEED" in distributed:
+            # Sharded weights need every process in every forward pass, but shards give processes uneven work.
+            raise RuntimeError(
+                f"Self-curation cannot run inside a {distributed} training job (its weights are sharded across "
+                "processes). Train without curate_candidates, then score with `humpback curate --adapter "
+                f"{args.output_dir}` launched on one GPU or with accelerate_configs/multi_gpu.yaml."
+            )
         _, self.summary = curate(
             model,
             tokenizer,

@@ -59,12 +59,19 @@ class HumpbackChat:
 
 
 def load_humpback(
-    adapter: str, base_model: str | None = None, load_in_4bit: bool = False, tags: str = "both"
+    adapter: str,
+    base_model: str | None = None,
+    load_in_4bit: bool = False,
+    tags: str = "both",
+    dtype: str = "auto",
+    revision: str | None = None,
 ) -> HumpbackChat:
     """Load a base model plus a Humpback adapter, ready to `chat`. `tags`: both | seed | augmented | none."""
     if tags not in TAG_CHOICES:
         raise ValueError(f"tags must be one of {sorted(TAG_CHOICES)}, got {tags!r}")
-    args = InferenceModelArguments(model_name_or_path=base_model, adapter=adapter, load_in_4bit=load_in_4bit)
+    args = InferenceModelArguments(
+        model_name_or_path=base_model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype, model_revision=revision
+    )
     model, tokenizer = load_model(args)
     collator = load_collator(tokenizer, adapter_folder(args), "forward")
     return HumpbackChat(model, tokenizer, collator, TAG_CHOICES[tags])
@@ -102,7 +109,14 @@ def run(argv: list[str] | None = None) -> list[str]:
     if not model_args.adapter:
         raise SystemExit("humpback chat needs --adapter (a local folder or a Hub repo id)")
     prompts = read_prompts(args)
-    bot = load_humpback(model_args.adapter, model_args.model_name_or_path, model_args.load_in_4bit, args.tags)
+    bot = load_humpback(
+        model_args.adapter,
+        model_args.model_name_or_path,
+        model_args.load_in_4bit,
+        args.tags,
+        dtype=model_args.dtype,
+        revision=model_args.model_revision,
+    )
     sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, do_sample=not args.greedy)
     answers = bot.chat(prompts, sampling)
     for prompt, answer in zip(prompts, answers, strict=True):

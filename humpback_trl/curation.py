@@ -19,10 +19,9 @@ from humpback_trl.generation import SamplingConfig
 from humpback_trl.hub import dataset_card
 from humpback_trl.pairs import PAIR_FEATURES
 from humpback_trl.reports import curation_summary, write_report
-from humpback_trl.scoring import DEFAULT_THRESHOLDS, GENERATE_SAMPLING, MODES, score_pairs
+from humpback_trl.scoring import A4_THRESHOLD, DEFAULT_THRESHOLDS, GENERATE_SAMPLING, MODES, score_pairs
 from humpback_trl.shards import run_sharded
 
-A4_THRESHOLD = 4.0
 CURATED_FOLDER = "curated"
 
 
@@ -105,6 +104,12 @@ def score_candidates(
         key="source_id",
         desc=f"Curating with {scorer.split('/')[-1]} (iteration {iteration})",
         features=PAIR_FEATURES,
+        job={
+            "scorer": scorer,
+            "iteration": iteration,
+            "mode": settings.curation_mode,
+            "max_new_tokens": settings.curation_max_new_tokens,
+        },
     )
 
 

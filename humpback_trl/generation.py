@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -19,8 +19,6 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTr
 
 from humpback_trl import chat_template
 
-# The choice callers offer: `generate` (a loaded model) or `generate_vllm` (a model path, optional extra).
-Engine = Literal["transformers", "vllm"]
 ENGINES: tuple[str, ...] = ("transformers", "vllm")
 
 
@@ -166,9 +164,11 @@ def generate_vllm(
     sampling: SamplingConfig,
     stop_token_ids: list[int] | None = None,
     show_progress: bool = True,
+    seed: int | None = None,
     **llm_kwargs: Any,
 ) -> list[str]:
-    """`generate` on vLLM: same prompts, same stop rule, same output contract; `adapter_path` serves a LoRA."""
+    """`generate` on vLLM: same prompts, same stop rule, same output contract; `adapter_path` serves a LoRA.
+    `seed` seeds this call's sampling (not the engine, which is shared by every call)."""
     try:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
@@ -190,6 +190,7 @@ def generate_vllm(
         max_tokens=sampling.max_new_tokens,
         stop_token_ids=list(stop_ids),
         skip_special_tokens=True,
+        seed=seed,
     )
     # Token ids, not text: vLLM would add BOS on top of the one the chat template already rendered.
     inputs = [{"prompt_token_ids": chat_template.encode(tokenizer, prompt)} for prompt in prompts]

@@ -8,7 +8,6 @@ link the repos that trained or scored each other, so a published adapter can be 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
@@ -115,13 +114,6 @@ def dataset_card(*, title: str, summary: str, counts: Mapping[str, int], links: 
 {_bullets(links) if links else "- none"}
 """
     return DatasetCard(content)
-
-
-def save_dataset(dataset: Dataset, card: DatasetCard, folder: Path) -> None:
-    """Write a dataset and its card to disk: the offline stand-in for a Hub dataset repo."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset.to_json(str(folder / "data.jsonl"), lines=True, force_ascii=False)
-    card.save(str(folder / "README.md"))
 
 
 def push_dataset(dataset: Dataset, card: DatasetCard, repo_id: str, private: bool | None = None) -> str:

@@ -351,6 +351,9 @@ def _sampling(temperature: float, top_p: float, max_new_tokens: int) -> Sampling
     )
 
 
+GENERATION_FIELDS = ("num_", "instruction_", "response_", "system_prompt", "seed", "engine")
+
+
 @dataclass
 class MagpieArguments:
     num_samples: int = field(default=1000, metadata={"help": "Conversations to generate, before filtering."})
@@ -517,6 +520,8 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
         desc="MAGPIE conversations",
         overwrite=args.overwrite,
         features=MAGPIE_FEATURES,
+        # Settings that shape the conversations; the filters run after the shards and may change freely.
+        job={"model": vars(model_args), **{k: v for k, v in vars(args).items() if k.startswith(GENERATION_FIELDS)}},
     )
     keep, counts = filter_conversations(generated["messages"], checks, args)
     kept = generated.select(keep)

@@ -65,19 +65,12 @@ class Stage:
     upstream: list[str]
 
     def command(self, loop: LoopArguments) -> list[str]:
+        # Corpus preparation is one pass over the documents (global deduplication): never split across processes.
+        processes = 1 if self.module == "humpback_trl.corpus" else loop.num_processes
         return [
-            "accelerate",
-            "launch",
-            "--config_file",
-            loop.accelerate_config,
-            "--num_processes",
-            str(loop.num_processes),
-            "-m",
-            self.module,
-            "--config",
-            str(self.recipe),
-            *self.overrides,
-        ]
+            "accelerate", "launch", "--config_file", loop.accelerate_config, "--num_processes", str(processes),
+            "-m", self.module, "--config", str(self.recipe), *self.overrides,
+        ]  # fmt: skip
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
@@ -91,7 +84,8 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     out = Path(loop.output_dir)
     hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if loop.push_to_hub and loop.hub_prefix else []
     seed_recipe = folder / "seed.yaml"
-    seed_data = [str(item) for item in read_recipe(seed_recipe).get("data", [])]
+    seed_data = read_recipe(seed_recipe).get("data") or []
+    seed_data = [seed_data] if isinstance(seed_data, str) else [str(item) for item in seed_data]
     magpie_pairs = str(out / "magpie" / "magpie.jsonl")
     if loop.magpie == "seed":
         seed_data.append(magpie_pairs)
@@ -120,7 +114,9 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     ]
     if with_magpie:
         stages.append(
-            Stage("magpie", "humpback_trl.magpie", folder / "magpie.yaml", ["--output_dir", str(out / "magpie")], [])
+            Stage(
+                "magpie", "humpback_trl.magpie", folder / "magpie.yaml", ["--output_dir", str(out / "magpie"), *hub], []
+            )
         )
     for k in range(loop.iterations + 1):
         data = seed_data + ([str(out / f"m{k - 1}" / "curation" / "a5.jsonl")] if k else [])
@@ -146,6 +142,15 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     return stages
 
 
+def input_fingerprints(stage: Stage) -> dict[str, str]:
+    """Size and modification time of the local files a stage's recipe names (seed data, a local corpus), so that
+    editing them reruns the stage; outputs of upstream stages are covered by the upstream hashes instead."""
+    config = read_recipe(stage.recipe)
+    names = [config.get(key) for key in ("data", "source", "oasst_seed", "corpus")]
+    paths = [Path(n) for item in names if item for n in ([item] if isinstance(item, str) else item)]
+    return {str(p): f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths if p.is_file()}
+
+
 def stage_hash(stage: Stage, loop: LoopArguments, upstream_hashes: list[str]) -> str:
     payload = {
         "module": stage.module,
@@ -153,6 +158,7 @@ def stage_hash(stage: Stage, loop: LoopArguments, upstream_hashes: list[str]) ->
         "overrides": stage.overrides,
         "accelerate": Path(loop.accelerate_config).read_text(encoding="utf-8"),
         "upstream": upstream_hashes,
+        "inputs": input_fingerprints(stage),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -207,11 +213,13 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
     if start_from is not None and start_from not in names:
         raise ValueError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
     hashes: dict[str, str] = {}
-    forcing = False
+    forced: set[str] = set()
     for stage in stages:
-        forcing = forcing or stage.name == start_from
+        # --from restarts that stage and what depends on it, not independent stages after it in the list.
+        if stage.name == start_from or forced.intersection(stage.upstream):
+            forced.add(stage.name)
         hashes[stage.name] = stage_hash(stage, loop, [hashes[name] for name in stage.upstream])
-        run_stage(stage, loop, hashes[stage.name], force=forcing)
+        run_stage(stage, loop, hashes[stage.name], force=stage.name in forced)
     report = loop_report(loop)
     write_report(report, loop.output_dir, "Humpback data funnel")
     return report
@@ -241,7 +249,7 @@ def loop_report(loop: LoopArguments) -> dict[str, Any]:
         "segments": corpus["segments_kept"],
         "candidates": _json(out / "augment" / "report.json")["candidates"],
     }
-    if (out / "magpie" / "report.json").is_file():
+    if loop.magpie != "none":
         report["magpie_pairs"] = _lines(out / "magpie" / "magpie.jsonl")
     report["iterations"] = [
         {

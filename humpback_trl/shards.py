@@ -57,11 +57,14 @@ def item_keys(items: Items, key: str) -> list[str]:
     return keys
 
 
-def make_manifest(keys: list[str], shard_size: int, key: str) -> dict[str, Any]:
+def make_manifest(keys: list[str], shard_size: int, key: str, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the shards were written for: the items and, in `job`, the settings that shape results (model, mode,
+    sampling...), so that shards of another model or setting are never taken for finished work."""
     digest = hashlib.sha256()
     for k in keys:
         digest.update(k.encode() + b"\0")
-    return {"num_items": len(keys), "shard_size": shard_size, "key": key, "keys_sha256": digest.hexdigest()[:16]}
+    manifest = {"num_items": len(keys), "shard_size": shard_size, "key": key, "keys_sha256": digest.hexdigest()[:16]}
+    return {**manifest, "job": json.loads(json.dumps(job or {}, sort_keys=True, default=str))}
 
 
 def check_manifest(shards_dir: Path, expected: dict[str, Any]) -> None:
@@ -172,6 +175,7 @@ def run_sharded(
     show_progress: bool = True,
     overwrite: bool = False,
     features: Features | None = None,
+    job: dict[str, Any] | None = None,
 ) -> Dataset:
     """Run `work_fn` (a shard's rows -> one result row per item, in order, each carrying `key`) over `items` on
     every accelerate process, skipping shards finished by an earlier run; returns the merged results on every
@@ -182,7 +186,7 @@ def run_sharded(
     output_dir = Path(output_dir)
     shards_dir = output_dir / "shards"
     keys = item_keys(items, key)
-    manifest = make_manifest(keys, shard_size, key)
+    manifest = make_manifest(keys, shard_size, key, job)
     if not overwrite:
         # Every process checks, so all of them refuse together instead of leaving the others at the barrier.
         check_manifest(shards_dir, manifest)

@@ -2,8 +2,9 @@
 
 Seed examples get S_a appended to their instruction and augmented ones S_w, so the model can tell the two
 distributions apart; at inference both tags together gave the best win rate (66.47 vs 62.70 without tags, 7B).
-Training (the forward collator) and inference (`humpback chat`, curation prompts) call the same `Tagging.apply`,
-so the text the model sees can never drift between the two.
+Training (the forward collator) and inference (`humpback chat`, through the collator saved with the adapter) call
+the same `Tagging.apply`, so the text the model sees can never drift between the two. The curation rubric is a
+judging prompt, not an instruction to answer, so it carries no tag unless `scoring` is given a `Tagging`.
 """
 
 from __future__ import annotations

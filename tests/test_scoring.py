@@ -245,7 +245,10 @@ def test_generate_mode_end_to_end(rubric_tokenizer, rubric_model) -> None:
         show_progress=False,
     )
     assert len(results) == 2
-    assert all(r.reasoning is not None and (r.score is None or 1 <= r.score <= 5) for r in results)
+    # Each result is exactly what parse_score reads from the generated reply, which is kept as the reasoning.
+    for result in results:
+        parsed = scoring.parse_score(result.reasoning)
+        assert (result.argmax, result.score, result.mass) == (parsed, None if parsed is None else float(parsed), None)
 
 
 def test_score_pairs_dispatch(rubric_tokenizer, rubric_model) -> None:

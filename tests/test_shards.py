@@ -146,6 +146,16 @@ def test_a_changed_job_is_refused_until_overwrite(tmp_path, items, shard_size, c
     assert len(work.calls) == len(shard_files(tmp_path)) == -(-len(items) // shard_size)
 
 
+def test_shards_of_another_model_or_setting_are_refused(tmp_path):
+    run_sharded(documents(10), Recorder(), tmp_path, shard_size=4, show_progress=False, job={"model": "a"})
+    work = Recorder()
+    with pytest.raises(ValueError, match=r"different job \(job \{'model': 'a'\} -> \{'model': 'b'\}"):
+        run_sharded(documents(10), work, tmp_path, shard_size=4, show_progress=False, job={"model": "b"})
+    assert work.calls == []
+    run_sharded(documents(10), work, tmp_path, shard_size=4, show_progress=False, job={"model": "a"})
+    assert work.calls == []
+
+
 def test_duplicate_or_missing_keys_are_refused_before_any_work(tmp_path):
     def work(rows):
         pytest.fail("work_fn ran")

@@ -64,9 +64,14 @@ def test_augment_writes_one_candidate_per_segment_and_resumes(tmp_path, tiny_mod
     assert (report["segments"], report["empty_instruction"], report["candidates"]) == (14, empty, len(candidates))
     assert len((tmp_path / "aug" / "candidates.jsonl").read_text().splitlines()) == len(candidates)
     assert "backward model" in (tmp_path / "aug" / "README.md").read_text()
-    # A rerun with another seed would sample other instructions; finished shards are reused instead.
-    again = augment.run([*args[:-1], "2"])
+    shards = sorted((tmp_path / "aug" / "shards").glob("shard-*.jsonl"))
+    written = [path.stat().st_mtime_ns for path in shards]
+    again = augment.run(args)
     assert again["instruction"] == candidates["instruction"]
+    assert [path.stat().st_mtime_ns for path in shards] == written, "finished shards must be reused, not rewritten"
+    # Another seed would sample other instructions: the old shards are refused rather than passed off as its output.
+    with pytest.raises(ValueError, match="different job"):
+        augment.run([*args[:-1], "2"])
 
 
 def test_augment_missing_column_names_it(tmp_path, tiny_model_dir, corpus_file):
