@@ -78,10 +78,12 @@ class SwappedFieldCollator:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*system, {"role": "user", "content": user}]
 
-    def _assistant_chunk(self, messages: list[Message], completion: str) -> str | None:
-        """What the template writes for the assistant turn after the generation prompt, or None if the prompt render
-        is not a prefix of the conversation render."""
-        prompt_text = render(self.tokenizer, messages, add_generation_prompt=True, **self.template_kwargs)
+    def _render_prompt(self, messages: list[Message]) -> str:
+        return render(self.tokenizer, messages, add_generation_prompt=True, **self.template_kwargs)
+
+    def _assistant_chunk(self, prompt_text: str, messages: list[Message], completion: str) -> str | None:
+        """What the template writes for the assistant turn after `prompt_text` (the render of `messages` with the
+        generation prompt), or None if that render is not a prefix of the conversation render."""
         full_text = render(
             self.tokenizer, [*messages, {"role": "assistant", "content": completion}], **self.template_kwargs
         )
@@ -92,13 +94,13 @@ class SwappedFieldCollator:
     def _tokenize(self, row: Mapping[str, Any], output: str, close_turn: bool) -> tuple[list[int], list[int]]:
         messages = self.prompt_messages(row, output)
         completion = output if self.direction == "forward" else row["instruction"]
-        prompt_text = render(self.tokenizer, messages, add_generation_prompt=True, **self.template_kwargs)
-        content = self._assistant_chunk(messages, completion)
+        prompt_text = self._render_prompt(messages)
+        content = self._assistant_chunk(prompt_text, messages, completion)
         if content is None and messages[0]["role"] == "system":
             # Some templates (Mistral v0.3) attach the system prompt only to the LAST message, so it vanishes once
             # an assistant turn follows. Inference sees it, so train on the prompt as inference renders it and take
             # the assistant turn's rendering from the conversation without the system block.
-            content = self._assistant_chunk(messages[1:], completion)
+            content = self._assistant_chunk(self._render_prompt(messages[1:]), messages[1:], completion)
         if content is None:
             raise ValueError(
                 f"The chat template of {self.tokenizer.name_or_path!r} does not render the generation prompt as a "
