@@ -5,7 +5,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Exports load on first use, so `import humpback_trl` stays light and `python -m humpback_trl.<stage>` does not
+# Exports load on first use, so `import humpback_trl` stays light and `python -m humpback_trl.scripts.<stage>` does not
 # import the stage twice.
 _EXPORTS = {
     "SEED_TAG": "humpback_trl.tagging",
@@ -14,7 +14,7 @@ _EXPORTS = {
     "SwappedFieldCollator": "humpback_trl.collators",
     "SelfCurationCallback": "humpback_trl.callbacks",
     "parse_score": "humpback_trl.scoring",
-    "pre_query_template": "humpback_trl.magpie",
+    "pre_query_template": "humpback_trl.magpie_template",
     "load_humpback": "humpback_trl.chat",
 }
 __all__ = sorted(_EXPORTS)

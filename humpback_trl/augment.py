@@ -1,7 +1,7 @@
 """Self-augmentation (Li et al. 2024, section 2.1): the backward model M_yx writes an instruction for every
 segment of the unlabeled corpus, giving the candidate pool A of (instruction, segment) pairs.
 
-    accelerate launch -m humpback_trl.augment --config recipes/quickstart/augment.yaml
+    accelerate launch -m humpback_trl.scripts.augment --config recipes/quickstart/augment.yaml
     humpback augment --config recipes/quickstart/augment.yaml
 
 The prompt is built by the same collator code that trained M_yx, with the prompt settings saved beside the adapter.
@@ -15,19 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import set_seed
-from trl import TrlParser
 
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
 from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
-from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id, push_dataset
+from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
-from humpback_trl.reports import subset_stats, write_report
+from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
+from humpback_trl.stage import StageOutputs, finish_stage
 
 
 @dataclass
@@ -73,7 +72,6 @@ def load_segments(args: AugmentArguments) -> Dataset:
 
 
 def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Dataset:
-    state = PartialState()
     segments = load_segments(args)
     tokenizer = load_tokenizer(model_args)
     collator = load_collator(tokenizer, adapter_folder(model_args), "backward")
@@ -117,22 +115,16 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
         },
     )
     candidates, report = drop_blank(generated, "generated instructions")
-    if state.is_main_process:
-        write_candidates(
-            candidates, args, model_args, {"segments": len(segments), "empty_instruction": report.rejected}
-        )
-    state.wait_for_everyone()
+    counts = {"segments": len(segments), "empty_instruction": report.rejected}
+    finish_stage(candidate_outputs(candidates, args, model_args, counts), args.output_dir)
     return candidates
 
 
-def write_candidates(
+def candidate_outputs(
     candidates: Dataset, args: AugmentArguments, model_args: InferenceModelArguments, counts: dict[str, int]
-) -> None:
-    output_dir = Path(args.output_dir)
-    candidates.to_json(str(output_dir / "candidates.jsonl"), lines=True, force_ascii=False)
+) -> StageOutputs:
     writer = model_args.adapter or model_args.model_name_or_path
     funnel = {**counts, "candidates": len(candidates), "writer": writer, "lengths": subset_stats(candidates)}
-    write_report(funnel, output_dir, "Self-augmentation")
     card = dataset_card(
         title=candidates_repo_id(args.hub_prefix) if args.hub_prefix else "humpback candidates",
         summary=f"Candidate pairs: instructions written by the backward model `{writer}` for segments of "
@@ -143,24 +135,11 @@ def write_candidates(
             "corpus": args.corpus,
         },
     )
-    card.save(str(output_dir / "README.md"))
-    if args.push_to_hub and args.hub_prefix:
-        push_dataset(candidates, card, candidates_repo_id(args.hub_prefix))
-
-
-def make_parser(subparsers=None) -> TrlParser:
-    dataclass_types = (AugmentArguments, InferenceModelArguments)
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "augment", help="Write instructions for corpus segments", dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types)
-
-
-def run(argv: list[str] | None = None) -> Dataset:
-    args, model_args = make_parser().parse_args_and_config(argv)
-    return augment(args, model_args)
-
-
-if __name__ == "__main__":
-    run()
+    return StageOutputs(
+        report=funnel,
+        title="Self-augmentation",
+        card=card,
+        files={"candidates": candidates},
+        push=candidates,
+        hub_repo=candidates_repo_id(args.hub_prefix) if args.push_to_hub and args.hub_prefix else None,
+    )

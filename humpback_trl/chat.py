@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from trl import TrlParser
 
 from humpback_trl.chat_template import render
 from humpback_trl.collators import SwappedFieldCollator, load_collator
@@ -102,27 +101,3 @@ def read_prompts(args: ChatArguments) -> list[str]:
     if not prompts:
         raise SystemExit("Give prompts with --prompt TEXT [TEXT ...] or --prompts_file FILE")
     return prompts
-
-
-def run(argv: list[str] | None = None) -> list[str]:
-    args, model_args = TrlParser((ChatArguments, InferenceModelArguments)).parse_args_and_config(argv)
-    if not model_args.adapter:
-        raise SystemExit("humpback chat needs --adapter (a local folder or a Hub repo id)")
-    prompts = read_prompts(args)
-    bot = load_humpback(
-        model_args.adapter,
-        model_args.model_name_or_path,
-        model_args.load_in_4bit,
-        args.tags,
-        dtype=model_args.dtype,
-        revision=model_args.model_revision,
-    )
-    sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, do_sample=not args.greedy)
-    answers = bot.chat(prompts, sampling)
-    for prompt, answer in zip(prompts, answers, strict=True):
-        print(f">>> {prompt}\n{answer}\n")
-    return answers
-
-
-if __name__ == "__main__":
-    run()

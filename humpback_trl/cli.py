@@ -1,6 +1,6 @@
-"""The `humpback` console script: one subcommand per stage, each the same code as `python -m humpback_trl.<stage>`.
+"""The `humpback` console script: one subcommand per command module in `humpback_trl.scripts`.
 
-Subcommands run in this process; for several processes use `accelerate launch -m humpback_trl.<stage>`.
+Subcommands run in this process; for several processes use `accelerate launch -m humpback_trl.scripts.<command>`.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import importlib
 import sys
 
 COMMANDS = {
-    "sft": ("humpback_trl.sft", "train a forward or backward model (QLoRA by default)"),
-    "corpus": ("humpback_trl.corpus", "split unlabeled documents into filtered, deduplicated segments"),
-    "augment": ("humpback_trl.augment", "the backward model writes an instruction for every segment"),
-    "curate": ("humpback_trl.curate", "a forward model scores candidate pairs and selects A4 / A5"),
-    "magpie": ("humpback_trl.magpie", "an aligned chat model writes instructions and answers (MAGPIE)"),
-    "run": ("humpback_trl.pipeline", "the whole loop from a recipe folder: humpback run recipes/quickstart/"),
-    "demo": ("humpback_trl.demo", "the whole loop on CPU with a tiny model and bundled data (no download)"),
-    "chat": ("humpback_trl.chat", "answer prompts with a published (or local) Humpback adapter"),
+    "sft": ("humpback_trl.scripts.sft", "train a forward or backward model (QLoRA by default)"),
+    "corpus": ("humpback_trl.scripts.corpus", "split unlabeled documents into filtered, deduplicated segments"),
+    "augment": ("humpback_trl.scripts.augment", "the backward model writes an instruction for every segment"),
+    "curate": ("humpback_trl.scripts.curate", "a forward model scores candidate pairs and selects A4 / A5"),
+    "magpie": ("humpback_trl.scripts.magpie", "an aligned chat model writes instructions and answers (MAGPIE)"),
+    "run": ("humpback_trl.scripts.run", "the whole loop from a recipe folder: humpback run recipes/quickstart/"),
+    "demo": ("humpback_trl.scripts.demo", "the whole loop on CPU with a tiny model and bundled data (no download)"),
+    "chat": ("humpback_trl.scripts.chat", "answer prompts with a published (or local) Humpback adapter"),
 }
 
 

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render, turn_end
+from humpback_trl.padding import pad, pad_batch
 from humpback_trl.tagging import Tagging
 
 Direction = Literal["forward", "backward"]
@@ -145,14 +146,8 @@ class SwappedFieldCollator:
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            n = len(e.input_ids)
-            input_ids[i, :n] = torch.tensor(e.input_ids)
-            labels[i, :n] = torch.tensor(e.labels)
-            attention_mask[i, :n] = 1
+        input_ids, attention_mask = pad_batch([e.input_ids for e in encoded], pad_id, "right", width)
+        labels = pad([e.labels for e in encoded], IGNORE_INDEX, "right", width)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.generation import SamplingConfig
 from humpback_trl.hub import dataset_card
 from humpback_trl.pairs import PAIR_FEATURES
-from humpback_trl.reports import curation_summary, write_report
+from humpback_trl.reports import curation_summary
 from humpback_trl.scoring import A4_THRESHOLD, DEFAULT_THRESHOLDS, GENERATE_SAMPLING, MODES, score_pairs
 from humpback_trl.shards import run_sharded
+from humpback_trl.stage import StageOutputs, finish_stage
 
 CURATED_FOLDER = "curated"
 
@@ -141,19 +141,16 @@ def curate(
         mode=settings.curation_mode,
         thresholds=settings.thresholds,
     )
-    if PartialState().is_main_process:
-        curated.save_to_disk(str(output_dir / CURATED_FOLDER))
-        for split, pairs in curated.items():
-            pairs.to_json(str(output_dir / f"{split}.jsonl"), lines=True, force_ascii=False)
-        write_report(
-            {"candidates": len(candidates), "iterations": [summary]}, output_dir, f"Curation, iteration {iteration}"
-        )
-        card = curation_card(summary, hub_repo)
-        card.save(str(output_dir / "README.md"))
-        if hub_repo:
-            curated.push_to_hub(hub_repo)
-            card.push_to_hub(hub_repo, repo_type="dataset")
-    PartialState().wait_for_everyone()
+    outputs = StageOutputs(
+        report={"candidates": len(candidates), "iterations": [summary]},
+        title=f"Curation, iteration {iteration}",
+        card=curation_card(summary, hub_repo),
+        files=dict(curated),
+        folders={CURATED_FOLDER: curated},
+        push=curated,
+        hub_repo=hub_repo,
+    )
+    finish_stage(outputs, output_dir)
     return curated, summary
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from humpback_trl import chat_template
+from humpback_trl.padding import pad_batch
 
 ENGINES: tuple[str, ...] = ("transformers", "vllm")
 
@@ -61,18 +62,6 @@ def budget_batches(lengths: Sequence[int], max_new_tokens: int, token_budget: in
         start += rows
 
 
-def left_pad(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # Padding by hand leaves the tokenizer's padding_side and pad token untouched, so no caller can ever see them
-    # changed (the SFT collators pad right).
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
 def pad_token_id(tokenizer: PreTrainedTokenizerBase, stop_ids: Sequence[int]) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
@@ -114,7 +103,7 @@ def generate(
     try:
         with torch.inference_mode():
             for batch in budget_batches([len(ids) for ids in encoded], sampling.max_new_tokens, token_budget):
-                input_ids, attention_mask = left_pad([encoded[i] for i in batch], pad_id)
+                input_ids, attention_mask = pad_batch([encoded[i] for i in batch], pad_id, "left")
                 output = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),

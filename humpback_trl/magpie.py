@@ -1,16 +1,10 @@
 """MAGPIE: self-synthesised instruction data from an aligned chat model (Xu et al. 2024, arXiv 2406.08464).
 
-An aligned model given only the text its chat template puts before a user message (the "pre-query template")
-samples a plausible user instruction; rendering that instruction back through the template yields a response.
+An aligned model given only the text its chat template puts before a user message (the pre-query template,
+`magpie_template`) samples a plausible user instruction; rendering that instruction back through the template yields
+a response. The stage entry point generates a data set in the pair schema (source=magpie):
 
-The official configs hand-write the pre-query template per model family. Here it is derived by rendering a
-conversation whose last user message is a sentinel and cutting at the sentinel, so the template's own default
-system block (Qwen2.5, SmolLM2), its dated system block (Llama 3.x, pinned by `chat_template.render`) and its BOS
-come out exactly as the model saw them in alignment training, for any tokenizer that ships a template.
-
-The stage entry point generates a data set in the pair schema (source=magpie):
-
-    accelerate launch -m humpback_trl.magpie --config recipes/quickstart/magpie.yaml
+    accelerate launch -m humpback_trl.scripts.magpie --config recipes/quickstart/magpie.yaml
     humpback magpie --config recipes/quickstart/magpie.yaml
 
 Every conversation samples its instruction from the pre-query template (T=1.0, top-p=1.0 by default) and its response
@@ -24,10 +18,8 @@ report.json/.md and a dataset card README.md, pushed to `<hub_prefix>-magpie` wi
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,166 +28,21 @@ from typing import Any
 from accelerate import PartialState
 from datasets import Dataset, Features, List, Value
 from huggingface_hub import DatasetCard
-from jinja2.exceptions import TemplateError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
-from trl import TrlParser
 
-from humpback_trl.chat_template import SENTINEL, Message, encode, render, special_token_ids
-from humpback_trl.corpus import exact_duplicate_check, near_duplicate_check
+from humpback_trl.chat_template import Message, render
 from humpback_trl.curation import CurationSettings, curate
+from humpback_trl.filters import Check, exact_duplicate_check, near_duplicate_check, wrong_language
 from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
-from humpback_trl.hub import dataset_card, push_dataset
+from humpback_trl.hub import dataset_card
+from humpback_trl.magpie_template import instruction_prompt, instruction_stop_token_ids, leak_check
 from humpback_trl.modeling import InferenceModelArguments, base_model_name, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, make_pair
-from humpback_trl.reports import subset_stats, write_report
+from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
+from humpback_trl.stage import StageOutputs, finish_stage
 
 logger = logging.getLogger(__name__)
-
-_TURN_ROLES = ("user", "assistant")
-
-
-def _tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
-    return tokenizer.name_or_path or type(tokenizer).__name__
-
-
-def _check_history(history: list[Message]) -> None:
-    # The prefix is for the *next user* turn, so earlier turns must be complete user/assistant exchanges; a system
-    # message belongs in `system_prompt`, where templates that cannot hold one are detected.
-    for index, message in enumerate(history):
-        expected = _TURN_ROLES[index % 2]
-        if not isinstance(message, dict) or "content" not in message or message.get("role") != expected:
-            raise ValueError(
-                f"history[{index}] must be a {{'role': {expected!r}, 'content': ...}} message: history alternates "
-                "user/assistant turns starting with a user turn (pass a system prompt as system_prompt), "
-                f"got {message!r}"
-            )
-    if len(history) % 2:
-        raise ValueError(
-            "history must end with an assistant turn: the pre-query template is the prefix of the next user turn, "
-            f"but history holds {len(history)} messages and ends with a user turn"
-        )
-
-
-def _render_with_sentinel_query(
-    tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str | None,
-    history: list[Message] | None,
-    template_kwargs: dict[str, Any],
-) -> str:
-    """The whole conversation, ending with a user turn whose content is the sentinel."""
-    turns = list(history or [])
-    _check_history(turns)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
-    turns.append({"role": "user", "content": SENTINEL})
-    try:
-        text = render(tokenizer, system + turns, **template_kwargs)
-    except TemplateError as error:
-        # Only blame the system role when the same conversation renders without it (Gemma-2 raises for it).
-        if system and _renders(tokenizer, turns, template_kwargs):
-            raise ValueError(
-                f"The chat template of {_tokenizer_name(tokenizer)!r} has no system role (it raised {error}); "
-                "generate without a system prompt for this model."
-            ) from error
-        raise
-    if SENTINEL not in text:
-        raise ValueError(
-            f"The chat template of {_tokenizer_name(tokenizer)!r} does not copy the user message into its output, "
-            "so the text before a user message cannot be found."
-        )
-    return text
-
-
-def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[Message], template_kwargs: dict[str, Any]) -> bool:
-    try:
-        render(tokenizer, messages, **template_kwargs)
-    except TemplateError:
-        return False
-    return True
-
-
-def pre_query_template(
-    tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str | None = None,
-    history: list[Message] | None = None,
-    **template_kwargs: Any,
-) -> str:
-    """The text that precedes a user message: BOS, the system block and `history`, then the user-turn header.
-
-    Without `system_prompt` the template's own default system block (if any) is kept, as the model saw it in
-    alignment training. `history` (alternating user/assistant messages, ending with an assistant turn) gives the
-    prefix of a later user turn, for multi-turn generation. `template_kwargs` override `chat_template.render`'s
-    defaults (e.g. Llama's pinned `date_string`).
-    """
-    text = _render_with_sentinel_query(tokenizer, system_prompt, history, template_kwargs)
-    # The sentinel query is the last message, so its last occurrence is the cut even if history quotes it.
-    return text[: text.rindex(SENTINEL)]
-
-
-def pre_query_ids(
-    tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str | None = None,
-    history: list[Message] | None = None,
-    **template_kwargs: Any,
-) -> list[int]:
-    """Token ids of `pre_query_template`, as they appear inside a tokenised conversation.
-
-    The template already wrote BOS, so no special token is added a second time. The ids are the tokens shared by
-    the prefix alone and by a whole conversation: where a tokenizer merges the text before the query into the
-    query's first token (Mistral's "[INST] " space joins the first word as "▁What"), that text is left for the
-    model to generate, since a prompt ending in a lone "▁" token is one the model never saw in training.
-    """
-    text = _render_with_sentinel_query(tokenizer, system_prompt, history, template_kwargs)
-    prefix_ids = encode(tokenizer, text[: text.rindex(SENTINEL)])
-    conversation_ids = encode(tokenizer, text)
-    shared = 0
-    for prefix_id, conversation_id in zip(prefix_ids, conversation_ids, strict=False):
-        if prefix_id != conversation_id:
-            break
-        shared += 1
-    return prefix_ids[:shared]
-
-
-def instruction_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ids that end an instruction: the token that closes a user turn, then EOS, without duplicates.
-
-    A sampled instruction is complete when the model closes the user turn, which is not always the token that
-    closes an assistant turn (Mistral closes a user turn with "[/INST]" and an answer with "</s>"). The closing
-    token is the first special token the template writes after the user message; a template that closes a user
-    turn with plain text (the fallback for tokenizers without a template) leaves EOS as the only stop.
-    """
-    text = render(tokenizer, [{"role": "user", "content": SENTINEL}], add_generation_prompt=True)
-    specials = special_token_ids(tokenizer)
-    closing = [i for i in encode(tokenizer, text[text.rindex(SENTINEL) + len(SENTINEL) :]) if i in specials][:1]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in closing:
-        closing.append(tokenizer.eos_token_id)
-    if not closing:
-        raise ValueError(
-            f"{_tokenizer_name(tokenizer)!r} has no EOS token and its chat template closes a user turn without a "
-            "special token, so instruction generation could never stop."
-        )
-    return closing
-
-
-def instruction_prompt(
-    tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str | None = None,
-    history: list[Message] | None = None,
-) -> str:
-    """`pre_query_ids` as text that `chat_template.encode` turns back into exactly those ids.
-
-    The generation engine takes rendered text, and the template text is not always what the model should see: for
-    Mistral "<s>[INST] " ends in a space the model writes itself (see `pre_query_ids`), so the ids are decoded.
-    """
-    ids = pre_query_ids(tokenizer, system_prompt, history)
-    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if encode(tokenizer, text) != ids:
-        raise ValueError(
-            f"The pre-query ids of {_tokenizer_name(tokenizer)!r} do not survive decoding and encoding again "
-            f"({text!r}), so they cannot be passed to the generation engine as text."
-        )
-    return text
-
 
 # ---- Filters -------------------------------------------------------------------------------------------------------
 
@@ -204,74 +51,8 @@ REMOVAL_KEYS = (
     "removed_language", "removed_empty_response", "removed_exact_duplicate", "removed_near_duplicate",
 )  # fmt: skip
 COUNT_KEYS = ("generated", *REMOVAL_KEYS, "kept")
-
-# Chat markup of the common families, on top of the tokenizer's own special tokens: a model may spell another
-# family's markup, or its own in plain pieces.
-MARKUP = ("<|", "|>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "<start_of_turn>", "<end_of_turn>")
-ROLE_NAMES = ("user", "assistant", "system")
-# Share of ASCII among the letters of an English instruction (language="en").
-ENGLISH_ASCII_SHARE = 0.9
 # Instructions are a few dozen words, so near-duplicates are compared on word 3-grams (the corpus uses 5-grams).
 INSTRUCTION_SHINGLE = 3
-
-Check = tuple[str, Callable[[str], bool]]
-
-
-def _header_line(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
-    """The last non-blank line of `text` without its special tokens: the role header a template writes there."""
-    decoded = tokenizer.decode(encode(tokenizer, text), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    lines = decoded.splitlines()
-    return next((line.strip() for line in reversed(lines) if line.strip()), "")
-
-
-def leak_check(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], bool]:
-    """Whether an instruction holds chat markup or a role header, i.e. the model wrote past the end of the user turn.
-
-    Generated text is decoded without special tokens, so a model that opens the assistant turn itself leaves the
-    header's words ("assistant", Gemma's "model") on a line of their own. Markers: the tokenizer's special tokens
-    and MARKUP anywhere; a line that starts with a role name or the template's user or assistant header, followed by
-    a colon or the end of the line.
-    """
-    # A blank special token would match every instruction.
-    specials = {t for t in tokenizer.convert_ids_to_tokens(sorted(special_token_ids(tokenizer))) if t.strip()}
-    markers = re.compile("|".join(map(re.escape, sorted({*MARKUP, *specials}, key=len, reverse=True))))
-    generation = render(tokenizer, [{"role": "user", "content": SENTINEL}], add_generation_prompt=True)
-    headers = {
-        *ROLE_NAMES,
-        _header_line(tokenizer, pre_query_template(tokenizer)),
-        _header_line(tokenizer, generation[generation.rindex(SENTINEL) + len(SENTINEL) :]),
-    }
-    names = "|".join(re.escape(header.rstrip(":")) for header in sorted(headers - {""}))
-    role_line = re.compile(rf"^[ \t]*(?:{names})[ \t]*(?::|$)", re.IGNORECASE | re.MULTILINE)
-    return lambda text: bool(markers.search(text) or role_line.search(text))
-
-
-def _ascii_letter_share(text: str) -> float:
-    letters = [char for char in text if char.isalpha()]
-    return sum(char.isascii() for char in letters) / len(letters) if letters else 0.0
-
-
-def wrong_language(language: str) -> Callable[[str], bool]:
-    """Whether a text is not in `language`. "en" is a dependency-free heuristic: at least 90% of the letters are
-    ASCII, which removes non-Latin scripts and heavily accented text but keeps other Latin-script languages. Other
-    codes use langdetect (an optional dependency), seeded so that reruns agree."""
-    if language == "en":
-        return lambda text: _ascii_letter_share(text) < ENGLISH_ASCII_SHARE
-    if importlib.util.find_spec("langdetect") is None:
-        raise ImportError(
-            f"language={language!r} needs langdetect: pip install langdetect (language='en' uses a built-in heuristic)"
-        )
-    from langdetect import DetectorFactory, LangDetectException, detect
-
-    DetectorFactory.seed = 0
-
-    def wrong(text: str) -> bool:
-        try:
-            return detect(text) != language
-        except LangDetectException:
-            return True
-
-    return wrong
 
 
 def instruction_checks(args: MagpieArguments, tokenizer: PreTrainedTokenizerBase) -> list[Check]:
@@ -536,10 +317,10 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
             model, tokenizer, kept.select_columns(list(PAIR_FEATURES)), settings, iteration=CURATION_ITERATION,
             scorer=writer, output_dir=Path(args.output_dir) / "curation", hub_repo=hub_repo,
         )  # fmt: skip
-    if state.is_main_process:
-        write_outputs(kept, counts, summary, args, writer)
-        print(f"MAGPIE: kept {counts['kept']} of {counts['generated']} conversations -> {args.output_dir}/magpie.jsonl")
-    state.wait_for_everyone()
+    finish_stage(magpie_outputs(kept, counts, summary, args, writer), args.output_dir)
+    state.print(
+        f"MAGPIE: kept {counts['kept']} of {counts['generated']} conversations -> {args.output_dir}/magpie.jsonl"
+    )
     return kept
 
 
@@ -570,32 +351,17 @@ def magpie_card(counts: dict[str, int], args: MagpieArguments, writer: str) -> D
     return dataset_card(title=title, summary=summary, counts=counts, links={"generating model": writer})
 
 
-def write_outputs(
+def magpie_outputs(
     kept: Dataset, counts: dict[str, int], summary: dict[str, Any] | None, args: MagpieArguments, writer: str
-) -> None:
-    output_dir = Path(args.output_dir)
-    kept.to_json(str(output_dir / "magpie.jsonl"), lines=True, force_ascii=False)
+) -> StageOutputs:
     report: dict[str, Any] = {**counts, "generator": writer, "num_turns": args.num_turns, "lengths": subset_stats(kept)}
     if summary is not None:
         report["iterations"] = [summary]
-    write_report(report, output_dir, "MAGPIE")
-    card = magpie_card(counts, args, writer)
-    card.save(str(output_dir / "README.md"))
-    if args.push_to_hub and args.hub_prefix:
-        push_dataset(kept, card, magpie_repo_id(args.hub_prefix))
-
-
-def make_parser(subparsers=None) -> TrlParser:
-    dataclass_types = (MagpieArguments, InferenceModelArguments, CurationSettings)
-    if subparsers is not None:
-        return subparsers.add_parser("magpie", help="Synthesise pairs with MAGPIE", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types)
-
-
-def run(argv: list[str] | None = None) -> Dataset:
-    args, model_args, settings = make_parser().parse_args_and_config(argv)
-    return magpie(args, model_args, settings)
-
-
-if __name__ == "__main__":
-    run()
+    return StageOutputs(
+        report=report,
+        title="MAGPIE",
+        card=magpie_card(counts, args, writer),
+        files={"magpie": kept},
+        push=kept,
+        hub_repo=magpie_repo_id(args.hub_prefix) if args.push_to_hub and args.hub_prefix else None,
+    )

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from trl import TrlParser
 
 from humpback_trl.reports import render_markdown, write_report
 
@@ -66,7 +65,7 @@ class Stage:
 
     def command(self, loop: LoopArguments) -> list[str]:
         # Corpus preparation is one pass over the documents (global deduplication): never split across processes.
-        processes = 1 if self.module == "humpback_trl.corpus" else loop.num_processes
+        processes = 1 if self.module == "humpback_trl.scripts.corpus" else loop.num_processes
         return [
             "accelerate", "launch", "--config_file", loop.accelerate_config, "--num_processes", str(processes),
             "-m", self.module, "--config", str(self.recipe), *self.overrides,
@@ -94,11 +93,15 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
         candidates.append(magpie_pairs)
     with_magpie = ["magpie"] if loop.magpie != "none" else []
     stages = [
-        Stage("corpus", "humpback_trl.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []),
-        Stage("myx", "humpback_trl.sft", folder / "backward.yaml", ["--output_dir", str(out / "myx"), *hub], []),
+        Stage(
+            "corpus", "humpback_trl.scripts.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []
+        ),
+        Stage(
+            "myx", "humpback_trl.scripts.sft", folder / "backward.yaml", ["--output_dir", str(out / "myx"), *hub], []
+        ),
         Stage(
             "augment",
-            "humpback_trl.augment",
+            "humpback_trl.scripts.augment",
             folder / "augment.yaml",
             [
                 "--corpus",
@@ -115,7 +118,11 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     if with_magpie:
         stages.append(
             Stage(
-                "magpie", "humpback_trl.magpie", folder / "magpie.yaml", ["--output_dir", str(out / "magpie"), *hub], []
+                "magpie",
+                "humpback_trl.scripts.magpie",
+                folder / "magpie.yaml",
+                ["--output_dir", str(out / "magpie"), *hub],
+                [],
             )
         )
     for k in range(loop.iterations + 1):
@@ -125,7 +132,7 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
         stages.append(
             Stage(
                 f"m{k}",
-                "humpback_trl.sft",
+                "humpback_trl.scripts.sft",
                 seed_recipe,
                 [
                     "--output_dir",
@@ -276,31 +283,3 @@ def print_summary(report: dict[str, Any], output_dir: str) -> None:
     for name, path in report["artifacts"].items():
         print(f"  {name:<20} {path}")
     print(f"  {'report':<20} {Path(output_dir) / 'report.md'} (+ report.json, scores.png)")
-
-
-def make_parser() -> TrlParser:
-    return TrlParser((LoopArguments,))
-
-
-def run(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-"):
-        raise SystemExit(
-            "usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] ..."
-        )
-    target = Path(argv.pop(0))
-    # A folder runs its loop.yaml; a yaml file in a recipe folder runs that variant (e.g. loop_multi_gpu.yaml).
-    folder, loop_file = (target.parent, target) if target.suffix == ".yaml" else (target, target / "loop.yaml")
-    start_from = None
-    if "--from" in argv:
-        index = argv.index("--from")
-        start_from = argv[index + 1]
-        del argv[index : index + 2]
-    (loop,) = make_parser().parse_args_and_config(["--config", str(loop_file), *argv])
-    report = run_loop(folder, loop, start_from)
-    print_summary(report, loop.output_dir)
-    return report
-
-
-if __name__ == "__main__":
-    run()

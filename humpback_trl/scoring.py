@@ -27,6 +27,7 @@ from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render
 from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.padding import pad_batch
 from humpback_trl.tagging import INFERENCE_SOURCES, Tagging
 
 Mode = Literal["logits", "generate"]
@@ -208,12 +209,8 @@ def last_logits(
     fresh copy of the cache is expanded to the batch (forward appends to it), positions continue after the prefix and
     the attention mask covers prefix + suffix.
     """
-    width = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
+    input_ids, mask = pad_batch(rows, pad_id, "right")
+    width = input_ids.shape[1]
     last = torch.tensor([len(ids) - 1 for ids in rows], dtype=torch.long)
     offset, cache = 0, None
     if prefix is not None:

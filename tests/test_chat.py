@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from humpback_trl import SEED_TAG, WEB_TAG, chat, load_humpback, sft
+from humpback_trl import SEED_TAG, WEB_TAG, load_humpback
+from humpback_trl.scripts import chat, sft
 
 
 @pytest.fixture(scope="module")

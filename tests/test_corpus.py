@@ -11,17 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from humpback_trl.corpus import (
-    COUNT_KEYS,
-    REMOVAL_KEYS,
-    CorpusConfig,
-    Segment,
-    prepare_corpus,
-    split_html,
-    split_markdown,
-    truncate_document,
-    write_corpus,
-)
+from humpback_trl.corpus import COUNT_KEYS, REMOVAL_KEYS, CorpusConfig, prepare_corpus, write_corpus
+from humpback_trl.segmentation import Segment, split_html, split_markdown, truncate_document
 
 VOCABULARY = """river lantern copper meadow whisper harbor velvet orchard thunder pebble saddle canyon ember glacier
 mosaic falcon juniper quarry ribbon sparrow timber violet walnut anchor bramble cobalt dune fern granite hollow ivory

@@ -15,9 +15,10 @@ from conftest import REAL_TOKENIZERS, real_tokenizer_path  # noqa: E402
 from datasets import load_from_disk  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, set_seed  # noqa: E402
 
-from humpback_trl import magpie  # noqa: E402
+from humpback_trl import magpie, magpie_template  # noqa: E402
 from humpback_trl.chat_template import encode, render  # noqa: E402
 from humpback_trl.generation import generate  # noqa: E402
+from humpback_trl.scripts import magpie as magpie_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["quickstart", "llama-3.1-8b", "qwen2.5-7b"]
@@ -36,7 +37,7 @@ def turns(*texts: str) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_parse(recipe):
-    args, model_args, settings = magpie.make_parser().parse_args_and_config(
+    args, model_args, settings = magpie_script.make_parser().parse_args_and_config(
         ["--config", str(ROOT / "recipes" / recipe / "magpie.yaml")]
     )
     assert args.instruction_top_p == 1.0 and args.response_temperature == 0.0
@@ -50,13 +51,16 @@ def test_instruction_prompt_encodes_to_the_pre_query_ids(name):
     tokenizer = real_tokenizer(name)
     history = turns("Q1", "A1")
     for prompt, ids in [
-        (magpie.instruction_prompt(tokenizer), magpie.pre_query_ids(tokenizer)),
-        (magpie.instruction_prompt(tokenizer, history=history), magpie.pre_query_ids(tokenizer, history=history)),
+        (magpie_template.instruction_prompt(tokenizer), magpie_template.pre_query_ids(tokenizer)),
+        (
+            magpie_template.instruction_prompt(tokenizer, history=history),
+            magpie_template.pre_query_ids(tokenizer, history=history),
+        ),
     ]:
         assert encode(tokenizer, prompt) == ids
     if name == "mistral-instruct-v0.3":
         # The template's trailing space is left to the model, which writes it inside its first word.
-        assert magpie.instruction_prompt(tokenizer) == "<s>[INST]"
+        assert magpie_template.instruction_prompt(tokenizer) == "<s>[INST]"
 
 
 def test_prompts_fed_to_the_model_hold_exactly_one_bos(monkeypatch):
@@ -86,7 +90,7 @@ def test_prompts_fed_to_the_model_hold_exactly_one_bos(monkeypatch):
         return generate(model, tokenizer, prompts, sampling, 4096, stops, show_progress=False)
 
     out = magpie.synthesize(rows, tokenizer, engine, args)
-    instruction_ids = magpie.pre_query_ids(tokenizer)
+    instruction_ids = magpie_template.pre_query_ids(tokenizer)
     assert calls[0] == [instruction_ids] * 3
     assert len({row["instruction"] for row in out}) > 1, "identical prompts, sampled, give different instructions"
     assert len(calls) == 2 and sum(len(batch) for batch in calls[1:]) > 0
@@ -128,11 +132,11 @@ def test_two_turn_conversations_have_the_right_structure(tiny_tokenizer):
         assert row["output"] == next((m["content"] for m in row["messages"] if m["role"] == "assistant"), "")
     (p1, s1, stop1), (r1, s2, stop2), (p2, _, _), (r2, _, _) = log
     assert (s1.temperature, s1.do_sample, s2.do_sample, stop2) == (0.9, True, False, None)
-    assert stop1 == magpie.instruction_stop_token_ids(tiny_tokenizer)
-    default = magpie.instruction_prompt(tiny_tokenizer)
-    assert p1 == [magpie.instruction_prompt(tiny_tokenizer, "Be brief."), default, default]
+    assert stop1 == magpie_template.instruction_stop_token_ids(tiny_tokenizer)
+    default = magpie_template.instruction_prompt(tiny_tokenizer)
+    assert p1 == [magpie_template.instruction_prompt(tiny_tokenizer, "Be brief."), default, default]
     assert r1[0] == render(tiny_tokenizer, first[:2], add_generation_prompt=True) and len(r1) == 2
-    assert p2[0] == magpie.instruction_prompt(tiny_tokenizer, "Be brief.", history=first[1:3])
+    assert p2[0] == magpie_template.instruction_prompt(tiny_tokenizer, "Be brief.", history=first[1:3])
     assert r2[1] == render(tiny_tokenizer, plain[:3], add_generation_prompt=True)
 
 
@@ -168,7 +172,7 @@ def test_each_filter_removes_exactly_its_rows(tiny_tokenizer):
 
 @pytest.mark.parametrize("name", REAL_TOKENIZERS)
 def test_leak_check_reads_the_templates_headers(name):
-    leaks = magpie.leak_check(real_tokenizer(name))
+    leaks = magpie_template.leak_check(real_tokenizer(name))
     header = "model" if name == "gemma-2-it" else "assistant"
     assert not leaks("Write a haiku about a humpback whale, then explain how the model of a car works.")
     assert leaks(f"Write a haiku about whales.\n{header}\nDeep water singing")
@@ -202,7 +206,7 @@ def test_tiny_model_run_writes_the_filtered_dataset_and_resumes(tmp_path, tiny_m
             "--shard_size", "4", "--instruction_max_new_tokens", "16", "--response_max_new_tokens", "6",
             "--min_instruction_chars", "20", "--system_prompts", "Be brief.", "Be kind.",
             "--system_prompt_weights", "1", "1", "--curate", "true"]  # fmt: skip
-    kept = magpie.run(argv)
+    kept = magpie_script.run(argv)
     assert calls and sum(calls[::2]) == 12
     generated = load_from_disk(str(out / "generation" / "data"))
     report = json.loads((out / "report.json").read_text())
@@ -222,5 +226,5 @@ def test_tiny_model_run_writes_the_filtered_dataset_and_resumes(tmp_path, tiny_m
     assert str(tiny_model_dir) in card and "T=1.0, top-p=1.0" in card and "greedy" in card
     # A rerun finds every shard finished: no generation, the same data.
     calls.clear()
-    again = magpie.run(argv)
+    again = magpie_script.run(argv)
     assert calls == [] and again.to_list() == kept.to_list()

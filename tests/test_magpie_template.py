@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast  # noqa: E402
 
 from humpback_trl import chat_template  # noqa: E402
-from humpback_trl.magpie import instruction_stop_token_ids, pre_query_ids, pre_query_template  # noqa: E402
+from humpback_trl.magpie_template import instruction_stop_token_ids, pre_query_ids, pre_query_template  # noqa: E402
 
 TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
 

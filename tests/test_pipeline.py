@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from humpback_trl import pipeline
+from humpback_trl.scripts import run as run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart"
@@ -77,7 +78,7 @@ def first_run(recipes, tmp_path_factory):
 def test_loop_report_is_consistent(first_run):
     out, output = first_run
     assert statuses(output) == dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "m1", "m2"], "running")
-    assert "accelerate launch --config_file" in output and "-m humpback_trl.augment" in output
+    assert "accelerate launch --config_file" in output and "-m humpback_trl.scripts.augment" in output
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 181 and report["documents"] == 79
     assert [it["iteration"] for it in report["iterations"]] == [1, 2]
@@ -136,7 +137,7 @@ def test_from_forces_a_restart_of_that_stage_and_its_dependents(recipes, first_r
         **dict.fromkeys(["augment", "m0", "m1", "m2"], "running"),
     }
     with pytest.raises(ValueError, match="not a stage"):
-        pipeline.run([str(recipes), "--output_dir", str(out), "--from", "m9"])
+        run_script.run([str(recipes), "--output_dir", str(out), "--from", "m9"])
 
 
 def test_changed_recipe_reruns_that_stage_and_downstream(recipes, first_run):

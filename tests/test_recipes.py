@@ -8,15 +8,16 @@ import yaml
 
 from humpback_trl import pipeline
 from humpback_trl.pairs import BUILTIN_PREFIX, builtin_path
+from humpback_trl.scripts import run as run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 MODULES = {
-    "backward.yaml": "humpback_trl.sft",
-    "seed.yaml": "humpback_trl.sft",
-    "corpus.yaml": "humpback_trl.corpus",
-    "augment.yaml": "humpback_trl.augment",
-    "magpie.yaml": "humpback_trl.magpie",
+    "backward.yaml": "humpback_trl.scripts.sft",
+    "seed.yaml": "humpback_trl.scripts.sft",
+    "corpus.yaml": "humpback_trl.scripts.corpus",
+    "augment.yaml": "humpback_trl.scripts.augment",
+    "magpie.yaml": "humpback_trl.scripts.magpie",
 }
 LOOP_FILES = sorted(RECIPES.glob("*/loop*.yaml"))
 STAGE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if not p.name.startswith("loop"))
@@ -49,7 +50,7 @@ def assert_local_reference_exists(name):
 @pytest.mark.parametrize("loop_file", LOOP_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_loop_and_its_stages_parse(loop_file, monkeypatch):
     monkeypatch.chdir(ROOT)
-    (loop,) = pipeline.make_parser().parse_args_and_config(["--config", str(loop_file)])
+    (loop,) = run_script.make_parser().parse_args_and_config(["--config", str(loop_file)])
     assert (ROOT / loop.accelerate_config).is_file()
     stages = pipeline.plan(loop_file.parent, loop)
     names = [stage.name for stage in stages]
@@ -74,4 +75,4 @@ def test_unknown_key_in_a_recipe_fails_loudly(tmp_path):
         yaml.safe_dump({**yaml.safe_load((RECIPES / "quickstart/augment.yaml").read_text()), "temprature": 1})
     )
     with pytest.raises(ValueError, match="temprature"):
-        parse_stage("humpback_trl.augment", recipe, ["--corpus", "x.jsonl", "--adapter", "a"])
+        parse_stage("humpback_trl.scripts.augment", recipe, ["--corpus", "x.jsonl", "--adapter", "a"])

@@ -8,9 +8,10 @@ import yaml
 from conftest import launch_cpu_processes
 from peft import AutoPeftModelForCausalLM
 
-from humpback_trl import sft
+from humpback_trl import training
 from humpback_trl.chat_template import encode
 from humpback_trl.schedule import PAPER_LEARNING_RATE, PAPER_MIN_LEARNING_RATE, paper_batch_size, paper_steps
+from humpback_trl.scripts import sft
 
 PAIRS = [
     {
@@ -79,7 +80,7 @@ def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path)
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
         p.name for p in out.iterdir()
     }
-    saved = [json.loads(line) for line in (out / sft.TRAINING_DATA_FILE).read_text().splitlines()]
+    saved = [json.loads(line) for line in (out / training.TRAINING_DATA_FILE).read_text().splitlines()]
     assert len(saved) == 24 and saved[0]["source_id"] == "p0" and "blank" not in {r["source_id"] for r in saved}
     card = (out / "README.md").read_text()
     assert f"base_model: {tiny_path}" in card and "**Direction**: backward" in card
@@ -140,7 +141,7 @@ def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
     out = tmp_path / "ddp"
     config = recipe(tmp_path, tiny_path, data_path)
     result = launch_cpu_processes(
-        "-m", "humpback_trl.sft", "--config", config, "--output_dir", str(out), "--max_steps", "3"
+        "-m", "humpback_trl.scripts.sft", "--config", config, "--output_dir", str(out), "--max_steps", "3"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"

@@ -8,7 +8,7 @@ from conftest import launch_cpu_processes
 from datasets import DatasetDict, load_from_disk
 from huggingface_hub import DatasetCard
 
-from humpback_trl import augment, curate, sft
+from humpback_trl.scripts import augment, curate, sft
 
 SEGMENTS = [
     {"segment_id": f"doc{i // 3}#{i % 3}", "text": f"Paragraph {i} explains how the {i}th tide tables are read. " * 4}
@@ -180,7 +180,7 @@ def test_callback_scores_candidates_with_the_trained_model(tmp_path, tiny_model_
 
 def test_callback_under_two_processes(tmp_path, tiny_model_dir):
     recipe = forward_recipe(tmp_path, tiny_model_dir)
-    result = launch_cpu_processes("-m", "humpback_trl.sft", "--config", str(recipe))
+    result = launch_cpu_processes("-m", "humpback_trl.scripts.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     curation = tmp_path / "m0" / "curation"
     scored = load_from_disk(str(curation / "curated"))["scored"]

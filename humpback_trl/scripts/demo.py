@@ -12,7 +12,7 @@ from typing import Any
 
 from humpback_trl import pipeline
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart"
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart"
 NOISE_WARNING = (
     "Note: the demo model is a tiny RANDOM network, so its instructions, answers and scores are noise; the demo shows "
     "the loop, its artifacts and its report. For real data run recipes/llama-3.1-8b/ or recipes/qwen2.5-7b/ "

@@ -1,7 +1,7 @@
 """Standalone self-curation: a forward model scores a candidate pool and writes the scored pool, A4 and A5.
 
     humpback curate --candidates outputs/quickstart/augment/candidates.jsonl --adapter outputs/quickstart/m0
-    accelerate launch -m humpback_trl.curate --config ...
+    accelerate launch -m humpback_trl.scripts.curate --config ...
 
 Inside the loop the same engine runs from the SelfCurationCallback at the end of the forward model's training.
 """

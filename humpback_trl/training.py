@@ -1,12 +1,9 @@
-"""Train the forward or backward model on pair data with TRL's SFTTrainer and the swapped-field collator.
+"""Training the forward or backward model on pair data with TRL's SFTTrainer and the swapped-field collator.
 
-    accelerate launch --config_file accelerate_configs/cpu.yaml -m humpback_trl.sft \
-        --config recipes/quickstart/backward.yaml
-    humpback sft --config recipes/quickstart/seed.yaml
-
-Parse (our arguments + SFTConfig + ModelConfig, unknown keys fail) -> load pairs -> train (QLoRA by default in the
-recipes, resuming from the last checkpoint in output_dir) -> save the adapter, tokenizer, card and the exact training
+Load pairs (files, Hub ids, builtin:seed, an oasst1 export) -> build the trainer (QLoRA by default in the recipes) ->
+train, resuming from the last checkpoint in output_dir -> save the adapter, tokenizer, card and the exact training
 set -> optionally push the adapter and the training set to `<hub_prefix>-<stage>` and `<hub_prefix>-<stage>-data`.
+The entry point is `humpback_trl.scripts.sft`.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from pathlib import Path
 from datasets import Dataset, concatenate_datasets
 from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
 from humpback_trl.callbacks import SelfCurationCallback
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator, save_prompt_settings
@@ -248,7 +245,7 @@ def curation_callback(
     )
 
 
-def main(
+def train(
     script_args: HumpbackSFTArguments,
     training_args: SFTConfig,
     model_args: ModelConfig,
@@ -269,19 +266,3 @@ def main(
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return trainer
-
-
-def make_parser(subparsers=None) -> TrlParser:
-    dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig, CurationSettings)
-    if subparsers is not None:
-        return subparsers.add_parser("sft", help="Train a forward or backward model", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types)
-
-
-def run(argv: list[str] | None = None) -> SFTTrainer:
-    script_args, training_args, model_args, curation = make_parser().parse_args_and_config(argv)
-    return main(script_args, training_args, model_args, curation)
-
-
-if __name__ == "__main__":
-    run()

@@ -1,0 +1,32 @@
+"""`humpback augment`: the backward model writes an instruction for every corpus segment.
+
+    humpback augment --config recipes/quickstart/augment.yaml --corpus outputs/quickstart/corpus/dataset \
+        --adapter outputs/quickstart/myx
+    accelerate launch -m humpback_trl.scripts.augment --config ...
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset
+from trl import TrlParser
+
+from humpback_trl.augment import AugmentArguments, augment
+from humpback_trl.modeling import InferenceModelArguments
+
+
+def make_parser(subparsers=None) -> TrlParser:
+    dataclass_types = (AugmentArguments, InferenceModelArguments)
+    if subparsers is not None:
+        return subparsers.add_parser(
+            "augment", help="Write instructions for corpus segments", dataclass_types=dataclass_types
+        )
+    return TrlParser(dataclass_types)
+
+
+def run(argv: list[str] | None = None) -> Dataset:
+    args, model_args = make_parser().parse_args_and_config(argv)
+    return augment(args, model_args)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,37 @@
+"""`humpback chat`: answer prompts with a Humpback adapter (a local folder or a Hub repo such as ORG/humpback-m2).
+
+humpback chat --adapter ORG/REPO --prompt "Explain tides." "Write a haiku."
+humpback chat --adapter outputs/quickstart/m2 --prompts_file questions.txt --load_in_4bit true
+"""
+
+from __future__ import annotations
+
+from trl import TrlParser
+
+from humpback_trl.chat import ChatArguments, load_humpback, read_prompts
+from humpback_trl.generation import SamplingConfig
+from humpback_trl.modeling import InferenceModelArguments
+
+
+def run(argv: list[str] | None = None) -> list[str]:
+    args, model_args = TrlParser((ChatArguments, InferenceModelArguments)).parse_args_and_config(argv)
+    if not model_args.adapter:
+        raise SystemExit("humpback chat needs --adapter (a local folder or a Hub repo id)")
+    prompts = read_prompts(args)
+    bot = load_humpback(
+        model_args.adapter,
+        model_args.model_name_or_path,
+        model_args.load_in_4bit,
+        args.tags,
+        dtype=model_args.dtype,
+        revision=model_args.model_revision,
+    )
+    sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, do_sample=not args.greedy)
+    answers = bot.chat(prompts, sampling)
+    for prompt, answer in zip(prompts, answers, strict=True):
+        print(f">>> {prompt}\n{answer}\n")
+    return answers
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,43 @@
+"""`humpback run`: the whole Humpback loop from one recipe folder.
+
+humpback run recipes/quickstart/ [--from STAGE] [--key value ...]
+humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from trl import TrlParser
+
+from humpback_trl.pipeline import LoopArguments, print_summary, run_loop
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((LoopArguments,))
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit(
+            "usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] ..."
+        )
+    target = Path(argv.pop(0))
+    # A folder runs its loop.yaml; a yaml file in a recipe folder runs that variant (e.g. loop_multi_gpu.yaml).
+    folder, loop_file = (target.parent, target) if target.suffix == ".yaml" else (target, target / "loop.yaml")
+    start_from = None
+    if "--from" in argv:
+        index = argv.index("--from")
+        start_from = argv[index + 1]
+        del argv[index : index + 2]
+    (loop,) = make_parser().parse_args_and_config(["--config", str(loop_file), *argv])
+    report = run_loop(folder, loop, start_from)
+    print_summary(report, loop.output_dir)
+    return report
+
+
+if __name__ == "__main__":
+    run()
