@@ -3,7 +3,12 @@
 from importlib import import_module
 from typing import Any
 
+from humpback_trl.process import die_with_parent_if_stage
+
 __version__ = "0.1.0"
+
+# A stage started by `humpback run` (and each of its accelerate workers) dies with its parent, even on kill -9.
+die_with_parent_if_stage()
 
 # Exports load on first use, so `import humpback_trl` stays light and `python -m humpback_trl.scripts.<stage>` does not
 # import the stage twice.

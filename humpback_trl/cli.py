@@ -1,29 +1,139 @@
 """The `humpback` console script: one subcommand per command module in `humpback_trl.scripts`.
 
-Subcommands run in this process; for several processes use `accelerate launch -m humpback_trl.scripts.<command>`.
+Subcommands run in this process; for several processes use `accelerate launch -m humpback_trl.scripts.<command>`,
+whose `__main__` goes through `run_command` too, so errors read the same either way.
+
+- `humpback --help` and `humpback <command> --help` print without importing torch (cli_help reads the options from
+  the source); `--help-all` prints the full argparse help, trainer options included.
+- A user error (a bad recipe or value, a missing file, column or model) prints one line naming it and exits 2;
+  HUMPBACK_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-COMMANDS = {
-    "sft": ("humpback_trl.scripts.sft", "train a forward or backward model (QLoRA by default)"),
-    "corpus": ("humpback_trl.scripts.corpus", "split unlabeled documents into filtered, deduplicated segments"),
-    "augment": ("humpback_trl.scripts.augment", "the backward model writes an instruction for every segment"),
-    "curate": ("humpback_trl.scripts.curate", "a forward model scores candidate pairs and selects A4 / A5"),
-    "magpie": ("humpback_trl.scripts.magpie", "an aligned chat model writes instructions and answers (MAGPIE)"),
-    "run": ("humpback_trl.scripts.run", "the whole loop from a recipe folder: humpback run recipes/quickstart/"),
-    "demo": ("humpback_trl.scripts.demo", "the whole loop on CPU with a tiny model and bundled data (no download)"),
-    "chat": ("humpback_trl.scripts.chat", "answer prompts with a published (or local) Humpback adapter"),
+from humpback_trl.cli_help import Command, render_help
+
+MODEL_ARGS = "humpback_trl.modeling:InferenceModelArguments"
+CURATION = "humpback_trl.curation:CurationSettings"
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command(
+        "humpback_trl.scripts.sft",
+        "Train a forward or backward model on pair data with TRL's SFTTrainer (QLoRA in the recipes).",
+        ("humpback_trl.training:HumpbackSFTArguments", CURATION),
+        ("trl SFTConfig", "trl ModelConfig"),
+    ),
+    "corpus": Command(
+        "humpback_trl.scripts.corpus",
+        "Split unlabeled documents into filtered, deduplicated segments.",
+        ("humpback_trl.corpus:CorpusConfig", "humpback_trl.scripts.corpus:CorpusOutputArguments"),
+    ),
+    "augment": Command(
+        "humpback_trl.scripts.augment",
+        "The backward model writes an instruction for every segment (self-augmentation).",
+        ("humpback_trl.augment:AugmentArguments", MODEL_ARGS),
+    ),
+    "curate": Command(
+        "humpback_trl.scripts.curate",
+        "A forward model scores candidate pairs with the rubric and selects A4 / A5 (self-curation).",
+        ("humpback_trl.scripts.curate:CurateArguments", MODEL_ARGS, CURATION),
+    ),
+    "magpie": Command(
+        "humpback_trl.scripts.magpie",
+        "An aligned chat model writes instructions and answers from its pre-query template (MAGPIE).",
+        ("humpback_trl.magpie:MagpieArguments", MODEL_ARGS, CURATION),
+    ),
+    "run": Command(
+        "humpback_trl.scripts.run",
+        "The whole loop from a recipe folder (its loop.yaml and one recipe per stage).",
+        ("humpback_trl.pipeline:LoopArguments",),
+        usage="RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--key value ...]",
+        epilog="Stages, in order: corpus -> myx (backward model) -> augment -> [magpie] -> m0 -> m1 ... mK. "
+        "--from STAGE restarts that stage and every stage that depends on it.",
+    ),
+    "demo": Command(
+        "humpback_trl.scripts.demo",
+        "The whole loop on CPU on SmolLM2-135M-Instruct with bundled data (no Hub).",
+        usage="[--output-dir DIR] [--iterations K] [--magpie none|candidates|seed] [--from STAGE]",
+    ),
+    "eval": Command(
+        "humpback_trl.scripts.eval",
+        "Models answer an instruction set; a local judge compares their answers in both orders.",
+        ("humpback_trl.evaluation:EvalArguments",),
+    ),
+    "calibrate": Command(
+        "humpback_trl.scripts.calibrate",
+        "A scorer's ROC AUC and A4/A5 precision/recall on a labelled dev set.",
+        ("humpback_trl.scripts.calibrate:CalibrateArguments", CURATION),
+    ),
+    "preferences": Command(
+        "humpback_trl.scripts.preferences",
+        "Preference data from rubric scores: self-rewarding DPO pairs from M_k, or KTO rows from a scored pool.",
+        ("humpback_trl.preferences:PreferenceArguments", MODEL_ARGS),
+    ),
+    "dpo": Command(
+        "humpback_trl.scripts.dpo",
+        "Train an SFT adapter (M_k) further with TRL's DPOTrainer on preference pairs.",
+        ("humpback_trl.preference_training:PreferenceTrainingArguments",),
+        ("trl DPOConfig", "trl ModelConfig"),
+    ),
+    "kto": Command(
+        "humpback_trl.scripts.kto",
+        "Train an SFT adapter (M_k) further with TRL's KTOTrainer on desirable/undesirable rows.",
+        ("humpback_trl.preference_training:PreferenceTrainingArguments",),
+        ("trl KTOConfig", "trl ModelConfig"),
+    ),
+    "chat": Command(
+        "humpback_trl.scripts.chat",
+        "Answer prompts with a published (or local) Humpback adapter.",
+        ("humpback_trl.chat:ChatArguments", MODEL_ARGS),
+        usage="--adapter DIR_OR_REPO --prompt TEXT [TEXT ...] [--key value ...]",
+    ),
 }
+
+# What a user can get wrong: a recipe key or value, a path, a column, a model name, an optional dependency.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, LookupError, OSError, ImportError)
+DEBUG_ENV = "HUMPBACK_DEBUG"
 
 
 def usage() -> str:
     lines = ["usage: humpback <command> [--config recipe.yaml] [--key value ...]", "", "commands:"]
-    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {name:<10} {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "`humpback <command> --help` lists a command's options; HUMPBACK_DEBUG=1 shows tracebacks."]
     return "\n".join(lines)
+
+
+def error_line(error: BaseException) -> str:
+    # KeyError's str() is the repr of its key; its message is the first argument.
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line for line in str(message).splitlines() if line.strip()] or [type(error).__name__]
+    more = " (HUMPBACK_DEBUG=1 shows the rest)" if len(lines) > 1 else ""
+    return f"{lines[0].strip()}{more}"
+
+
+def run_command(name: str, argv: list[str] | None = None) -> None:
+    """Help, then the command's `run(argv)`; user errors become one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS[name]
+    if "-h" in argv or "--help" in argv:
+        print(render_help(name, command), end="")
+        return
+    if "--help-all" in argv:
+        argv = [arg if arg != "--help-all" else "--help" for arg in argv]
+    # argparse names the program after argv[0]: usage lines then say `humpback sft`, not `humpback`.
+    sys.argv[0] = f"humpback {name}"
+    module = importlib.import_module(command.module)
+    try:
+        module.run(argv)
+    except USER_ERRORS as error:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"humpback {name}: error: {error_line(error)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,9 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     if argv[0] not in COMMANDS:
-        sys.exit(f"humpback: unknown command {argv[0]!r}\n\n{usage()}")
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    module.run(argv[1:])
+        print(f"humpback: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    run_command(argv[0], argv[1:])
 
 
 if __name__ == "__main__":

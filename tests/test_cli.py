@@ -1,0 +1,99 @@
+"""The command line: fast help that matches the real parsers, one-line user errors, stage processes that die with
+their parent."""
+
+import dataclasses
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from humpback_trl.cli import COMMANDS, error_line
+from humpback_trl.cli_help import dataclass_options
+
+
+def humpback(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-X", "importtime", "-m", "humpback_trl.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_top_level_help_lists_every_command_without_importing_torch():
+    result = humpback("--help")
+    assert result.returncode == 0
+    assert all(f"  {name} " in result.stdout for name in COMMANDS)
+    imported = [line for line in result.stderr.splitlines() if line.rstrip().endswith((" torch", " transformers"))]
+    assert imported == []
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_command_help_names_the_command_and_documents_our_options_fast(name):
+    start = time.perf_counter()
+    result = humpback(name, "--help")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"usage: humpback {name} ")
+    options = [line.split()[0] for line in lines if line.startswith("  --")]
+    assert options[0] == "--config"
+    for reference in COMMANDS[name].arguments:
+        assert [f"--{option.name}" for option in dataclass_options(reference)] == [
+            o for o in options if o[2:] in {option.name for option in dataclass_options(reference)}
+        ]
+    assert not any(line.rstrip().endswith(" torch") for line in result.stderr.splitlines())
+    assert elapsed < 10  # a few tenths of a second idle; generous for a loaded CI machine
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_lists_exactly_the_fields_of_the_real_parser(name):
+    """The AST-read options are the dataclasses the command's TrlParser really parses."""
+    command = COMMANDS[name]
+    module = importlib.import_module(command.module)
+    if not hasattr(module, "make_parser"):
+        pytest.skip(f"{command.module} parses its own arguments with argparse")
+    parser = module.make_parser()
+    ours = [t for t in parser.dataclass_types if t.__module__.startswith("humpback_trl")]
+    assert [f"{t.__module__}:{t.__name__}" for t in ours] == list(command.arguments)
+    for reference, cls in zip(command.arguments, ours, strict=True):
+        assert [o.name for o in dataclass_options(reference)] == [f.name for f in dataclasses.fields(cls)]
+
+
+def test_a_user_error_is_one_line_and_exit_code_2(tmp_path):
+    recipe = tmp_path / "corpus.yaml"
+    recipe.write_text(f"source: {tmp_path / 'missing.jsonl'}\n")
+    result = humpback("corpus", "--config", str(recipe), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2
+    # Only the error line names the command; a progress bar may stand before it, no traceback does.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("humpback")]
+    assert "Traceback" not in result.stderr
+    assert errors == [f"humpback corpus: error: corpus file or directory not found: {tmp_path / 'missing.jsonl'}"]
+    debug = humpback("corpus", "--config", str(recipe), env={"HUMPBACK_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_error_line_keeps_the_first_line_and_the_message_of_a_key_error():
+    assert error_line(KeyError("no column 'text'")) == "no column 'text'"
+    assert error_line(ValueError("first\nsecond")) == "first (HUMPBACK_DEBUG=1 shows the rest)"
+
+
+def test_a_stage_process_dies_with_its_parent_even_on_kill_9():
+    """The loop starts stages through run_stage_process; their children inherit the parent-death signal."""
+    script = (
+        "import subprocess, sys; from humpback_trl.process import run_stage_process; "
+        "run_stage_process([sys.executable, '-c', "
+        '\'import humpback_trl, subprocess, sys; subprocess.run([sys.executable, "-c", '
+        '"import humpback_trl, time; time.sleep(120)"])\'])'
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(psutil.Process(parent.pid).children(recursive=True)) < 2:
+        time.sleep(0.2)
+    descendants = psutil.Process(parent.pid).children(recursive=True)
+    assert len(descendants) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(descendants, timeout=20)
+    assert alive == []
