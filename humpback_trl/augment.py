@@ -50,6 +50,10 @@ class AugmentArguments:
     seed: int = 42
     hub_prefix: str | None = field(default=None, metadata={"help": "Push the candidates to <hub_prefix>-candidates."})
     push_to_hub: bool = False
+    hub_private_repo: bool | None = field(
+        default=None,
+        metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
+    )
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -134,6 +138,7 @@ def candidate_outputs(
             "backward model": model_repo_id(args.hub_prefix, "myx") if args.hub_prefix else writer,
             "corpus": args.corpus,
         },
+        private=args.hub_private_repo,
     )
     return StageOutputs(
         report=funnel,
@@ -142,4 +147,5 @@ def candidate_outputs(
         files={"candidates": candidates},
         push=candidates,
         hub_repo=candidates_repo_id(args.hub_prefix) if args.push_to_hub and args.hub_prefix else None,
+        private=args.hub_private_repo,
     )

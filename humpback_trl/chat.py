@@ -64,12 +64,18 @@ def load_humpback(
     tags: str = "both",
     dtype: str = "auto",
     revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> HumpbackChat:
     """Load a base model plus a Humpback adapter, ready to `chat`. `tags`: both | seed | augmented | none."""
     if tags not in TAG_CHOICES:
         raise ValueError(f"tags must be one of {sorted(TAG_CHOICES)}, got {tags!r}")
     args = InferenceModelArguments(
-        model_name_or_path=base_model, adapter=adapter, load_in_4bit=load_in_4bit, dtype=dtype, model_revision=revision
+        model_name_or_path=base_model,
+        adapter=adapter,
+        load_in_4bit=load_in_4bit,
+        dtype=dtype,
+        model_revision=revision,
+        trust_remote_code=trust_remote_code,
     )
     model, tokenizer = load_model(args)
     collator = load_collator(tokenizer, adapter_folder(args), "forward")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 # Used only when a tokenizer ships no chat template (base models): an Alpaca-like layout closed by EOS.
@@ -35,21 +36,73 @@ def template_kwargs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**DEFAULT_TEMPLATE_KWARGS, **(overrides or {})}
 
 
+def tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
+    return tokenizer.name_or_path or type(tokenizer).__name__
+
+
+def template_text(tokenizer: PreTrainedTokenizerBase, name: str | None = None) -> str:
+    """The one template this project renders with: the tokenizer's template, its `name`d one (or "default") when it
+    holds a dict of named templates (Command R+ ships default, tool_use and rag), or the plain fallback."""
+    templates = tokenizer.chat_template
+    if isinstance(templates, dict):
+        key = name or "default"
+        if key not in templates:
+            raise ValueError(
+                f"The tokenizer of {tokenizer_name(tokenizer)!r} holds the chat templates "
+                f"{sorted(templates)} and none is named {key!r}; choose one with chat_template_name."
+            )
+        return templates[key]
+    if name is not None:
+        raise ValueError(
+            f"chat_template_name={name!r}, but the tokenizer of {tokenizer_name(tokenizer)!r} holds a single template."
+        )
+    return templates or PLAIN_CHAT_TEMPLATE
+
+
+def use_template(tokenizer: PreTrainedTokenizerBase, name: str | None = None) -> PreTrainedTokenizerBase:
+    """Make `template_text` the tokenizer's own template, so everything that reads it (TRL, saved tokenizer files,
+    transformers.pipeline, vLLM, TGI) uses the template the model is trained and prompted with."""
+    tokenizer.chat_template = template_text(tokenizer, name)
+    return tokenizer
+
+
 def render(
     tokenizer: PreTrainedTokenizerBase,
     messages: list[Message],
     add_generation_prompt: bool = False,
     **kwargs: Any,
 ) -> str:
-    """Render `messages` to text with the tokenizer's template (or the plain fallback)."""
-    chat_template = None if tokenizer.chat_template else PLAIN_CHAT_TEMPLATE
-    return tokenizer.apply_chat_template(
-        messages,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        chat_template=chat_template,
-        **template_kwargs(kwargs),
-    )
+    """Render `messages` to text with the tokenizer's template (the default of a dict, or the plain fallback).
+
+    A template that refuses a system message (Mixtral, Gemma) raises one clear error wherever it is rendered."""
+    chat_template = template_text(tokenizer)
+    try:
+        return tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
+            **template_kwargs(kwargs),
+        )
+    except TemplateError as error:
+        dialogue = [message for message in messages if message["role"] != "system"]
+        # Only blame the system role when the same conversation renders without it.
+        if len(dialogue) < len(messages) and _renders(tokenizer, chat_template, dialogue, kwargs):
+            raise ValueError(
+                f"The chat template of {tokenizer_name(tokenizer)!r} has no system role (it raised: {error}); "
+                "leave the system prompt unset for this model."
+            ) from error
+        raise
+
+
+def _renders(
+    tokenizer: PreTrainedTokenizerBase, chat_template: str, messages: list[Message], kwargs: dict[str, Any]
+) -> bool:
+    try:
+        tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template, **template_kwargs(kwargs))
+    except TemplateError:
+        return False
+    return True
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -81,8 +134,8 @@ class TurnEnd:
         return self.close + self.trailer
 
 
-def _cache_key(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str | None, int]:
-    return (tokenizer.name_or_path, tokenizer.chat_template, len(tokenizer))
+def _cache_key(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str, int]:
+    return (tokenizer.name_or_path, template_text(tokenizer), len(tokenizer))
 
 
 def turn_end(tokenizer: PreTrainedTokenizerBase) -> TurnEnd:

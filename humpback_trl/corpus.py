@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from humpback_trl.filters import (
 )
 from humpback_trl.segmentation import DOC_FORMATS, Segment, split, truncate_document
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_BOILERPLATE_HEADERS = (
     "advertisement", "advertising", "sponsored", "forum", "quick link", "free newsletter", "newsletter",
     "related post", "related article", "you may also like", "share this", "comment", "leave a reply", "navigation",
@@ -52,9 +56,21 @@ REMOVAL_KEYS = (
     "removed_near_duplicate",
 )  # fmt: skip
 COUNT_KEYS = (
-    "documents_read", "empty_documents", "invalid_utf8_documents", "truncated_documents", "segments_total",
-    *REMOVAL_KEYS, "segments_kept",
+    "documents_read", "empty_documents", "invalid_utf8_documents", "truncated_documents",
+    "paragraph_split_documents", "segments_total", *REMOVAL_KEYS, "segments_kept",
 )  # fmt: skip
+# Advice printed with the filter that removed the most segments when none is kept.
+REMOVAL_ADVICE = {
+    "removed_too_short": "lower min_chars",
+    "removed_too_long": "raise max_chars",
+    "removed_empty_header": "set drop_empty_headers: false",
+    "removed_all_caps_header": "set drop_all_caps_headers: false",
+    "removed_capital_header": "raise max_header_capital_ratio",
+    "removed_boilerplate_header": "shorten boilerplate_headers",
+    "removed_repeated_sentences": "raise max_sentence_similarity",
+    "removed_exact_duplicate": "set exact_dedup: false",
+    "removed_near_duplicate": "raise near_dedup_threshold",
+}
 CORPUS_FEATURES = datasets.Features(
     {name: datasets.Value("string") for name in ("segment_id", "doc_id", "header", "text")}
 )
@@ -78,7 +94,13 @@ class CorpusConfig:
         metadata={"help": "Format of text-column documents and .txt files: text | markdown | html | auto."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Hub dataset split."})
+    dataset_split: str = field(
+        default="train", metadata={"help": "Hub dataset split (streamed, so no slice: cap it with max_documents)."}
+    )
+    max_documents: int | None = field(
+        default=None,
+        metadata={"help": "Read at most this many documents; a Hub dataset is streamed, so nothing more is fetched."},
+    )
     max_document_chars: int = field(
         default=200_000, metadata={"help": "Longer documents are cut at the last whitespace before this length."}
     )
@@ -110,6 +132,13 @@ class CorpusConfig:
             raise ValueError(f"doc_format must be one of {DOC_FORMATS}, got {self.doc_format!r}")
         if self.max_document_chars < 1:
             raise ValueError(f"max_document_chars must be positive, got {self.max_document_chars}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise ValueError(f"max_documents must be positive, got {self.max_documents}")
+        if "[" in self.dataset_split:
+            raise ValueError(
+                f"dataset_split={self.dataset_split!r}: Hub datasets are streamed, which takes no slice (a slice "
+                "downloads the whole split first); use the plain split name and max_documents."
+            )
         if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
             raise ValueError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
 
@@ -203,9 +232,12 @@ def _file_documents(path: Path, name: str, config: CorpusConfig) -> Iterator[Doc
 
 
 def _hub_documents(config: CorpusConfig) -> Iterator[Document]:
-    dataset = datasets.load_dataset(config.source, config.dataset_config, split=config.dataset_split)
-    columns = _check_columns(dataset.column_names, f"{config.source} (split {config.dataset_split})", config)
-    yield from _row_documents(dataset.select_columns(columns), config.source, config)
+    # Streamed: documents arrive as they are read, and prepare_corpus stops reading after max_documents.
+    dataset = datasets.load_dataset(config.source, config.dataset_config, split=config.dataset_split, streaming=True)
+    if dataset.column_names is not None:  # unknown for some streamed formats: _row_documents checks each row
+        columns = _check_columns(dataset.column_names, f"{config.source} (split {config.dataset_split})", config)
+        dataset = dataset.select_columns(columns)
+    yield from _row_documents(dataset, config.source, config)
 
 
 PYTHON_DOCS = "builtin:python-docs"
@@ -306,7 +338,13 @@ def prepare_corpus(config: CorpusConfig, show_progress: bool = True) -> tuple[da
     counts = dict.fromkeys(COUNT_KEYS, 0)
     header_checks, text_checks = _header_checks(config), _text_checks(config)
     rows: dict[str, list[str]] = {name: [] for name in CORPUS_FEATURES}
-    documents = tqdm(_iter_documents(config), desc="Preparing corpus", unit="doc", disable=not show_progress)
+    documents = tqdm(
+        itertools.islice(_iter_documents(config), config.max_documents),
+        desc="Preparing corpus",
+        unit="doc",
+        total=config.max_documents,
+        disable=not show_progress,
+    )
     for document in documents:
         counts["documents_read"] += 1
         counts["invalid_utf8_documents"] += document.invalid_utf8
@@ -317,8 +355,9 @@ def prepare_corpus(config: CorpusConfig, show_progress: bool = True) -> tuple[da
         if len(text) > config.max_document_chars:
             text = truncate_document(text, config.max_document_chars)
             counts["truncated_documents"] += 1
-        segments = split(text, document.doc_format)
+        segments = split(text, document.doc_format, config.max_chars)
         structured = any(segment.level for segment in segments)
+        counts["paragraph_split_documents"] += not structured and len(segments) > 1
         for index, segment in enumerate(segments):
             counts["segments_total"] += 1
             if reason := _drop_reason(segment, structured, header_checks, text_checks):
@@ -342,3 +381,25 @@ def write_corpus(dataset: datasets.Dataset, counts: dict[str, int], output_dir: 
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (output / "corpus_counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     return output
+
+
+def check_counts(counts: dict[str, int], source: str) -> None:
+    """Warn about a filter that removed more than half of the segments; fail when no segment is kept, naming the
+    filter that removed the most (an empty corpus would only fail later, inside augmentation)."""
+    total = counts["segments_total"]
+    removed = {key: counts[key] for key in REMOVAL_KEYS if counts[key]}
+    for key, number in removed.items():
+        if number > total / 2:
+            logger.warning("corpus: %s removed %d of %d segments (%s?)", key, number, total, REMOVAL_ADVICE[key])
+    if counts["segments_kept"]:
+        return
+    if not total:
+        raise ValueError(
+            f"corpus: 0 segments from {source}: {counts['documents_read']} documents read, "
+            f"{counts['empty_documents']} of them empty."
+        )
+    worst = max(removed, key=removed.__getitem__)
+    raise ValueError(
+        f"corpus: 0 of {total} segments kept from {source}; {worst} removed the most ({removed[worst]}): "
+        f"{REMOVAL_ADVICE[worst]}. All counts: {counts}"
+    )

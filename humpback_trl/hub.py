@@ -95,7 +95,16 @@ The {role}, trained with humpback-trl (instruction backtranslation, Li et al., I
     return ModelCard(content)
 
 
-def dataset_card(*, title: str, summary: str, counts: Mapping[str, int], links: Mapping[str, str]) -> DatasetCard:
+def visibility(private: bool | None) -> str:
+    """How a dataset is published, stated on its card: it follows the models' `hub_private_repo`."""
+    if private:
+        return "private (`hub_private_repo: true`, as the models of this run)"
+    return "public (`hub_private_repo` not set; set `hub_private_repo: true` to publish privately)"
+
+
+def dataset_card(
+    *, title: str, summary: str, counts: Mapping[str, int], links: Mapping[str, str], private: bool | None = None
+) -> DatasetCard:
     card_data = DatasetCardData(tags=PROJECT_TAGS[:2], license="other")
     content = f"""---
 {card_data.to_yaml()}
@@ -104,6 +113,8 @@ def dataset_card(*, title: str, summary: str, counts: Mapping[str, int], links: 
 # {title}
 
 {summary}
+
+**Visibility on the Hub**: {visibility(private)}.
 
 ## Counts
 
@@ -116,7 +127,8 @@ def dataset_card(*, title: str, summary: str, counts: Mapping[str, int], links: 
     return DatasetCard(content)
 
 
-def push_dataset(dataset: Dataset, card: DatasetCard, repo_id: str, private: bool | None = None) -> str:
+def push_dataset(dataset: Dataset, card: DatasetCard, repo_id: str, private: bool | None) -> str:
+    """Push `dataset` and its card; `private` is required so no caller forgets the models' `hub_private_repo`."""
     dataset.push_to_hub(repo_id, private=private)
     card.push_to_hub(repo_id, repo_type="dataset")
     return repo_id

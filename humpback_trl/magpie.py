@@ -169,6 +169,10 @@ class MagpieArguments:
     engine: str = field(default="transformers", metadata={"help": "transformers (batched) or vllm (optional extra)."})
     hub_prefix: str | None = field(default=None, metadata={"help": "Push the data set to <hub_prefix>-magpie."})
     push_to_hub: bool = False
+    hub_private_repo: bool | None = field(
+        default=None,
+        metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
+    )
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -348,7 +352,9 @@ def magpie_card(counts: dict[str, int], args: MagpieArguments, writer: str) -> D
         "`messages`, the whole conversation."
     )
     title = magpie_repo_id(args.hub_prefix) if args.hub_prefix else "humpback magpie"
-    return dataset_card(title=title, summary=summary, counts=counts, links={"generating model": writer})
+    return dataset_card(
+        title=title, summary=summary, counts=counts, links={"generating model": writer}, private=args.hub_private_repo
+    )
 
 
 def magpie_outputs(
@@ -364,4 +370,5 @@ def magpie_outputs(
         files={"magpie": kept},
         push=kept,
         hub_repo=magpie_repo_id(args.hub_prefix) if args.push_to_hub and args.hub_prefix else None,
+        private=args.hub_private_repo,
     )

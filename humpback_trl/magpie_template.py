@@ -17,16 +17,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from humpback_trl.chat_template import SENTINEL, Message, encode, render, special_token_ids
+from humpback_trl.chat_template import SENTINEL, Message, encode, render, special_token_ids, tokenizer_name
 
 _TURN_ROLES = ("user", "assistant")
-
-
-def _tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
-    return tokenizer.name_or_path or type(tokenizer).__name__
 
 
 def _check_history(history: list[Message]) -> None:
@@ -58,30 +53,14 @@ def _render_with_sentinel_query(
     _check_history(turns)
     system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
     turns.append({"role": "user", "content": SENTINEL})
-    try:
-        text = render(tokenizer, system + turns, **template_kwargs)
-    except TemplateError as error:
-        # Only blame the system role when the same conversation renders without it (Gemma-2 raises for it).
-        if system and _renders(tokenizer, turns, template_kwargs):
-            raise ValueError(
-                f"The chat template of {_tokenizer_name(tokenizer)!r} has no system role (it raised {error}); "
-                "generate without a system prompt for this model."
-            ) from error
-        raise
+    # render raises one clear error for a template without a system role (Gemma-2, Mixtral).
+    text = render(tokenizer, system + turns, **template_kwargs)
     if SENTINEL not in text:
         raise ValueError(
-            f"The chat template of {_tokenizer_name(tokenizer)!r} does not copy the user message into its output, "
+            f"The chat template of {tokenizer_name(tokenizer)!r} does not copy the user message into its output, "
             "so the text before a user message cannot be found."
         )
     return text
-
-
-def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[Message], template_kwargs: dict[str, Any]) -> bool:
-    try:
-        render(tokenizer, messages, **template_kwargs)
-    except TemplateError:
-        return False
-    return True
 
 
 def pre_query_template(
@@ -141,7 +120,7 @@ def instruction_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
         closing.append(tokenizer.eos_token_id)
     if not closing:
         raise ValueError(
-            f"{_tokenizer_name(tokenizer)!r} has no EOS token and its chat template closes a user turn without a "
+            f"{tokenizer_name(tokenizer)!r} has no EOS token and its chat template closes a user turn without a "
             "special token, so instruction generation could never stop."
         )
     return closing
@@ -161,7 +140,7 @@ def instruction_prompt(
     text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     if encode(tokenizer, text) != ids:
         raise ValueError(
-            f"The pre-query ids of {_tokenizer_name(tokenizer)!r} do not survive decoding and encoding again "
+            f"The pre-query ids of {tokenizer_name(tokenizer)!r} do not survive decoding and encoding again "
             f"({text!r}), so they cannot be passed to the generation engine as text."
         )
     return text

@@ -17,7 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from humpback_trl.tiny import resolve_model
+from humpback_trl.builtin_models import resolve_model
+from humpback_trl.chat_template import use_template
 
 
 @dataclass
@@ -31,6 +32,13 @@ class InferenceModelArguments:
         default="auto", metadata={"help": "auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU)."}
     )
     model_revision: str | None = None
+    chat_template_name: str | None = field(
+        default=None,
+        metadata={"help": "For tokenizers holding several named templates (Command R+): the one to use (default)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the model's own code from the Hub (tokenizer and model loaders)."}
+    )
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path and not self.adapter:
@@ -43,6 +51,17 @@ def base_model_name(args: InferenceModelArguments) -> str:
     return PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
 
 
+def _tokenizer(args: InferenceModelArguments) -> PreTrainedTokenizerBase:
+    if args.adapter:
+        try:
+            return AutoTokenizer.from_pretrained(args.adapter, trust_remote_code=args.trust_remote_code)
+        except (OSError, ValueError):
+            pass
+    return AutoTokenizer.from_pretrained(
+        base_model_name(args), revision=args.model_revision, trust_remote_code=args.trust_remote_code
+    )
+
+
 def torch_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -50,13 +69,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def load_tokenizer(args: InferenceModelArguments) -> PreTrainedTokenizerBase:
-    """The adapter's tokenizer when it saved one (it is the one training used), else the base model's."""
-    if args.adapter:
-        try:
-            return AutoTokenizer.from_pretrained(args.adapter)
-        except (OSError, ValueError):
-            pass
-    return AutoTokenizer.from_pretrained(base_model_name(args), revision=args.model_revision)
+    """The adapter's tokenizer when it saved one (it is the one training used), else the base model's, with the
+    template every stage renders with as its own (`chat_template_name` picks one of several named templates)."""
+    return use_template(_tokenizer(args), args.chat_template_name)
 
 
 def load_model(args: InferenceModelArguments) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -73,6 +88,7 @@ def load_model(args: InferenceModelArguments) -> tuple[PreTrainedModel, PreTrain
         dtype=dtype,
         quantization_config=quantization,
         device_map={"": state.device} if torch.cuda.is_available() else None,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.adapter:
         model = PeftModel.from_pretrained(model, args.adapter)

@@ -1,13 +1,15 @@
 """Splitting documents into segments: the text under a header together with its sub-headers (Li et al. 2024,
 appendix: a ClueWeb segment is the text under an HTML header). Markdown and HTML documents are split at their
-headers; a plain-text document is one headerless segment."""
+headers (HTML after trafilatura's main-content extraction to Markdown); a document without headers is split at
+paragraph boundaries (`split_paragraphs` states the rule)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import NamedTuple
+
+import trafilatura
 
 DOC_FORMATS = ("text", "markdown", "html", "auto")
 
@@ -48,6 +50,8 @@ def _assemble(blocks: list[_Block], separator: str) -> list[Segment]:
 _ATX_HEADER = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?$")
 _CLOSING_HASHES = re.compile(r"(?:^|[ \t])#+$")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+# *text*, **text**, _text_ inside a header are markup (trafilatura writes <em> so), not part of the title.
+_EMPHASIS = re.compile(r"(\*{1,3}|_{1,3})(\S(?:.*?\S)?)\1")
 
 
 def split_markdown(text: str) -> list[Segment]:
@@ -60,103 +64,65 @@ def split_markdown(text: str) -> list[Segment]:
             fence = marker if fence is None else (None if marker == fence else fence)
         header = None if fence else _ATX_HEADER.match(line)
         if header:
-            title = _CLOSING_HASHES.sub("", (header.group(2) or "").strip())
+            title = _EMPHASIS.sub(r"\2", _CLOSING_HASHES.sub("", (header.group(2) or "").strip()))
             blocks.append(_Block(len(header.group(1)), " ".join(title.split()), line))
         else:
             blocks.append(_Block(0, "", line))
     return _assemble(blocks, "\n")
 
 
-_HEADER_TAGS = {f"h{i}": i for i in range(1, 7)}
-_SKIPPED_TAGS = {"script", "style", "noscript", "template", "title"}
-_BLOCK_TAGS = {
-    "address", "article", "aside", "blockquote", "body", "dd", "div", "dl", "dt", "figcaption", "figure", "footer",
-    "form", "header", "hr", "html", "li", "main", "nav", "ol", "p", "pre", "section", "table", "td", "th", "tr", "ul",
-}  # fmt: skip
-
-
-class _HTMLBlocks(HTMLParser):
-    """Flattens HTML into header and paragraph blocks; the split into segments is shared with Markdown."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.blocks: list[_Block] = []
-        self._parts: list[str] = []
-        self._header = 0
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip += 1
-        elif self._skip:
-            return
-        elif tag in _HEADER_TAGS:
-            self._flush()
-            self._header = _HEADER_TAGS[tag]
-        elif tag == "br":
-            self._parts.append("\n")
-        elif tag in _BLOCK_TAGS:
-            self._block_boundary()
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip = max(0, self._skip - 1)
-        elif self._skip:
-            return
-        elif tag in _HEADER_TAGS:
-            self._flush()
-        elif tag in _BLOCK_TAGS:
-            self._block_boundary()
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            # Source line breaks are layout, not content; only <br> and block tags break lines.
-            self._parts.append(re.sub(r"\s+", " ", data))
-
-    def close(self) -> None:
-        super().close()
-        self._flush()
-
-    def _block_boundary(self) -> None:
-        # Inside a header (<h2><div>A</div>B</h2>, or a header left unclosed) a block only separates words.
-        if self._header:
-            self._parts.append(" ")
-        else:
-            self._flush()
-
-    def _flush(self) -> None:
-        lines = (" ".join(line.split()) for line in "".join(self._parts).split("\n"))
-        text = "\n".join(line for line in lines if line)
-        self._parts = []
-        if self._header:
-            title = " ".join(text.split())
-            self.blocks.append(_Block(self._header, title, title))
-            self._header = 0
-        elif text:
-            self.blocks.append(_Block(0, "", text))
-
-
 def split_html(text: str) -> list[Segment]:
-    """One segment per <h1>-<h6>, holding the paragraphs and sub-headers up to the next header of the same or a
-    higher level. Script, style, noscript, template and title contents are ignored."""
-    parser = _HTMLBlocks()
-    parser.feed(text)
-    parser.close()
-    return _assemble(parser.blocks, "\n\n")
+    """trafilatura extracts the main content as Markdown with its headings (navigation, footers, asides, comments
+    and other boilerplate removed); the Markdown splitter then cuts it at the headings. favor_recall keeps the
+    headings of short pages, which trafilatura's default precision mode flattens into plain lines."""
+    markdown = trafilatura.extract(text, output_format="markdown", include_formatting=True, favor_recall=True)
+    return split_markdown(markdown or "")
+
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def split_paragraphs(text: str, max_chars: int | None) -> list[Segment]:
+    """A headerless document as segments of at most `max_chars`, cut only at paragraph boundaries.
+
+    Rule: a document of at most `max_chars` is one segment. A longer one is cut into paragraphs (at blank lines, or
+    at line breaks when it has no blank line, as in FineWeb's plain text), which are packed in order: a segment is
+    closed when the next paragraph would take it past `max_chars`. A single paragraph longer than `max_chars` stays
+    one segment (the length filter drops it); segments shorter than `min_chars` are dropped by the length filter too.
+    """
+    text = text.strip()
+    if not text:
+        return []
+    if max_chars is None or len(text) <= max_chars:
+        return [Segment("", text, 0)]
+    separator = "\n\n" if _BLANK_LINE.search(text) else "\n"
+    pattern = _BLANK_LINE if separator == "\n\n" else re.compile(r"\n")
+    segments: list[str] = []
+    current = ""
+    for paragraph in (part.strip() for part in pattern.split(text)):
+        if not paragraph:
+            continue
+        if current and len(current) + len(separator) + len(paragraph) > max_chars:
+            segments.append(current)
+            current = ""
+        current = f"{current}{separator}{paragraph}" if current else paragraph
+    segments.append(current)
+    return [Segment("", segment, 0) for segment in segments]
 
 
 _HTML_HINT = re.compile(r"<(?:html|body|h[1-6]|p|div)\b", re.IGNORECASE)
 _MARKDOWN_HINT = re.compile(r"^ {0,3}#{1,6}[ \t]", re.MULTILINE)
 
 
-def split(text: str, doc_format: str) -> list[Segment]:
+def split(text: str, doc_format: str, max_chars: int | None = None) -> list[Segment]:
+    """Segments of a document: at its headers (Markdown, HTML), or at paragraph boundaries (plain text and
+    documents without a header) within `max_chars`."""
     if doc_format == "auto":
         doc_format = "html" if _HTML_HINT.search(text) else "markdown" if _MARKDOWN_HINT.search(text) else "text"
-    if doc_format == "html":
-        return split_html(text)
-    if doc_format == "markdown":
-        return split_markdown(text)
-    return [Segment("", stripped, 0)] if (stripped := text.strip()) else []
+    segments = split_html(text) if doc_format == "html" else split_markdown(text) if doc_format == "markdown" else []
+    if any(segment.level for segment in segments):
+        return segments
+    return split_paragraphs("\n\n".join(segment.text for segment in segments) if segments else text, max_chars)
 
 
 def truncate_document(text: str, limit: int) -> str:

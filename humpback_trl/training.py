@@ -9,7 +9,8 @@ The entry point is `humpback_trl.scripts.sft`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
@@ -17,7 +18,9 @@ from transformers import AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
+from humpback_trl.builtin_models import resolve_model
 from humpback_trl.callbacks import SelfCurationCallback
+from humpback_trl.chat_template import stop_token_ids, turn_end, use_template
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator, save_prompt_settings
 from humpback_trl.curation import CurationSettings
 from humpback_trl.hub import (
@@ -33,7 +36,6 @@ from humpback_trl.oasst import load_oasst_seed
 from humpback_trl.pairs import PairColumns, load_pairs
 from humpback_trl.schedule import apply_paper_schedule
 from humpback_trl.tagging import Tagging
-from humpback_trl.tiny import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class HumpbackSFTArguments:
     tagging: bool = field(default=True, metadata={"help": "Append the paper's source tags to forward instructions."})
     system_prompt: str | None = None
     backward_prompt: str = DEFAULT_BACKWARD_PROMPT
+    chat_template_name: str | None = field(
+        default=None,
+        metadata={"help": "For tokenizers holding several named templates (Command R+): the one to use (default)."},
+    )
     paper_schedule: bool = field(
         default=False,
         metadata={
@@ -125,12 +131,55 @@ def load_training_pairs(args: HumpbackSFTArguments) -> tuple[Dataset, dict[str, 
     return dataset, counts
 
 
-def configure(training_args: SFTConfig, script_args: HumpbackSFTArguments, num_examples: int) -> None:
+# SFTConfig keys that act only while TRL prepares the dataset or in its own collator, both replaced here by the
+# swapped-field collator: a value other than the default would be silently ignored, so it is refused.
+IGNORED_SFT_KEYS: dict[str, str] = {
+    "packing": "rows are collated one pair per sequence",
+    "padding_free": "rows are collated one pair per sequence",
+    "completion_only_loss": "the loss is always on the completion only",
+    "assistant_only_loss": "the loss is always on the completion only",
+    "eos_token": "the end-of-turn token comes from the chat template",
+    "chat_template_path": "set chat_template_name, or use a tokenizer that holds the template",
+    "truncation_mode": "the output is always the part truncated (the instruction is never cut)",
+    "dataset_num_proc": "the collator tokenizes each batch; no dataset is prepared",
+    "dataset_text_field": "rows are read from instruction_column and output_column",
+}
+HUB_TOKEN_MESSAGE = (
+    "hub_token is refused: it would be pickled into training_args.bin in every checkpoint and pushed with the model. "
+    "Log in with `huggingface-cli login` or set the HF_TOKEN environment variable instead."
+)
+
+
+def check_training_args(training_args: SFTConfig) -> None:
+    """Refuse, before anything loads, the SFTConfig values this training path would ignore, and a Hub token."""
+    if training_args.hub_token:
+        raise ValueError(HUB_TOKEN_MESSAGE)
+    defaults = {spec.name: spec.default for spec in fields(SFTConfig)}
+    for key, reason in IGNORED_SFT_KEYS.items():
+        if getattr(training_args, key) != defaults[key]:
+            raise ValueError(f"{key}={getattr(training_args, key)!r} is not supported by humpback sft ({reason}).")
+
+
+def collator_pad_multiple(training_args: SFTConfig) -> int | None:
+    # "auto" pads only on Neuron devices, which this project does not target.
+    value = training_args.pad_to_multiple_of
+    return None if value in (None, "auto") else int(value)
+
+
+def configure(
+    training_args: SFTConfig,
+    script_args: HumpbackSFTArguments,
+    model_args: ModelConfig,
+    num_examples: int,
+    user_keys: Collection[str] = (),
+) -> None:
     # The collator tokenizes raw rows itself, so TRL must neither tokenize the dataset nor drop its columns.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
     if script_args.paper_schedule:
-        apply_paper_schedule(training_args, num_examples, training_args.world_size)
+        apply_paper_schedule(
+            training_args, num_examples, training_args.world_size, adapter=model_args.use_peft, user_keys=user_keys
+        )
     if script_args.hub_prefix and not training_args.hub_model_id:
         training_args.hub_model_id = model_repo_id(script_args.hub_prefix, script_args.stage)
 
@@ -140,11 +189,20 @@ def build_trainer(
     training_args: SFTConfig,
     model_args: ModelConfig,
     callbacks: list[TrainerCallback] | None = None,
+    user_keys: Collection[str] = (),
 ) -> tuple[SFTTrainer, dict[str, int]]:
+    """`user_keys`: the SFTConfig keys the recipe or command line set, which `paper_schedule` keeps."""
+    check_training_args(training_args)
     model_path = resolve_model(model_args.model_name_or_path)
     dataset, counts = load_training_pairs(script_args)
-    configure(training_args, script_args, len(dataset))
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    configure(training_args, script_args, model_args, len(dataset), user_keys)
+    # SFTConfig's trust_remote_code (default False) reaches the model through TRL; the tokenizer is loaded here.
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+    # The template used in training (the fallback or the chosen named one) becomes the tokenizer's own, so the
+    # saved tokenizer files carry it.
+    use_template(tokenizer, script_args.chat_template_name)
     collator = SwappedFieldCollator(
         tokenizer,
         direction=script_args.direction,
@@ -152,6 +210,7 @@ def build_trainer(
         system_prompt=script_args.system_prompt,
         backward_prompt=script_args.backward_prompt,
         tagging=Tagging(enabled=script_args.tagging),
+        pad_to_multiple_of=collator_pad_multiple(training_args),
     )
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -172,15 +231,33 @@ def build_trainer(
     return trainer, counts
 
 
+def set_stop_tokens(trainer: SFTTrainer) -> list[int]:
+    """Make the end-of-turn token the model was trained to emit its EOS, in the tokenizer and the generation config,
+    so generation from the saved files alone (transformers.pipeline, vLLM, TGI) stops there. Qwen2.5 base, for one,
+    ships EOS <|endoftext|> while its ChatML turns end with <|im_end|>. Returns the stop ids (end of turn first)."""
+    tokenizer = trainer.processing_class
+    stops = stop_token_ids(tokenizer)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(turn_end(tokenizer).token_ids[-1])
+    generation_config = trainer.accelerator.unwrap_model(trainer.model).generation_config
+    generation_config.eos_token_id = stops
+    return stops
+
+
 def save_outputs(
     trainer: SFTTrainer, script_args: HumpbackSFTArguments, model_args: ModelConfig, counts: dict[str, int]
 ) -> None:
     args = trainer.args
     output_dir = Path(args.output_dir)
+    stops = set_stop_tokens(trainer)
+    if trainer.accelerator.is_main_process:
+        # Written before save_model, which pushes the folder: an adapter folder holds no generation config of its
+        # own, and inference rebuilds the training prompts from the prompt settings.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(str(output_dir))
+        save_prompt_settings(trainer.data_collator, output_dir)
     trainer.save_model(str(output_dir))
     if not trainer.accelerator.is_main_process:
         return
-    save_prompt_settings(trainer.data_collator, output_dir)
     dataset = trainer.train_dataset
     dataset.to_json(str(output_dir / TRAINING_DATA_FILE), lines=True, force_ascii=False)
     data_repo = dataset_repo_id(script_args.hub_prefix, script_args.stage) if script_args.hub_prefix else None
@@ -194,6 +271,7 @@ def save_outputs(
         "quantization": "4-bit nf4 (QLoRA)"
         if model_args.load_in_4bit
         else ("8-bit" if model_args.load_in_8bit else "none"),
+        "stop tokens": ", ".join(trainer.processing_class.convert_ids_to_tokens(stops)),
         "lora": f"r={model_args.lora_r} alpha={model_args.lora_alpha} dropout={model_args.lora_dropout} "
         f"targets={model_args.lora_target_modules}"
         if model_args.use_peft
@@ -216,7 +294,9 @@ def save_outputs(
         if data_repo:
             summary = f"The exact training set of `{trainer.hub_model_id}` ({script_args.direction} direction)."
             links = {"trained model": trainer.hub_model_id}
-            push_dataset(dataset, dataset_card(title=data_repo, summary=summary, counts=counts, links=links), data_repo)
+            private = args.hub_private_repo
+            card = dataset_card(title=data_repo, summary=summary, counts=counts, links=links, private=private)
+            push_dataset(dataset, card, data_repo, private=private)
 
 
 def curation_callback(
@@ -250,9 +330,13 @@ def train(
     training_args: SFTConfig,
     model_args: ModelConfig,
     curation: CurationSettings | None = None,
+    user_keys: Collection[str] = (),
 ) -> SFTTrainer:
+    check_training_args(training_args)
     callback = curation_callback(script_args, training_args, curation or CurationSettings())
-    trainer, counts = build_trainer(script_args, training_args, model_args, [callback] if callback else None)
+    trainer, counts = build_trainer(
+        script_args, training_args, model_args, [callback] if callback else None, user_keys=user_keys
+    )
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and Path(training_args.output_dir).is_dir():
         checkpoint = get_last_checkpoint(training_args.output_dir)

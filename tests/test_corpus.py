@@ -86,34 +86,56 @@ def test_split_markdown_nested_headers():
     ]
 
 
-def test_split_html_nested_headers():
-    html = """<html><head><title>Ignored title</title><style>p {color: red}</style></head>
-<body><p>Lead paragraph.</p>
-<h1>Garden <em>Basics</em></h1><p>Plants need light.</p>
-<h2>Watering</h2><p>Water   in the
-morning.</p><ul><li>Use a can</li><li>Check soil</li></ul>
-<h3>Rain barrels</h3><p>Collect rain.<br>Reuse it.</p><script>var x = "<h2>no</h2>";</script>
-<h2>Soil &amp; Compost</h2><p>Add compost.</p>
+GARDEN = (
+    "Plants need light, water and air; most vegetables want at least six hours of direct sun every day.",
+    "Water in the morning, so that the leaves dry before the evening and fungal diseases have less chance to spread.",
+    "Collect rain from the roof in a covered barrel.",
+    "Reuse it on dry days, when the tap water would cost the most.",
+    "Add compost every spring: a few centimetres on top of the beds feed the soil life that feeds the plants.",
+)
+GARDEN_HTML = f"""<html><head><title>Ignored title</title><style>p {{color: red}}</style></head>
+<body><nav><ul><li><a href="/">Home</a></li><li><a href="/shop">Shop all seeds</a></li></ul></nav>
+<article><p>A short guide to the basics.</p>
+<h1>Garden <em>Basics</em></h1><p>{GARDEN[0]}</p>
+<h2>Watering</h2><p>{GARDEN[1]}</p><ul><li>Use a watering can.</li><li>Check the soil first.</li></ul>
+<h3>Rain barrels</h3><p>{GARDEN[2]}<br>{GARDEN[3]}</p><script>var x = "<h2>no</h2>";</script>
+<h2>Soil &amp; Compost</h2><p>{GARDEN[4]}</p></article>
+<aside><p>Subscribe to our newsletter for weekly tips and offers.</p></aside>
+<footer><p>Copyright 2024 Garden Shop. All rights reserved.</p></footer>
 </body></html>"""
-    assert split_html(html) == [
-        Segment("", "Lead paragraph.", 0),
-        Segment(
-            "Garden Basics",
-            "Plants need light.\n\nWatering\n\nWater in the morning.\n\nUse a can\n\nCheck soil\n\nRain barrels\n\n"
-            "Collect rain.\nReuse it.\n\nSoil & Compost\n\nAdd compost.",
-            1,
-        ),
-        Segment(
-            "Watering",
-            "Water in the morning.\n\nUse a can\n\nCheck soil\n\nRain barrels\n\nCollect rain.\nReuse it.",
-            2,
-        ),
-        Segment("Rain barrels", "Collect rain.\nReuse it.", 3),
-        Segment("Soil & Compost", "Add compost.", 2),
+
+
+def test_split_html_keeps_headings_and_drops_navigation_aside_and_footer():
+    barrels = f"{GARDEN[2]}\n\n{GARDEN[3]}"
+    watering = f"{GARDEN[1]}\n\n- Use a watering can.\n- Check the soil first.\n\n### Rain barrels\n\n{barrels}"
+    assert split_html(GARDEN_HTML) == [
+        Segment("", "A short guide to the basics.", 0),
+        Segment("Garden Basics", f"{GARDEN[0]}\n\n## Watering\n\n{watering}\n\n## Soil & Compost\n\n{GARDEN[4]}", 1),
+        Segment("Watering", watering, 2),
+        Segment("Rain barrels", barrels, 3),
+        Segment("Soil & Compost", GARDEN[4], 2),
     ]
+    text = " ".join(segment.text for segment in split_html(GARDEN_HTML))
+    for boilerplate in ("Shop all seeds", "newsletter", "Copyright", "var x", "Ignored title"):
+        assert boilerplate not in text
     assert split_html("<p>No headers here.</p><p>Second paragraph.</p>") == [
         Segment("", "No headers here.\n\nSecond paragraph.", 0)
     ]
+
+
+def test_headerless_document_is_split_at_paragraphs_within_the_length_range(tmp_path):
+    # FineWeb-style plain text: one paragraph per line, 200,000 characters, no header.
+    paragraphs = [prose(seed, 450) for seed in range(440)]
+    document = "\n".join(paragraphs)[:200_000]
+    (tmp_path / "web.jsonl").write_text(json.dumps({"text": document}) + "\n", encoding="utf-8")
+    config = CorpusConfig(source=str(tmp_path / "web.jsonl"), near_dedup_threshold=None, max_sentence_similarity=None)
+    dataset, counts = prepare_corpus(config, show_progress=False)
+    assert counts["paragraph_split_documents"] == 1
+    assert counts["segments_kept"] == len(dataset) > 60
+    assert all(600 <= len(text) <= 3000 for text in dataset["text"])
+    # Cut only between paragraphs: every segment is whole lines of the document.
+    lines = set(document.split("\n"))
+    assert all(line in lines for text in dataset["text"] for line in text.split("\n"))
 
 
 def filter_document() -> tuple[str, str]:
@@ -247,12 +269,13 @@ def test_long_documents_are_truncated_at_last_whitespace(tmp_path):
     assert counts == expected_counts(documents_read=2, truncated_documents=1, segments_total=2, segments_kept=2)
 
 
+TEA_HTML = "<h2>Tea</h2><p>Steep leaves.</p><h3>Green tea</h3><p>Use cooler water.</p>"
+
+
 def test_directory_of_markdown_html_and_text_files(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.md").write_text("# Pasta\n\nBoil water.\n\n## Sauce\n\nSimmer tomatoes.\n", encoding="utf-8")
-    (tmp_path / "sub" / "b.html").write_text(
-        "<h2>Tea</h2><p>Steep leaves.</p><h3>Green tea</h3><p>Use cooler water.</p>", encoding="utf-8"
-    )
+    (tmp_path / "sub" / "b.html").write_text(TEA_HTML, encoding="utf-8")
     (tmp_path / "notes.txt").write_text("Plain notes without headers.\n", encoding="utf-8")
     (tmp_path / "photo.png").write_bytes(b"\x89PNG")
     dataset, counts = prepare_corpus(CorpusConfig(source=str(tmp_path), min_chars=None), show_progress=False)
@@ -261,7 +284,7 @@ def test_directory_of_markdown_html_and_text_files(tmp_path):
         ("a.md#0", "Pasta", "Boil water.\n\n## Sauce\n\nSimmer tomatoes."),
         ("a.md#1", "Sauce", "Simmer tomatoes."),
         ("notes.txt#0", "", "Plain notes without headers."),
-        ("sub/b.html#0", "Tea", "Steep leaves.\n\nGreen tea\n\nUse cooler water."),
+        ("sub/b.html#0", "Tea", "Steep leaves.\n\n### Green tea\n\nUse cooler water."),
         ("sub/b.html#1", "Green tea", "Use cooler water."),
     ]
 
@@ -270,8 +293,7 @@ def test_directory_of_markdown_html_and_text_files(tmp_path):
     ("doc_format", "headers"), [("html", ["Tea", "Green tea"]), ("auto", ["Tea", "Green tea"]), ("text", [""])]
 )
 def test_doc_format_of_a_text_column_and_id_column(tmp_path, doc_format, headers):
-    html = "<h2>Tea</h2><p>Steep leaves.</p><h3>Green tea</h3><p>Use cooler water.</p>"
-    (tmp_path / "pages.csv").write_text(f'id,text\npage-7,"{html}"\n', encoding="utf-8")
+    (tmp_path / "pages.csv").write_text(f'id,text\npage-7,"{TEA_HTML}"\n', encoding="utf-8")
     config = CorpusConfig(source=str(tmp_path / "pages.csv"), id_column="id", doc_format=doc_format, min_chars=None)
     dataset, _ = prepare_corpus(config, show_progress=False)
     assert dataset["header"] == headers
@@ -300,10 +322,11 @@ def test_config_validation():
 def test_hub_dataset_is_read_and_missing_column_is_named(monkeypatch):
     hub = datasets.Dataset.from_dict({"content": ["## Tea\n\nSteep leaves.", "Plain words."], "lang": ["en", "en"]})
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or hub)
+    stream = lambda *args, **kwargs: calls.append((args, kwargs)) or hub.to_iterable_dataset()  # noqa: E731
+    monkeypatch.setattr(datasets, "load_dataset", stream)
     config = CorpusConfig(source="someone/web-pages", text_column="content", doc_format="markdown", min_chars=None)
     dataset, counts = prepare_corpus(config, show_progress=False)
-    assert calls == [(("someone/web-pages", None), {"split": "train"})]
+    assert calls == [(("someone/web-pages", None), {"split": "train", "streaming": True})]
     assert dataset["segment_id"] == ["someone/web-pages:0#0", "someone/web-pages:1#0"]
     assert dataset["header"] == ["Tea", ""]
     assert counts == expected_counts(documents_read=2, segments_total=2, segments_kept=2)
@@ -311,3 +334,40 @@ def test_hub_dataset_is_read_and_missing_column_is_named(monkeypatch):
         ValueError, match=r"'text' not found in someone/web-pages \(split train\).*\['content', 'lang'\]"
     ):
         prepare_corpus(CorpusConfig(source="someone/web-pages"), show_progress=False)
+
+
+def test_streamed_hub_dataset_is_read_only_up_to_max_documents(monkeypatch):
+    served = []
+
+    def documents():
+        for index in range(1000):
+            served.append(index)
+            yield {"text": f"Document {index}.", "id": str(index)}
+
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *args, **kwargs: datasets.IterableDataset.from_generator(documents)
+    )
+    config = CorpusConfig(source="someone/web", id_column="id", max_documents=7, min_chars=None, exact_dedup=False)
+    dataset, counts = prepare_corpus(config, show_progress=False)
+    assert counts["documents_read"] == 7 and dataset["doc_id"] == [str(i) for i in range(7)]
+    assert served == list(range(7))
+
+
+def test_a_split_slice_is_refused_in_favour_of_max_documents():
+    with pytest.raises(ValueError, match=r"dataset_split='train\[:600000\]'.*max_documents"):
+        CorpusConfig(source="HuggingFaceFW/fineweb-edu", dataset_split="train[:600000]")
+
+
+def test_corpus_stage_fails_on_zero_segments_naming_the_worst_filter(tmp_path, caplog):
+    from humpback_trl.scripts.corpus import run
+
+    (tmp_path / "short.jsonl").write_text(
+        "".join(json.dumps({"text": f"Too short {i}."}) + "\n" for i in range(3)), encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"0 of 3 segments kept .* removed_too_short removed the most \(3\): lower"):
+        run(["--source", str(tmp_path / "short.jsonl"), "--output_dir", str(tmp_path / "out")])
+    assert "removed_too_short removed 3 of 3 segments" in caplog.text
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": " "}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"0 segments from .*empty.jsonl: 1 documents read, 1 of them empty"):
+        run(["--source", str(empty), "--output_dir", str(tmp_path / "out2")])

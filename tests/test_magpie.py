@@ -41,7 +41,7 @@ def test_recipes_parse(recipe):
         ["--config", str(ROOT / "recipes" / recipe / "magpie.yaml")]
     )
     assert args.instruction_top_p == 1.0 and args.response_temperature == 0.0
-    expected = {"quickstart": "builtin:tiny-llama", "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    expected = {"quickstart": "builtin:smollm2-135m-instruct", "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
                 "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct"}[recipe]  # fmt: skip
     assert model_args.model_name_or_path == expected
 

@@ -10,7 +10,7 @@ from peft import AutoPeftModelForCausalLM
 
 from humpback_trl import training
 from humpback_trl.chat_template import encode
-from humpback_trl.schedule import PAPER_LEARNING_RATE, PAPER_MIN_LEARNING_RATE, paper_batch_size, paper_steps
+from humpback_trl.schedule import LORA_LEARNING_RATE, paper_batch_size, paper_steps
 from humpback_trl.scripts import sft
 
 PAIRS = [
@@ -65,7 +65,8 @@ def recipe(tmp_path, tiny_path, data_path, **overrides):
         **overrides,
     }
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(config))
+    # An override of None leaves the key out of the recipe (the schedule then sets it).
+    path.write_text(yaml.safe_dump({key: value for key, value in config.items() if value is not None}))
     return str(path)
 
 
@@ -103,13 +104,17 @@ def test_paper_schedule_ends_at_the_floor(tmp_path, tiny_path, data_path):
         direction="forward",
         paper_schedule=True,
         per_device_train_batch_size=4,
+        learning_rate=None,
+        lr_scheduler_type=None,
     )
     trainer = sft.run(["--config", config])
     args = trainer.args
     assert (args.gradient_accumulation_steps, args.weight_decay) == (2, 0.1)  # batch 8 under 3,000 examples
-    lrs = [trainer.lr_scheduler.lr_lambdas[0](step) * PAPER_LEARNING_RATE for step in range(5)]
-    assert lrs == pytest.approx([1e-5, 9.75e-6, 9.5e-6, 9.25e-6, 9e-6], rel=1e-9)
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(PAPER_MIN_LEARNING_RATE, rel=1e-9)
+    # A LoRA adapter: the QLoRA paper's peak, decaying linearly to 90% of it.
+    assert args.learning_rate == LORA_LEARNING_RATE
+    lrs = [trainer.lr_scheduler.lr_lambdas[0](step) * LORA_LEARNING_RATE for step in range(5)]
+    assert lrs == pytest.approx([2e-4, 1.95e-4, 1.9e-4, 1.85e-4, 1.8e-4], rel=1e-9)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1.8e-4, rel=1e-9)
 
 
 def test_paper_table():

@@ -7,10 +7,14 @@
 
 from __future__ import annotations
 
+import logging
+
+from accelerate import PartialState
 from datasets import Dataset
 from trl import TrlParser
 
 from humpback_trl.augment import AugmentArguments, augment
+from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 
 
@@ -25,8 +29,12 @@ def make_parser(subparsers=None) -> TrlParser:
 
 def run(argv: list[str] | None = None) -> Dataset:
     args, model_args = make_parser().parse_args_and_config(argv)
+    # INFO on the main process only, so N generating processes do not repeat every line.
+    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
     return augment(args, model_args)
 
 
 if __name__ == "__main__":
-    run()
+    from humpback_trl.cli import run_command
+
+    run_command("augment")

@@ -6,14 +6,18 @@ humpback chat --adapter outputs/quickstart/m2 --prompts_file questions.txt --loa
 
 from __future__ import annotations
 
+import logging
+
 from trl import TrlParser
 
 from humpback_trl.chat import ChatArguments, load_humpback, read_prompts
 from humpback_trl.generation import SamplingConfig
+from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 
 
 def run(argv: list[str] | None = None) -> list[str]:
+    configure_logging(logging.INFO)
     args, model_args = TrlParser((ChatArguments, InferenceModelArguments)).parse_args_and_config(argv)
     if not model_args.adapter:
         raise SystemExit("humpback chat needs --adapter (a local folder or a Hub repo id)")
@@ -25,6 +29,7 @@ def run(argv: list[str] | None = None) -> list[str]:
         args.tags,
         dtype=model_args.dtype,
         revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
     )
     sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, do_sample=not args.greedy)
     answers = bot.chat(prompts, sampling)
@@ -34,4 +39,6 @@ def run(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    run()
+    from humpback_trl.cli import run_command
+
+    run_command("chat")

@@ -6,10 +6,14 @@ accelerate launch -m humpback_trl.scripts.magpie --config recipes/quickstart/mag
 
 from __future__ import annotations
 
+import logging
+
+from accelerate import PartialState
 from datasets import Dataset
 from trl import TrlParser
 
 from humpback_trl.curation import CurationSettings
+from humpback_trl.logs import configure_logging
 from humpback_trl.magpie import MagpieArguments, magpie
 from humpback_trl.modeling import InferenceModelArguments
 
@@ -23,8 +27,12 @@ def make_parser(subparsers=None) -> TrlParser:
 
 def run(argv: list[str] | None = None) -> Dataset:
     args, model_args, settings = make_parser().parse_args_and_config(argv)
+    # INFO on the main process only, so N generating processes do not repeat every line.
+    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
     return magpie(args, model_args, settings)
 
 
 if __name__ == "__main__":
-    run()
+    from humpback_trl.cli import run_command
+
+    run_command("magpie")

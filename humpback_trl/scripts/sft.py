@@ -10,9 +10,15 @@ push, as TRL's own scripts/sft.py.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from humpback_trl.curation import CurationSettings
+from humpback_trl.logs import configure_logging
 from humpback_trl.training import HumpbackSFTArguments, train
 
 
@@ -23,10 +29,30 @@ def make_parser(subparsers=None) -> TrlParser:
     return TrlParser(dataclass_types)
 
 
+def user_keys(argv: Sequence[str]) -> set[str]:
+    """The keys the recipe (`--config FILE`) and the command line set, whatever their values."""
+    keys: set[str] = set()
+    for index, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, _, value = token[2:].partition("=")
+        if name == "config":
+            path = value or (argv[index + 1] if index + 1 < len(argv) else "")
+            keys.update(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        else:
+            keys.add(name.replace("-", "_"))
+    return keys
+
+
 def run(argv: list[str] | None = None) -> SFTTrainer:
+    argv = sys.argv[1:] if argv is None else argv
     script_args, training_args, model_args, curation = make_parser().parse_args_and_config(argv)
-    return train(script_args, training_args, model_args, curation)
+    configure_logging(training_args.get_process_log_level())
+    # train refuses ignored SFTConfig keys and a Hub token before it loads anything.
+    return train(script_args, training_args, model_args, curation, user_keys=user_keys(argv))
 
 
 if __name__ == "__main__":
-    run()
+    from humpback_trl.cli import run_command
+
+    run_command("sft")
