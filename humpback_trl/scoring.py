@@ -11,6 +11,10 @@ output appended. Two modes:
   cache is computed once and shared by every batch.
 
 A5 keeps score >= 4.5 (the paper's definition; 5 in generate mode where scores are integers) and A4 keeps >= 4.
+
+Prompt styles (`prompt_style`): "verbatim" is the paper's rubric; "score-only" drops its last sentence ("first
+provide a brief reasoning ... then write Score: <rating>"), which contradicts logits mode's cue: there the rating is
+read at once after "Score:". Generate mode always uses the verbatim rubric, since it does reason first.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from humpback_trl.tagging import INFERENCE_SOURCES, Tagging
 
 Mode = Literal["logits", "generate"]
 MODES: tuple[str, ...] = ("logits", "generate")
+PromptStyle = Literal["verbatim", "score-only"]
+PROMPT_STYLES: tuple[str, ...] = ("verbatim", "score-only")
 
 RUBRIC = (
     "Below is an instruction from an user and a candidate answer. Evaluate whether or not the answer is a good "
@@ -63,6 +69,10 @@ RUBRIC = (
     "in the last line."
 )
 
+_REASON_FIRST = "\n\nPlease first provide a brief reasoning"
+RUBRIC_SCORE_ONLY = RUBRIC[: RUBRIC.index(_REASON_FIRST)]
+RUBRICS: dict[str, str] = {"verbatim": RUBRIC, "score-only": RUBRIC_SCORE_ONLY}
+
 SCORE_CUE = "Score:"
 DIGITS = ("1", "2", "3", "4", "5")
 DEFAULT_THRESHOLDS: dict[str, float] = {"logits": 4.5, "generate": 5}
@@ -77,14 +87,22 @@ _SCORE_LABEL = re.compile(r"\bscore[ \t]*:", re.IGNORECASE)
 _SCORE_VALUE = re.compile(r"[ \t]*(\*{1,2}|_{1,2})?[ \t]*([1-5])(?:/5)?(?![.,/]?\d)")
 
 
-def curation_prompt(instruction: str, output: str) -> str:
+def check_prompt_style(style: str) -> None:
+    if style not in RUBRICS:
+        raise ValueError(f"curation_prompt must be one of {PROMPT_STYLES}, got {style!r}")
+
+
+def curation_prompt(instruction: str, output: str, style: PromptStyle = "verbatim") -> str:
     """The rubric, a blank line, then the instruction and the output on the next line (paper Table 19)."""
-    return f"{RUBRIC}\n\n{instruction}\n{output}"
+    check_prompt_style(style)
+    return f"{RUBRICS[style]}\n\n{instruction}\n{output}"
 
 
-def curation_messages(instruction: str, output: str, tagging: Tagging | None = None) -> list[Message]:
+def curation_messages(
+    instruction: str, output: str, tagging: Tagging | None = None, style: PromptStyle = "verbatim"
+) -> list[Message]:
     """The single user turn that asks for a rating; `tagging` appends the inference tags, as in `humpback chat`."""
-    prompt = curation_prompt(instruction, output)
+    prompt = curation_prompt(instruction, output, style)
     if tagging is not None:
         prompt = tagging.apply(prompt, INFERENCE_SOURCES)
     return [{"role": "user", "content": prompt}]
@@ -124,57 +142,75 @@ class ScoreResult:
 
 @dataclass(frozen=True)
 class ScoreCue:
-    """What follows the generation prompt in logits mode (`text`) and the token ids of "1".."5" right after it."""
+    """What follows the generation prompt (`text`) and the token ids of each option ("1".."5" for a score, "A"/"B"
+    for a pairwise verdict) right after it."""
 
     text: str
     digit_ids: tuple[int, ...]
 
 
-def _next_digit_ids(
-    tokenizer: PreTrainedTokenizerBase, context: str, cue: str, gap: str
+def _next_option_ids(
+    tokenizer: PreTrainedTokenizerBase, context: str, cue: str, gap: str, options: Sequence[str]
 ) -> tuple[tuple[int, ...] | None, str]:
     prompt = context + cue
     base = encode(tokenizer, prompt)
     found = []
-    for digit in DIGITS:
-        ids = encode(tokenizer, prompt + gap + digit)
+    for option in options:
+        ids = encode(tokenizer, prompt + gap + option)
         if ids[: len(base)] != base or len(ids) != len(base) + 1:
             tokens = tokenizer.convert_ids_to_tokens(ids[len(base) - 1 :])
-            return None, f"{cue + gap + digit!r} ends in tokens {tokens}"
+            return None, f"{cue + gap + option!r} ends in tokens {tokens}"
         found.append(ids[-1])
-    if len(set(found)) != len(DIGITS):
-        return None, f"the digits share token ids {found}"
+    if len(set(found)) != len(options):
+        return None, f"the options {list(options)} share token ids {found}"
     return tuple(found), ""
 
 
-def score_cue(tokenizer: PreTrainedTokenizerBase) -> ScoreCue:
-    """Find the digit tokens by encoding a real curation prompt + cue + digit and reading the one token added.
+def option_cue(tokenizer: PreTrainedTokenizerBase, context: str, cue: str, options: Sequence[str]) -> ScoreCue:
+    """Find each option's token by encoding a real prompt + cue + option and reading the one token added.
 
-    "Score:" followed by a " 4" token is preferred: where the tokenizer has space-digit tokens, that is how the model
-    writes a score, and a prompt ending in a lone space token would be text it never produced. Tokenizers that split
-    the space from the digit (Qwen2.5, Llama-3, SentencePiece) get the cue "Score: " and bare digit tokens.
+    The cue followed by a " 4" token is preferred: where the tokenizer has space-digit (space-letter) tokens, that is
+    how the model writes the answer, and a prompt ending in a lone space token would be text it never produced.
+    Tokenizers that split the space from the digit (Qwen2.5, Llama-3, SentencePiece) get the cue with a trailing
+    space and bare option tokens.
     """
-    context = render(tokenizer, curation_messages("Hi", "Hello"), add_generation_prompt=True)
     problems = []
-    for cue, gap in ((SCORE_CUE, " "), (SCORE_CUE + " ", "")):
-        digit_ids, problem = _next_digit_ids(tokenizer, context, cue, gap)
-        if digit_ids is not None:
-            return ScoreCue(cue, digit_ids)
+    for text, gap in ((cue, " "), (cue + " ", "")):
+        ids, problem = _next_option_ids(tokenizer, context, text, gap, options)
+        if ids is not None:
+            return ScoreCue(text, ids)
         problems.append(problem)
     raise ValueError(
-        f"Logits scoring needs each digit 1-5 to be one token after {SCORE_CUE!r} (with or without a space), but "
-        f"for {tokenizer.name_or_path!r}: {'; '.join(problems)}. Use mode='generate' with this tokenizer."
+        f"Reading the answer from next-token probabilities needs each of {list(options)} to be one token after "
+        f"{cue!r} (with or without a space), but for {tokenizer.name_or_path!r}: {'; '.join(problems)}."
     )
 
 
+def score_cue(tokenizer: PreTrainedTokenizerBase) -> ScoreCue:
+    """The "Score:" cue and the tokens of the digits 1-5 after it (`option_cue` on a real curation prompt)."""
+    context = render(tokenizer, curation_messages("Hi", "Hello"), add_generation_prompt=True)
+    try:
+        return option_cue(tokenizer, context, SCORE_CUE, DIGITS)
+    except ValueError as error:
+        raise ValueError(f"Logits scoring: {error} Use mode='generate' with this tokenizer.") from error
+
+
 def logits_prompt(
-    tokenizer: PreTrainedTokenizerBase, instruction: str, output: str, cue: ScoreCue, tagging: Tagging | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    instruction: str,
+    output: str,
+    cue: ScoreCue,
+    tagging: Tagging | None = None,
+    style: PromptStyle = "verbatim",
 ) -> str:
     """The generation prompt with the assistant turn opened by the score cue, so the next token is the rating."""
-    return render(tokenizer, curation_messages(instruction, output, tagging), add_generation_prompt=True) + cue.text
+    messages = curation_messages(instruction, output, tagging, style)
+    return render(tokenizer, messages, add_generation_prompt=True) + cue.text
 
 
-def rubric_prefix_ids(tokenizer: PreTrainedTokenizerBase, tagging: Tagging | None = None) -> list[int]:
+def rubric_prefix_ids(
+    tokenizer: PreTrainedTokenizerBase, tagging: Tagging | None = None, style: PromptStyle = "verbatim"
+) -> list[int]:
     """The tokens every curation prompt starts with (system block, user header, rubric).
 
     Taken as the longest common token prefix of prompts whose instructions start differently, not by encoding the
@@ -183,7 +219,7 @@ def rubric_prefix_ids(tokenizer: PreTrainedTokenizerBase, tagging: Tagging | Non
     against it (`split_at_prefix`).
     """
     encodings = [
-        encode(tokenizer, render(tokenizer, curation_messages(probe, "x", tagging), add_generation_prompt=True))
+        encode(tokenizer, render(tokenizer, curation_messages(probe, "x", tagging, style), add_generation_prompt=True))
         for probe in _PREFIX_PROBES
     ]
     length = 0
@@ -225,7 +261,7 @@ def last_logits(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=cache,
+        cache=cache,
         logits_to_keep=last[:, None].to(device),
     )
     return output.logits[:, 0, :].float()
@@ -266,11 +302,12 @@ def score_logits(
     prefix_cache: bool = True,
     show_progress: bool = True,
     tagging: Tagging | None = None,
+    prompt_style: PromptStyle = "verbatim",
 ) -> list[ScoreResult]:
     """Score (instruction, output) pairs from one forward pass each; results in the input order."""
     cue = score_cue(tokenizer)
     digit_ids = torch.tensor(cue.digit_ids, dtype=torch.long, device=model.device)
-    encoded = [encode(tokenizer, logits_prompt(tokenizer, i, o, cue, tagging)) for i, o in pairs]
+    encoded = [encode(tokenizer, logits_prompt(tokenizer, i, o, cue, tagging, prompt_style)) for i, o in pairs]
     pad_id = _pad_id(tokenizer)
     results: list[ScoreResult | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc="Scoring (logits)", unit="pair", disable=not show_progress)
@@ -280,7 +317,7 @@ def score_logits(
         with torch.inference_mode():
             suffixes: list[list[int] | None] = [None] * len(encoded)
             prefix = None
-            prefix_ids = rubric_prefix_ids(tokenizer, tagging) if prefix_cache and encoded else []
+            prefix_ids = rubric_prefix_ids(tokenizer, tagging, prompt_style) if prefix_cache and encoded else []
             if prefix_ids:
                 suffixes = split_at_prefix(prefix_ids, encoded)
                 if any(s is not None for s in suffixes):
@@ -288,7 +325,7 @@ def score_logits(
                     kv = model(
                         input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1
                     )
-                    prefix = (prefix_ids, kv.past_key_values)
+                    prefix = (prefix_ids, kv.cache)
             cached = [i for i, s in enumerate(suffixes) if s is not None]
             plain = [i for i, s in enumerate(suffixes) if s is None]
             for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
@@ -341,11 +378,13 @@ def score_pairs(
     token_budget: int = 16384,
     show_progress: bool = True,
     tagging: Tagging | None = None,
+    prompt_style: PromptStyle = "verbatim",
 ) -> list[ScoreResult]:
-    """Dispatch on `mode`: `batch_size` and `prefix_cache` apply to logits mode, `sampling` and `token_budget` to
-    generate mode."""
+    """Dispatch on `mode`: `batch_size`, `prefix_cache` and `prompt_style` apply to logits mode, `sampling` and
+    `token_budget` to generate mode (which always uses the verbatim rubric: it does write a reasoning first)."""
+    check_prompt_style(prompt_style)
     if mode == "logits":
-        return score_logits(model, tokenizer, pairs, batch_size, prefix_cache, show_progress, tagging)
+        return score_logits(model, tokenizer, pairs, batch_size, prefix_cache, show_progress, tagging, prompt_style)
     if mode == "generate":
         return score_generate(model, tokenizer, pairs, sampling, token_budget, show_progress, tagging)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -268,3 +268,29 @@ def test_lora_wrapped_model_with_prefix_cache(rubric_tokenizer) -> None:
     cached = score_logits(model, rubric_tokenizer, PAIRS, batch_size=2, show_progress=False)
     plain = score_logits(model, rubric_tokenizer, PAIRS, batch_size=2, prefix_cache=False, show_progress=False)
     assert [r.score for r in cached] == pytest.approx([r.score for r in plain], abs=1e-4)
+
+
+def test_score_only_rubric_drops_the_reason_first_sentence() -> None:
+    assert scoring.RUBRIC_SCORE_ONLY + "\n\n" + RUBRIC.split("\n\n")[-1] == RUBRIC
+    assert RUBRIC.split("\n\n")[-1].startswith("Please first provide a brief reasoning")
+    assert scoring.RUBRIC_SCORE_ONLY.endswith("engaging and insightful.")
+    assert curation_messages("Q?", "A.", style="score-only") == [
+        {"role": "user", "content": scoring.RUBRIC_SCORE_ONLY + "\n\nQ?\nA."}
+    ]
+    with pytest.raises(ValueError, match="curation_prompt must be one of"):
+        curation_messages("Q?", "A.", style="short")
+
+
+def test_prompt_style_changes_logits_scores_but_not_generate_mode(rubric_tokenizer, rubric_model, monkeypatch) -> None:
+    verbatim = score_logits(rubric_model, rubric_tokenizer, PAIRS, show_progress=False)
+    short = score_logits(rubric_model, rubric_tokenizer, PAIRS, show_progress=False, prompt_style="score-only")
+    plain = score_logits(
+        rubric_model, rubric_tokenizer, PAIRS, prefix_cache=False, show_progress=False, prompt_style="score-only"
+    )
+    assert [r.score for r in short] == pytest.approx([r.score for r in plain], abs=1e-4)
+    assert [r.score for r in short] != pytest.approx([r.score for r in verbatim], abs=1e-4)
+    seen = []
+    monkeypatch.setattr(scoring, "generate", lambda model, tokenizer, prompts, *a, **k: seen.append(prompts) or [""])
+    for style in ("verbatim", "score-only"):
+        score_pairs(rubric_model, rubric_tokenizer, PAIRS[:1], mode="generate", prompt_style=style)
+    assert seen[0] == seen[1] and "Please first provide a brief reasoning" in seen[0][0]
