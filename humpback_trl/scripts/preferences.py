@@ -1,0 +1,47 @@
+"""`humpback preferences`: preference data from the rubric scores, for `humpback dpo` and `humpback kto`.
+
+    humpback preferences --config recipes/quickstart/preferences.yaml --adapter outputs/quickstart/m2 \
+        --instructions outputs/quickstart/m1/curation/scored.jsonl
+    humpback preferences --config recipes/quickstart/preferences.yaml --kind kto --adapter outputs/quickstart/m2 \
+        --scored_pool outputs/quickstart/m1/curation/scored.jsonl
+    accelerate launch -m humpback_trl.scripts.preferences --config ...
+
+dpo: M_k samples answers per instruction and scores them (resumable shards across processes); kto: the scored pool
+split at the thresholds. Writes <kind>.jsonl (and <kind>/), report.json / report.md and a card.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from accelerate import PartialState
+from datasets import Dataset
+from trl import TrlParser
+
+from humpback_trl.logs import configure_logging
+from humpback_trl.modeling import InferenceModelArguments
+from humpback_trl.preferences import PreferenceArguments, build_preferences
+
+
+def make_parser(subparsers=None) -> TrlParser:
+    dataclass_types = (PreferenceArguments, InferenceModelArguments)
+    if subparsers is not None:
+        return subparsers.add_parser(
+            "preferences", help="Make DPO pairs or KTO rows from rubric scores", dataclass_types=dataclass_types
+        )
+    return TrlParser(dataclass_types)
+
+
+def run(argv: list[str] | None = None) -> Dataset:
+    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
+    args, model_args = make_parser().parse_args_and_config(argv)
+    data, report = build_preferences(args, model_args)
+    kept = report["pairs_kept"] if args.kind == "dpo" else f"{report['desirable']}+{report['undesirable']}"
+    print(f"{args.kind.upper()} rows kept: {kept} -> {args.output_dir}/{args.kind}.jsonl")
+    return data
+
+
+if __name__ == "__main__":
+    from humpback_trl.cli import run_command
+
+    run_command("preferences")
