@@ -1,6 +1,8 @@
 """Throughput of self-curation scoring and of the generation engine, on one model and one input set (run by hand).
 
-Measured in a single run, on a random-initialised Llama with real shapes (float32, CPU by default):
+Measured in a single run, on each model of `--models` (float32, CPU by default): a random-initialised Llama with
+real shapes (42M parameters) and the real SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`, 30 layers, 9 query /
+3 key-value heads), with the same seeded inputs:
 - pairs/s of generate-mode scoring (the paper's: reasoning + "Score: n", greedy), of logits-mode scoring without the
   shared rubric KV cache, and with it;
 - documents/s of naive one-at-a-time `model.generate` against the batched engine (`generation.generate`), on the
@@ -13,6 +15,7 @@ The stop tokens' output embeddings are zeroed, so greedy decoding never emits th
 figures show how much of the machine each method turns into work.
 
     python bench/bench_curation.py --pairs 48 --docs 16 --threads 2
+    python bench/bench_curation.py --models smollm2 --pairs 8 --docs 8
 """
 
 from __future__ import annotations
@@ -31,9 +34,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from humpback_trl import chat_template  # noqa: E402
+from humpback_trl.builtin_models import SMOLLM2, resolve_model  # noqa: E402
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT  # noqa: E402
 from humpback_trl.generation import SamplingConfig, generate, generation_config  # noqa: E402
 from humpback_trl.scoring import (  # noqa: E402
@@ -102,9 +112,24 @@ def build(vocab: int, hidden: int, layers: int, heads: int, intermediate: int, s
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).eval()
+    silence_stop_tokens(model, tokenizer)
+    return model, tokenizer
+
+
+def load_smollm2():
+    """SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`): 30 layers, hidden 576, 9 query / 3 key-value heads."""
+    path = resolve_model(SMOLLM2)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # Its output head shares the input embeddings: untie it, so silencing the stop tokens leaves the prompts alone.
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    silence_stop_tokens(model, tokenizer)
+    return model, tokenizer
+
+
+def silence_stop_tokens(model, tokenizer: PreTrainedTokenizerBase) -> None:
     with torch.no_grad():
         model.lm_head.weight[chat_template.stop_token_ids(tokenizer)] = 0.0
-    return model, tokenizer
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -129,7 +154,7 @@ def naive_generation(model, tokenizer: PreTrainedTokenizerBase, prompts: list[st
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=24, help="pairs scored in each scoring mode")
     parser.add_argument("--docs", type=int, default=16, help="documents generated for, naive and batched")
@@ -156,11 +181,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all methods; each keeps its fastest")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()[0]
+    parser.add_argument(
+        "--models", default="random,smollm2", help="comma-separated: random (shapes above), smollm2 (the real model)"
+    )
+    return parser.parse_args()
 
-    model, tokenizer = build(args.vocab, args.hidden, args.layers, args.heads, args.intermediate, args.seed)
+
+def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace) -> dict:
+    """Every method on one model and the same seeded inputs; rates, FLOP shares and ratios."""
     head_params = model.lm_head.weight.numel()
     block_params = sum(p.numel() for p in model.model.layers.parameters()) + model.model.norm.weight.numel()
     rng = random.Random(args.seed + 1)
@@ -247,10 +275,7 @@ def main() -> None:
         "batched / naive, decoding only": (measures[3].seconds - measures[5].seconds)
         / (measures[4].seconds - measures[6].seconds),
     }
-    report = {
-        "settings": vars(args),
-        # Other processes on the same cores distort every figure; the load average tells whether they did.
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+    return {
         "model": {"parameters": sum(p.numel() for p in model.parameters()), "block": block_params, "head": head_params},
         "tokenizer_vocab": len(tokenizer),
         "tokens": {
@@ -269,22 +294,53 @@ def main() -> None:
             for m in measures
         ],
         "ratios": ratios,
+    }
+
+
+def print_table(name: str, result: dict, threads: int) -> None:
+    print(f"\n== {name}: {result['model']['parameters'] / 1e6:.1f}M parameters")
+    print(f"matmul 2048^3 float32: {result['matmul_2048_flops_per_s'] / 1e9:.1f} GFLOP/s on {threads} threads")
+    print(f"{'method':36s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
+    for row in result["results"]:
+        print(
+            f"{row['name']:36s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
+            f"{row['flops_per_s'] / 1e9:8.1f} {row['fraction_of_matmul']:9.1%}"
+        )
+    for ratio, value in result["ratios"].items():
+        print(f"{ratio:42s} {value:6.2f}x")
+
+
+MODELS = {
+    "random": lambda args: build(args.vocab, args.hidden, args.layers, args.heads, args.intermediate, args.seed),
+    "smollm2": lambda args: load_smollm2(),
+}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
+    results = {}
+    for name in args.models.split(","):
+        if name not in MODELS:
+            raise SystemExit(f"--models: unknown model {name!r}; choose from {sorted(MODELS)}")
+        model, tokenizer = MODELS[name](args)
+        results[name] = measure(model, tokenizer, args)
+        del model
+    report = {
+        "settings": vars(args),
+        # Other processes on the same cores distort every figure; the load average tells whether they did.
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+        "models": results,
         "note": "FLOPs = 2 x params x useful tokens; attention and padding ignored",
     }
     print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
-    print(f"\nmatmul 2048^3 float32: {peak / 1e9:.1f} GFLOP/s on {args.threads} threads")
-    print(f"1-min load average: {report['load_average_1min']}")
-    print(f"{'method':36s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
-    for row in report["results"]:
-        print(
-            f"{row['name']:36s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
-            f"{row['flops_per_s'] / 1e9:8.1f} {row['fraction_of_matmul']:9.1%}"
-        )
-    for name, value in ratios.items():
-        print(f"{name:42s} {value:6.2f}x")
+    print(f"\n1-min load average: {report['load_average_1min']}")
+    for name, result in results.items():
+        print_table(name, result, args.threads)
 
 
 if __name__ == "__main__":

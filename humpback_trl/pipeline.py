@@ -10,7 +10,9 @@ The folder holds `loop.yaml` (these arguments) and one recipe per stage (corpus,
 magpie); every forward model M_k uses seed.yaml with its data extended. Each stage is an `accelerate launch` of
 the stage's entry point, printed before it starts, so it can be rerun by hand. A finished stage leaves a marker with
 a hash of its command, recipe and upstream hashes: a rerun skips finished stages, resumes an interrupted one
-(checkpoints and shards), and redoes, from scratch, a stage whose recipe or inputs changed.
+(checkpoints and shards), and redoes, from scratch, a stage whose recipe or inputs changed. `model`,
+`backward_model` and `magpie_model` replace the recipes' models on the stages' command lines (so in their hashes).
+The report adds to the stages' own reports the corpus funnel, what the backward model wrote and each stage's time.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import hashlib
 import json
 import shlex
 import shutil
-import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from humpback_trl.reports import render_markdown, write_report
+from humpback_trl.builtin_models import BUILTIN_PREFIX, resolve_model
+from humpback_trl.process import run_stage_process
+from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 
 MARKERS = ".stages"
 MAGPIE_USES = ("none", "candidates", "seed")
@@ -46,6 +50,16 @@ class LoopArguments:
     magpie: str = field(
         default="none",
         metadata={"help": "none | candidates (MAGPIE pairs join the pool and are curated) | seed (added to the seed)."},
+    )
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Model of every stage, instead of each recipe's model_name_or_path (part of each hash)."},
+    )
+    backward_model: str | None = field(
+        default=None, metadata={"help": "Model of the backward model and of augmentation, where it differs from model."}
+    )
+    magpie_model: str | None = field(
+        default=None, metadata={"help": "Aligned chat model of the MAGPIE stage, where it differs from model."}
     )
 
     def __post_init__(self) -> None:
@@ -92,12 +106,20 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     if loop.magpie == "candidates":
         candidates.append(magpie_pairs)
     with_magpie = ["magpie"] if loop.magpie != "none" else []
+    # Overrides go on each stage's command line, so they are part of its hash and a changed model reruns it.
+    forward_model = model_override(loop.model)
+    backward_model = model_override(loop.backward_model or loop.model)
+    magpie_model = model_override(loop.magpie_model or loop.model)
     stages = [
         Stage(
             "corpus", "humpback_trl.scripts.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []
         ),
         Stage(
-            "myx", "humpback_trl.scripts.sft", folder / "backward.yaml", ["--output_dir", str(out / "myx"), *hub], []
+            "myx",
+            "humpback_trl.scripts.sft",
+            folder / "backward.yaml",
+            ["--output_dir", str(out / "myx"), *backward_model, *hub],
+            [],
         ),
         Stage(
             "augment",
@@ -110,6 +132,7 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
                 str(out / "myx"),
                 "--output_dir",
                 str(out / "augment"),
+                *backward_model,
                 *hub,
             ],
             ["corpus", "myx"],
@@ -121,7 +144,7 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
                 "magpie",
                 "humpback_trl.scripts.magpie",
                 folder / "magpie.yaml",
-                ["--output_dir", str(out / "magpie"), *hub],
+                ["--output_dir", str(out / "magpie"), *magpie_model, *hub],
                 [],
             )
         )
@@ -141,12 +164,34 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
                     str(k),
                     *(["--data", *data] if data else []),
                     *curation,
+                    *forward_model,
                     *hub,
                 ],
                 upstream,
             )
         )
     return stages
+
+
+def model_override(name: str | None) -> list[str]:
+    return ["--model_name_or_path", name] if name else []
+
+
+def stage_model(stage: Stage) -> str | None:
+    """The base model a stage loads: its override, else its recipe's (augment's comes from its adapter)."""
+    if "--model_name_or_path" in stage.overrides:
+        return stage.overrides[stage.overrides.index("--model_name_or_path") + 1]
+    return read_recipe(stage.recipe).get("model_name_or_path")
+
+
+def prepare_models(stages: list[Stage]) -> float:
+    """Resolve built-in model names once, before any stage starts, so a first-use conversion is timed on its own
+    instead of inside (and racing between) the stages; returns the seconds it took."""
+    start = time.perf_counter()
+    for name in dict.fromkeys(filter(None, map(stage_model, stages))):
+        if name.startswith(BUILTIN_PREFIX):
+            print(f"[humpback] model {name} -> {resolve_model(name)}", flush=True)
+    return round(time.perf_counter() - start, 1)
 
 
 def input_fingerprints(stage: Stage) -> dict[str, str]:
@@ -174,14 +219,15 @@ def marker_path(loop: LoopArguments, stage: Stage) -> Path:
     return Path(loop.output_dir) / MARKERS / f"{stage.name}.json"
 
 
-def read_marker(path: Path) -> dict[str, str] | None:
+def read_marker(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def write_marker(path: Path, digest: str, status: str, command: list[str]) -> None:
+def write_marker(path: Path, digest: str, status: str, command: list[str], seconds: float | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"hash": digest, "status": status, "command": shlex.join(command)}) + "\n")
+    marker = {"hash": digest, "status": status, "command": shlex.join(command), "seconds": seconds}
+    tmp.write_text(json.dumps(marker) + "\n")
     tmp.replace(path)
 
 
@@ -203,13 +249,16 @@ def run_stage(stage: Stage, loop: LoopArguments, digest: str, force: bool) -> st
     command = stage.command(loop)
     print(f"[humpback] {stage.name}: {'resuming' if resumed else 'running'}\n  {shlex.join(command)}", flush=True)
     write_marker(marker, digest, "started", command)
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
-    if result.returncode:
+    start = time.perf_counter()
+    returncode = run_stage_process([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
+    if returncode:
         raise SystemExit(
-            f"[humpback] stage {stage.name} failed with exit code {result.returncode}; fix the cause and run the same "
+            f"[humpback] stage {stage.name} failed with exit code {returncode}; fix the cause and run the same "
             "command again: finished stages are skipped and this one resumes."
         )
-    write_marker(marker, digest, "done", command)
+    seconds = round(time.perf_counter() - start, 1)
+    write_marker(marker, digest, "done", command, seconds)
+    print(f"[humpback] {stage.name} finished in {seconds:.0f} s", flush=True)
     return "resumed" if resumed else "ran"
 
 
@@ -219,6 +268,7 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
     names = [stage.name for stage in stages]
     if start_from is not None and start_from not in names:
         raise ValueError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
+    model_seconds = prepare_models(stages)
     hashes: dict[str, str] = {}
     forced: set[str] = set()
     for stage in stages:
@@ -227,45 +277,72 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
             forced.add(stage.name)
         hashes[stage.name] = stage_hash(stage, loop, [hashes[name] for name in stage.upstream])
         run_stage(stage, loop, hashes[stage.name], force=stage.name in forced)
-    report = loop_report(loop)
+    report = loop_report(loop, stages)
+    report["stage_seconds"] = {"models (resolve / convert)": model_seconds, **report["stage_seconds"]}
     write_report(report, loop.output_dir, "Humpback data funnel")
     return report
+
+
+EXAMPLES = 5  # backward-model instructions shown beside their segments
 
 
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _count_source(path: Path, source: str) -> int:
+def _rows(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if json.loads(line)["source"] == source)
+        return [json.loads(line) for line in handle if line.strip()]
 
 
-def _lines(path: Path) -> int:
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for _ in handle)
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def loop_report(loop: LoopArguments) -> dict[str, Any]:
-    """Seed, documents, candidates and, per iteration, the curation funnel and the size of M_k's training set."""
+def backward_output(candidates: list[dict[str, Any]], segments: int) -> dict[str, Any]:
+    """What the backward model wrote: how many instructions, how long, how many are questions, and examples spread
+    over the pool, each beside the first line (the header) of the segment it was written for."""
+    instructions = [row["instruction"] for row in candidates]
+    picks = sorted({round(i * (len(candidates) - 1) / (EXAMPLES - 1)) for i in range(EXAMPLES)}) if candidates else []
+    return {
+        "segments": segments,
+        "instructions": len(instructions),
+        "questions (end with ?)": sum(text.rstrip().endswith("?") for text in instructions),
+        "instruction_chars": length_stats(instructions),
+        "instruction_words": number_stats([len(text.split()) for text in instructions]),
+        "examples": [
+            {"segment": first_line(candidates[i]["output"]), "instruction": candidates[i]["instruction"]} for i in picks
+        ],
+    }
+
+
+def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
+    """Seed, documents, candidates; the corpus funnel; what the backward model wrote; per iteration the curation
+    funnel and the size of M_k's training set; each stage's wall time."""
     out = Path(loop.output_dir)
     corpus = _json(out / "corpus" / "corpus_counts.json")
+    augment = _json(out / "augment" / "report.json")
     report: dict[str, Any] = {
-        "seed": _count_source(out / "m0" / "training_data.jsonl", "seed"),
+        "seed": sum(row["source"] == "seed" for row in _rows(out / "m0" / "training_data.jsonl")),
         "documents": corpus["documents_read"],
         "segments": corpus["segments_kept"],
-        "candidates": _json(out / "augment" / "report.json")["candidates"],
+        "candidates": augment["candidates"],
     }
     if loop.magpie != "none":
-        report["magpie_pairs"] = _lines(out / "magpie" / "magpie.jsonl")
+        report["magpie_pairs"] = len(_rows(out / "magpie" / "magpie.jsonl"))
+    # Every filter's count, then the cap augmentation applied (max_segments) and what it wrote instructions for.
+    report["corpus_funnel"] = {**corpus, "segments_augmented": augment["segments"]}
+    report["backward_model"] = backward_output(_rows(out / "augment" / "candidates.jsonl"), augment["segments"])
     report["iterations"] = [
         {
             **_json(out / f"m{k - 1}" / "curation" / "report.json")["iterations"][0],
             "trains": f"m{k}",
-            "training_pairs": _lines(out / f"m{k}" / "training_data.jsonl"),
+            "training_pairs": len(_rows(out / f"m{k}" / "training_data.jsonl")),
         }
         for k in range(1, loop.iterations + 1)
     ]
+    # The wall time of the run that finished each stage (a skipped stage keeps the time it took when it ran).
+    report["stage_seconds"] = {stage.name: read_marker(marker_path(loop, stage)).get("seconds") for stage in stages}
     report["artifacts"] = {
         "backward model": str(out / "myx"),
         **{f"M{k}": str(out / f"m{k}") for k in range(loop.iterations + 1)},

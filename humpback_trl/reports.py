@@ -2,7 +2,9 @@
 
 A report is a dict: top-level counts (seed pairs, documents, candidates, filters...) and a list of curation
 iterations, each with its scoring model, the count per score (bucket k = scores in [k, k + 1)), the unparsed count,
-A4, A5 and mean lengths. Per-score counts plus unparsed always add up to the candidates scored.
+A4, A5, mean lengths, a histogram in bins of 0.25 and the top-scored pairs. Per-score counts plus unparsed always
+add up to the candidates scored. The loop's report (pipeline.loop_report) adds the corpus funnel, the backward
+model's output with examples and each stage's wall time; scores.png draws each histogram with the A4/A5 thresholds.
 """
 
 from __future__ import annotations
@@ -18,11 +20,44 @@ from datasets import Dataset
 SCORES = (1, 2, 3, 4, 5)
 
 
-def length_stats(texts: Sequence[str]) -> dict[str, float]:
-    lengths = [len(text) for text in texts]
-    if not lengths:
+HISTOGRAM_BIN = 0.25  # fine enough to show where the A4 (4) and A5 (4.5) thresholds cut
+TOP_PAIRS = 3
+EXCERPT_CHARS = 300
+
+
+def number_stats(values: Sequence[float]) -> dict[str, float]:
+    if not values:
         return {"mean": 0.0, "std": 0.0}
-    return {"mean": round(statistics.fmean(lengths), 1), "std": round(statistics.pstdev(lengths), 1)}
+    return {"mean": round(statistics.fmean(values), 1), "std": round(statistics.pstdev(values), 1)}
+
+
+def length_stats(texts: Sequence[str]) -> dict[str, float]:
+    return number_stats([len(text) for text in texts])
+
+
+def score_histogram(scores: Sequence[float | None], width: float = HISTOGRAM_BIN) -> dict[str, list[float]]:
+    """Counts of the parsed scores in bins of `width` over [1, 5]; a score of exactly 5 falls in the last bin."""
+    bins = round(4 / width)
+    counts = [0] * bins
+    for value in scores:
+        if value is not None:
+            counts[min(int((value - 1) / width), bins - 1)] += 1
+    return {"edges": [1 + i * width for i in range(bins + 1)], "counts": counts}
+
+
+def top_pairs(scored: Dataset, threshold: float, n: int = TOP_PAIRS) -> list[dict[str, Any]]:
+    """The n best-scored pairs (A5 when A5 has them), with an excerpt of each output, to show what curation keeps."""
+    scores = scored["score"]
+    ranked = sorted((i for i, value in enumerate(scores) if value is not None), key=lambda i: -scores[i])[:n]
+    return [
+        {
+            "score": round(scores[i], 3),
+            "a5": scores[i] >= threshold,
+            "instruction": scored[i]["instruction"],
+            "output": scored[i]["output"][:EXCERPT_CHARS],
+        }
+        for i in ranked
+    ]
 
 
 def subset_stats(pairs: Dataset) -> dict[str, Any]:
@@ -59,6 +94,8 @@ def curation_summary(
         "a4": len(a4),
         "a5": len(a5),
         "lengths": {"candidates": subset_stats(scored), "A4": subset_stats(a4), "A5": subset_stats(a5)},
+        "histogram": score_histogram(scores),
+        "top_pairs": top_pairs(scored, thresholds["a5"]),
     }
 
 
@@ -66,29 +103,95 @@ def _fmt(stats: Mapping[str, float]) -> str:
     return f"{stats['mean']:.0f} ± {stats['std']:.0f}"
 
 
+def _cell(text: str, limit: int = 160) -> str:
+    """One Markdown table cell: a single line, pipes escaped, long text cut with an ellipsis."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows),
+    ]
+
+
+def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## Iteration {it['iteration']}: scored by `{it['scorer']}` ({it['mode']} mode, "
+        f"A4 >= {it['thresholds']['a4']}, A5 >= {it['thresholds']['a5']})",
+        *([f"{it['trains']} trained on {it['training_pairs']} pairs (seed + A5)", ""] if "trains" in it else [""]),
+        *_table(
+            ["score", *map(str, SCORES), "unparsed", "candidates"],
+            [["count", *(it["per_score"][str(s)] for s in SCORES), it["unparsed"], it["candidates"]]],
+        ),
+        "",
+        *_table(
+            ["data", "# examples", "instruction length (chars)", "output length (chars)"],
+            [
+                [name, stats["count"], _fmt(stats["instruction_chars"]), _fmt(stats["output_chars"])]
+                for name, stats in it["lengths"].items()
+            ],
+        ),
+    ]
+    if it.get("top_pairs"):
+        lines += ["", "Top-scored pairs (A5 marked):", ""]
+        lines += _table(
+            ["score", "A5", "instruction", "output (start)"],
+            [[p["score"], "yes" if p["a5"] else "no", p["instruction"], p["output"]] for p in it["top_pairs"]],
+        )
+    return lines
+
+
+def _backward_lines(backward: Mapping[str, Any]) -> list[str]:
+    chars, words = backward["instruction_chars"], backward["instruction_words"]
+    return [
+        "",
+        "## Backward model output",
+        "",
+        f"{backward['instructions']} instructions for {backward['segments']} segments "
+        f"({backward['questions (end with ?)']} end with a question mark); length {_fmt(chars)} characters, "
+        f"{_fmt(words)} words.",
+        "",
+        *_table(
+            ["segment (first line)", "instruction written for it"],
+            [[example["segment"], example["instruction"]] for example in backward["examples"]],
+        ),
+    ]
+
+
 def render_markdown(report: Mapping[str, Any], title: str = "Data funnel") -> str:
     lines = [f"# {title}", ""]
     lines += [f"- **{key}**: {value}" for key, value in report.items() if not isinstance(value, (list, dict))]
+    if "corpus_funnel" in report:
+        lines += ["", "## Corpus funnel", "", *_table(["step", "count"], list(report["corpus_funnel"].items()))]
+    if "backward_model" in report:
+        lines += _backward_lines(report["backward_model"])
     for it in report.get("iterations", []):
-        lines += [
-            "",
-            f"## Iteration {it['iteration']}: scored by `{it['scorer']}` ({it['mode']} mode, "
-            f"A4 >= {it['thresholds']['a4']}, A5 >= {it['thresholds']['a5']})",
-            *([f"{it['trains']} trained on {it['training_pairs']} pairs (seed + A5)", ""] if "trains" in it else [""]),
-            "| score | " + " | ".join(map(str, SCORES)) + " | unparsed | candidates |",
-            "|---|" + "---|" * (len(SCORES) + 2),
-            "| count | "
-            + " | ".join(str(it["per_score"][str(s)]) for s in SCORES)
-            + f" | {it['unparsed']} | {it['candidates']} |",
-            "",
-            "| data | # examples | instruction length (chars) | output length (chars) |",
-            "|---|---|---|---|",
-        ]
-        for name, stats in it["lengths"].items():
-            lines.append(
-                f"| {name} | {stats['count']} | {_fmt(stats['instruction_chars'])} | {_fmt(stats['output_chars'])} |"
-            )
+        lines += _iteration_lines(it)
+    if "stage_seconds" in report:
+        seconds = report["stage_seconds"]
+        rows = [[name, "-" if value is None else f"{value:.0f}"] for name, value in seconds.items()]
+        total = sum(value for value in seconds.values() if value is not None)
+        rows.append(["total", f"{total:.0f}"])
+        lines += ["", "## Wall time per stage (seconds)", "", *_table(["stage", "seconds"], rows)]
     return "\n".join(lines) + "\n"
+
+
+def _histogram_bars(axis: Any, it: Mapping[str, Any]) -> None:
+    """The fine histogram where the report has one, else the per-score buckets; A4/A5 thresholds as lines."""
+    if "histogram" in it:
+        edges, counts = it["histogram"]["edges"], it["histogram"]["counts"]
+        axis.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4472c4", edgecolor="white")
+    else:
+        axis.bar([s + 0.5 for s in SCORES[:-1]] + [5.0], [it["per_score"][str(s)] for s in SCORES], width=0.9)
+    for name, color in (("a4", "#ed7d31"), ("a5", "#c00000")):
+        value = it["thresholds"][name]
+        axis.axvline(value, color=color, linestyle="--", label=f"{name.upper()} >= {value:g} ({it[name]} pairs)")
+    axis.set_xlim(1, 5.25)
+    axis.legend(fontsize=7, loc="upper left")
 
 
 def plot_scores(iterations: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -97,12 +200,12 @@ def plot_scores(iterations: Sequence[Mapping[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [*map(str, SCORES), "unparsed"]
-    figure, axes = plt.subplots(1, max(len(iterations), 1), figsize=(4 * max(len(iterations), 1), 3), squeeze=False)
+    figure, axes = plt.subplots(1, max(len(iterations), 1), figsize=(4.5 * max(len(iterations), 1), 3.2), squeeze=False)
     for axis, it in zip(axes[0], iterations, strict=False):
-        axis.bar(labels, [it["per_score"][str(s)] for s in SCORES] + [it["unparsed"]], color="#4472c4")
-        axis.set_title(f"iteration {it['iteration']} ({it['scorer'].split('/')[-1]})", fontsize=9)
-        axis.set_xlabel("score")
+        _histogram_bars(axis, it)
+        unparsed = f", {it['unparsed']} unparsed" if it["unparsed"] else ""
+        axis.set_title(f"iteration {it['iteration']} ({it['scorer'].split('/')[-1]}{unparsed})", fontsize=9)
+        axis.set_xlabel(f"score ({it['mode']} mode)")
         axis.set_ylabel("pairs")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -1,7 +1,8 @@
 """A tiny random Llama with a real byte-level BPE tokenizer and a ChatML template, built locally.
 
-The quickstart recipes and the demo name it `builtin:tiny-llama`, so the whole pipeline runs on a CPU with no
-download. Its weights are random: what it generates is noise, which is all the plumbing needs.
+Unit tests and the demo's smoke option (`humpback demo --model builtin:tiny-llama`) name it `builtin:tiny-llama`, so
+the whole pipeline runs on a CPU in seconds with no download. Its weights are random: what it generates is noise,
+which is all the plumbing needs. The quickstart itself runs on a real model (humpback_trl.builtin_models).
 """
 
 from __future__ import annotations
@@ -107,4 +108,8 @@ def tiny_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    return str(tiny_model_path()) if name_or_path == TINY_MODEL else name_or_path
+    """Any built-in model name (this one, `builtin:smollm2-135m-instruct`) to its folder; see builtin_models."""
+    # Imported here: builtin_models imports this module for the tiny model it builds.
+    from humpback_trl.builtin_models import resolve_model as resolve_builtin
+
+    return resolve_builtin(name_or_path)

@@ -7,6 +7,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import importlib.util  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -15,6 +16,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from humpback_trl.builtin_models import GGUF_MODELS, SMOLLM2, cache_root, gguf_model_path  # noqa: E402
 from humpback_trl.tiny import build_model, build_tokenizer  # noqa: E402
 
 torch.set_num_threads(2)
@@ -41,10 +43,24 @@ def real_tokenizer_path(name: str) -> Path:
     return SHARED_TOKENIZERS / name
 
 
+# The real model is converted once into the user's cache, the one `humpback demo` uses, and reused across sessions:
+# the conversion is deterministic and takes half a minute. Taken before the fixture below redirects HUMPBACK_CACHE.
+REAL_MODEL_CACHE = cache_root()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """The built-in tiny model is built into a per-session cache, never into the user's home."""
     os.environ["HUMPBACK_CACHE"] = str(tmp_path_factory.mktemp("humpback-cache"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct as a local folder (`builtin:smollm2-135m-instruct`), converted at most once."""
+    spec = GGUF_MODELS[SMOLLM2]
+    if importlib.util.find_spec(spec.package) is None:
+        pytest.skip(f"the real-model tests need the package {spec.distribution}: {spec.install_hint()}")
+    return gguf_model_path(SMOLLM2, REAL_MODEL_CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,13 @@ MODULES = {
     "corpus.yaml": "humpback_trl.scripts.corpus",
     "augment.yaml": "humpback_trl.scripts.augment",
     "magpie.yaml": "humpback_trl.scripts.magpie",
+    # Preference stages (issue 13), run by hand after the loop.
+    "preferences.yaml": "humpback_trl.scripts.preferences",
+    "dpo.yaml": "humpback_trl.scripts.dpo",
+    "kto.yaml": "humpback_trl.scripts.kto",
+    # Evaluation and judge calibration (issue 10).
+    "eval.yaml": "humpback_trl.scripts.eval",
+    "calibrate.yaml": "humpback_trl.scripts.calibrate",
 }
 LOOP_FILES = sorted(RECIPES.glob("*/loop*.yaml"))
 STAGE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if not p.name.startswith("loop"))
@@ -76,3 +83,17 @@ def test_unknown_key_in_a_recipe_fails_loudly(tmp_path):
     )
     with pytest.raises(ValueError, match="temprature"):
         parse_stage("humpback_trl.scripts.augment", recipe, ["--corpus", "x.jsonl", "--adapter", "a"])
+
+
+def test_quickstart_trains_lora_on_the_real_model():
+    """The quickstart runs on SmolLM2 (the tiny random model is only an explicit override) with plain LoRA: the
+    4-bit CPU path of bitsandbytes is far slower, and a 135M model fits in memory in float32."""
+    for name in ("backward.yaml", "seed.yaml", "magpie.yaml"):
+        config = yaml.safe_load((RECIPES / "quickstart" / name).read_text())
+        assert config["model_name_or_path"] == "builtin:smollm2-135m-instruct", name
+        assert not config.get("load_in_4bit"), name
+    for name in ("backward.yaml", "seed.yaml"):
+        config = yaml.safe_load((RECIPES / "quickstart" / name).read_text())
+        assert config["use_peft"] and config["learning_rate"] <= 5e-4 and config["max_length"] >= 256, name
+    (loop,) = run_script.make_parser().parse_args_and_config(["--config", str(RECIPES / "quickstart" / "loop.yaml")])
+    assert loop.model is None and loop.backward_model is None and loop.magpie_model is None

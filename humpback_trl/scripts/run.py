@@ -1,6 +1,8 @@
 """`humpback run`: the whole Humpback loop from one recipe folder.
 
 humpback run recipes/quickstart/ [--from STAGE] [--key value ...]
+humpback run recipes/quickstart/ --model builtin:tiny-llama      (every stage's model, without copying the recipes)
+humpback run recipes/llama-3.1-8b/ --model meta-llama/Llama-3.2-3B --magpie_model meta-llama/Llama-3.2-3B-Instruct
 humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml
 """
 
@@ -23,7 +25,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         raise SystemExit(
-            "usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] ..."
+            "usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] "
+            "[--model NAME] [--backward_model NAME] [--magpie_model NAME] ..."
         )
     target = Path(argv.pop(0))
     # A folder runs its loop.yaml; a yaml file in a recipe folder runs that variant (e.g. loop_multi_gpu.yaml).
@@ -40,4 +43,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run()
+    from humpback_trl.cli import run_command
+
+    run_command("run")

@@ -1,0 +1,67 @@
+"""Report pieces: the fine score histogram, the top-scored pairs, the Markdown sections and the thresholds plot."""
+
+from datasets import Dataset
+
+from humpback_trl.reports import curation_summary, render_markdown, score_histogram, top_pairs, write_report
+
+
+def scored_pool(scores):
+    return Dataset.from_dict(
+        {
+            "instruction": [f"question {i}" for i in range(len(scores))],
+            "output": [f"answer {i} | with a pipe\nand a newline " + "x" * 400 for i in range(len(scores))],
+            "score": scores,
+        }
+    )
+
+
+def test_histogram_bins_quarter_points_and_puts_five_in_the_last_bin():
+    histogram = score_histogram([1.0, 1.24, 1.25, 3.99, 4.0, 4.5, 4.74, 5.0, None])
+    assert histogram["edges"][:3] == [1.0, 1.25, 1.5] and histogram["edges"][-1] == 5.0
+    counts = histogram["counts"]
+    assert len(counts) == 16 and sum(counts) == 8
+    # Bins [1, 1.25), [1.25, 1.5), ..., [3.75, 4), [4, 4.25).
+    assert counts[0] == 2 and counts[1] == 1 and counts[11] == 1 and counts[12] == 1
+    assert counts[14] == 2 and counts[15] == 1  # 4.5 and 4.74 in [4.5, 4.75); 5.0 in [4.75, 5]
+
+
+def test_top_pairs_rank_by_score_skip_unscored_and_mark_a5():
+    pool = scored_pool([3.0, None, 4.8, 4.2, 4.6])
+    top = top_pairs(pool, threshold=4.5)
+    assert [(p["instruction"], p["score"], p["a5"]) for p in top] == [
+        ("question 2", 4.8, True),
+        ("question 4", 4.6, True),
+        ("question 3", 4.2, False),
+    ]
+    assert len(top[0]["output"]) == 300
+
+
+def test_markdown_has_every_section_and_table_cells_stay_on_one_line(tmp_path):
+    pool = scored_pool([4.8, 2.0, 4.1])
+    a4, a5 = pool.select([0, 2]), pool.select([0])
+    summary = curation_summary(
+        pool, a4, a5, iteration=1, scorer="out/m0", mode="logits", thresholds={"a4": 4.0, "a5": 4.5}
+    )
+    report = {
+        "seed": 181,
+        "corpus_funnel": {"documents_read": 79, "removed_too_long": 62, "segments_kept": 66},
+        "backward_model": {
+            "segments": 3,
+            "instructions": 3,
+            "questions (end with ?)": 2,
+            "instruction_chars": {"mean": 40.0, "std": 2.0},
+            "instruction_words": {"mean": 8.0, "std": 1.0},
+            "examples": [{"segment": "Lists | tuples", "instruction": "What is a list?"}],
+        },
+        "iterations": [summary],
+        "stage_seconds": {"corpus": 12.0, "myx": 100.4, "m0": None},
+    }
+    paths = write_report(report, tmp_path, "Humpback data funnel")
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| removed_too_long | 62 |" in markdown
+    assert "3 instructions for 3 segments (2 end with a question mark)" in markdown
+    assert "| Lists \\| tuples | What is a list? |" in markdown
+    assert "| 4.8 | yes | question 0 | answer 0 \\| with a pipe and a newline xxx" in markdown
+    assert "| myx | 100 |" in markdown and "| m0 | - |" in markdown and "| total | 112 |" in markdown
+    assert markdown == render_markdown(report, "Humpback data funnel")
+    assert [p.name for p in paths] == ["report.json", "report.md", "scores.png"] and paths[2].stat().st_size > 1000
