@@ -21,7 +21,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
-from humpback_trl.oasst import OASST1_HUB_ID, REQUIRED_FIELDS, _usable
+from humpback_trl.oasst import OASST1_HUB_ID, index_export, usable
 from humpback_trl.pairs import builtin_path, load_table
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def _ranked_replies(
             and parent is not None
             and parent["parent_id"] is None
             and row["rank"] is not None
-            and _usable(row, lang)
+            and usable(row, lang)
         ):
             replies.setdefault(parent["message_id"], []).append(row)
     return replies
@@ -272,18 +272,13 @@ def oasst_dev_set(
     """Per first-turn prompt with at least two ranked replies: its rank-0 reply (label 1) and its lowest-ranked reply
     (label 0). `exclude_roots` leaves out prompts whose rank-0 reply is a seed pair (a model that trained on it would
     be graded on its own training data). Prompts come in message-id order; `limit` caps the number of prompts."""
-    rows = list(messages)
-    for index, row in enumerate(rows):
-        missing = [name for name in REQUIRED_FIELDS if name not in row]
-        if missing:
-            raise KeyError(f"oasst message row {index} lacks field(s) {missing}; is this the oasst1 message export?")
-    by_id = {row["message_id"]: row for row in rows}
+    rows, by_id = index_export(messages)
     replies = _ranked_replies(rows, by_id, lang)
     excluded = set(exclude_roots)
     dev: list[dict[str, Any]] = []
     for root_id in sorted(replies):
         root, ranked = by_id[root_id], sorted(replies[root_id], key=lambda row: row["rank"])
-        if root_id in excluded or not _usable(root, lang) or len(ranked) < 2 or ranked[0]["rank"] != 0:
+        if root_id in excluded or not usable(root, lang) or len(ranked) < 2 or ranked[0]["rank"] != 0:
             continue
         if limit is not None and len(dev) == 2 * limit:
             break

@@ -10,16 +10,10 @@ Filtered (each checked harmless on this project's CPU and GPU paths):
 from __future__ import annotations
 
 import logging
-import warnings
 
 # (logger name, start of the message) pairs that are dropped.
 HARMLESS_LOG_RECORDS: tuple[tuple[str, str], ...] = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
-)
-# Warning messages (regular expressions, matched at the start) that say nothing a user can act on.
-HARMLESS_WARNINGS: tuple[str, ...] = (
-    # Raised by peft/transformers when gradient checkpointing is configured on a model already prepared for it.
-    r".*`use_cache=True` is incompatible with gradient checkpointing",
 )
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -39,8 +33,6 @@ def quiet_known_messages() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in logger.filters):
             logger.addFilter(_DropPrefix(prefix))
-    for message in HARMLESS_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

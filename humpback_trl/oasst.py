@@ -35,19 +35,25 @@ class SeedReport:
     skipped: dict[str, int]
 
 
-def _usable(message: Mapping[str, Any], lang: str) -> bool:
+def usable(message: Mapping[str, Any], lang: str) -> bool:
+    """In `lang`, not deleted and not rejected in review."""
     return message["lang"] == lang and not message["deleted"] and message.get("review_result") is not False
 
 
-def first_turn_pairs(
-    messages: Iterable[Mapping[str, Any]], lang: str = "en", limit: int | None = PAPER_SEED_SIZE
-) -> tuple[Dataset, SeedReport]:
+def index_export(messages: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, Mapping[str, Any]]]:
+    """The export's rows and the rows by message id; a row without a required field fails, naming the row."""
     rows = list(messages)
     for index, row in enumerate(rows):
         missing = [name for name in REQUIRED_FIELDS if name not in row]
         if missing:
             raise KeyError(f"oasst message row {index} lacks field(s) {missing}; is this the oasst1 message export?")
-    by_id = {row["message_id"]: row for row in rows}
+    return rows, {row["message_id"]: row for row in rows}
+
+
+def first_turn_pairs(
+    messages: Iterable[Mapping[str, Any]], lang: str = "en", limit: int | None = PAPER_SEED_SIZE
+) -> tuple[Dataset, SeedReport]:
+    rows, by_id = index_export(messages)
     skipped: Counter[str] = Counter()
     best_reply: dict[str, Mapping[str, Any]] = {}
     for row in rows:
@@ -60,7 +66,7 @@ def first_turn_pairs(
             skipped["reply_not_first_turn"] += 1
         elif row["rank"] != 0:
             skipped["reply_rank_not_0"] += 1
-        elif not _usable(row, lang):
+        elif not usable(row, lang):
             skipped["reply_filtered"] += 1
         else:
             best_reply[parent["message_id"]] = row
@@ -70,7 +76,7 @@ def first_turn_pairs(
     )
     pairs = []
     for root in roots:
-        if not _usable(root, lang):
+        if not usable(root, lang):
             skipped["root_filtered"] += 1
         elif root["message_id"] not in best_reply:
             skipped["root_without_rank0_reply"] += 1

@@ -28,13 +28,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, ModelConfig, get_peft_config, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
+from humpback_trl.builtin_models import resolve_model
 from humpback_trl.chat_template import use_template
 from humpback_trl.collators import PROMPT_SETTINGS_FILE, SwappedFieldCollator, save_prompt_settings
 from humpback_trl.hub import PROJECT_TAGS, dataset_card, dataset_repo_id, model_repo_id, push_dataset
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder
 from humpback_trl.pairs import is_local, load_table
 from humpback_trl.preferences import KINDS, preferences_repo_id
-from humpback_trl.tiny import resolve_model
 
 logger = logging.getLogger(__name__)
 

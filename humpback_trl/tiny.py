@@ -105,11 +105,3 @@ def tiny_model_path(cache_dir: str | os.PathLike | None = None) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another process finished first
     return target
-
-
-def resolve_model(name_or_path: str) -> str:
-    """Any built-in model name (this one, `builtin:smollm2-135m-instruct`) to its folder; see builtin_models."""
-    # Imported here: builtin_models imports this module for the tiny model it builds.
-    from humpback_trl.builtin_models import resolve_model as resolve_builtin
-
-    return resolve_builtin(name_or_path)

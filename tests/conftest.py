@@ -82,6 +82,26 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return path
 
 
+@pytest.fixture()
+def recorded_pushes(monkeypatch) -> list[tuple]:
+    """The real push calls of a training stage, recorded instead of sent (an upload needs the network and a token):
+    ("adapter", repo), ("model card", repo), ("data", repo, rows), ("data card", repo), in call order."""
+    from datasets import Dataset
+    from huggingface_hub import DatasetCard, ModelCard
+    from transformers import Trainer
+
+    pushed: list[tuple] = []
+    # The real init_hf_repo creates the repo and records the id the Hub returns.
+    monkeypatch.setattr(
+        Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id)
+    )
+    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, **kw: pushed.append(("adapter", self.hub_model_id)))
+    monkeypatch.setattr(ModelCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("model card", repo)))
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, len(self))))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("data card", repo)))
+    return pushed
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

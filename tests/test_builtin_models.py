@@ -11,7 +11,6 @@ import pytest
 from humpback_trl import builtin_models
 from humpback_trl.builtin_models import GGUF_MODELS, SMOLLM2, resolve_model
 from humpback_trl.tiny import TINY_MODEL
-from humpback_trl.tiny import resolve_model as tiny_resolve_model
 
 
 def test_other_names_pass_through_and_unknown_builtins_fail_with_the_list():
@@ -21,11 +20,11 @@ def test_other_names_pass_through_and_unknown_builtins_fail_with_the_list():
         resolve_model("builtin:smollm2-135m")
 
 
-def test_tiny_resolve_model_delegates_to_the_builtin_resolver(tmp_path, monkeypatch):
+def test_the_tiny_model_is_built_into_the_cache_and_unknown_names_fail(tmp_path, monkeypatch):
     monkeypatch.setenv("HUMPBACK_CACHE", str(tmp_path))
-    assert Path(tiny_resolve_model(TINY_MODEL)).parent == tmp_path
+    assert Path(resolve_model(TINY_MODEL)).parent == tmp_path
     with pytest.raises(ValueError, match="Unknown built-in model"):
-        tiny_resolve_model("builtin:nope")
+        resolve_model("builtin:nope")
 
 
 def test_a_missing_package_names_the_install_command(monkeypatch):

@@ -136,19 +136,8 @@ def test_wrong_format_and_unknown_key_fail_with_their_names(tmp_path, adapter, d
         dpo.run(["--config", str(config)])
 
 
-def test_push_names_the_adapter_and_links_mk_and_the_preference_data(tmp_path, adapter, dpo_file, monkeypatch):
-    from datasets import Dataset
-    from huggingface_hub import DatasetCard, ModelCard
-    from transformers import Trainer
-
-    pushed = []
-    monkeypatch.setattr(
-        Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id)
-    )
-    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, **kw: pushed.append(("adapter", self.hub_model_id)))
-    monkeypatch.setattr(ModelCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("model card", repo)))
-    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, len(self))))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("data card", repo)))
+def test_push_names_the_adapter_and_links_mk_and_the_preference_data(tmp_path, adapter, dpo_file, recorded_pushes):
+    pushed = recorded_pushes
     config = recipe(tmp_path, adapter, dpo_file, load_in_4bit=False, max_steps=1, hub_prefix="me/hb")
     dpo.run(["--config", config, "--push_to_hub", "true"])
     assert pushed == [("adapter", "me/hb-m2-dpo"), ("model card", "me/hb-m2-dpo"), ("data", "me/hb-m2-dpo-data", 8),

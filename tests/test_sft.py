@@ -156,21 +156,9 @@ def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
     assert len(list(out.glob("adapter_model.safetensors"))) == 1
 
 
-def test_push_names_the_adapter_and_training_set_after_the_prefix(tmp_path, tiny_path, data_path, monkeypatch):
+def test_push_names_the_adapter_and_training_set_after_the_prefix(tmp_path, tiny_path, data_path, recorded_pushes):
     """The real push calls, recorded instead of sent: an upload needs the network and a token."""
-    from datasets import Dataset
-    from huggingface_hub import DatasetCard, ModelCard
-    from transformers import Trainer
-
-    pushed = []
-    # The real init_hf_repo creates the repo and records the id the Hub returns.
-    monkeypatch.setattr(
-        Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id)
-    )
-    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, **kw: pushed.append(("adapter", self.hub_model_id)))
-    monkeypatch.setattr(ModelCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("model card", repo)))
-    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, len(self))))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("data card", repo)))
+    pushed = recorded_pushes
     config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, max_steps=1, hub_prefix="me/hb")
     sft.run(["--config", config, "--push_to_hub", "true"])
     assert pushed == [("adapter", "me/hb-myx"), ("model card", "me/hb-myx"), ("data", "me/hb-myx-data", 24),
