@@ -19,8 +19,7 @@ Every filter can be switched off and every removal is counted in pipeline order,
 
 from __future__ import annotations
 
-import csv
-import io
+import codecs
 import itertools
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from humpback_trl.filters import (
@@ -76,8 +76,7 @@ CORPUS_FEATURES = datasets.Features(
 )
 
 _FILE_FORMATS = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".txt": None}
-_TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-_SUPPORTED_SUFFIXES = (*_FILE_FORMATS, *_TABLE_SUFFIXES)
+_SUPPORTED_SUFFIXES = (*_FILE_FORMATS, ".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass
@@ -173,62 +172,60 @@ def _check_columns(available: Iterable[str], name: str, config: CorpusConfig) ->
     return needed
 
 
-def _row_documents(rows: Iterable[Any], name: str, config: CorpusConfig) -> Iterator[Document]:
+def _row_documents(rows: Iterable[Any], name: str, config: CorpusConfig, bad_bytes: bool = False) -> Iterator[Document]:
+    """One document per row. `bad_bytes`: the file held invalid UTF-8, which its loader replaced with U+FFFD, so a
+    row with U+FFFD counts as an invalid-UTF-8 document."""
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{name}: row {i} is a {type(row).__name__}, expected an object with named columns")
         _check_columns(row, name, config)
         value = row[config.text_column]
         text, invalid = _repair("" if value is None else str(value))
+        invalid = invalid or (bad_bytes and "\ufffd" in text)
         doc_id = str(row[config.id_column]) if config.id_column else f"{name}:{i}"
         yield Document(doc_id, text, config.doc_format, invalid)
 
 
-def _json_lines(text: str, name: str) -> Iterator[Any]:
-    # split("\n"), not splitlines(): U+2028 may legally appear unescaped inside a JSON string.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{name}, line {number}: invalid JSON ({error})") from error
+# datasets' packaged loaders read the table formats: JSON lines or a JSON array of objects, CSV, Parquet.
+_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def _parse_table(text: str, suffix: str, name: str) -> Iterable[Any]:
-    if suffix == ".csv":
-        # Documents can exceed csv's default 128 KiB field limit.
-        csv.field_size_limit(2**31 - 1)
-        return csv.DictReader(io.StringIO(text, newline=""))
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            return _json_lines(text, name)
-        return data if isinstance(data, list) else [data]
-    return _json_lines(text, name)
+def _is_utf8(path: Path) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
-def _parquet_rows(path: Path, name: str, config: CorpusConfig) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    columns = _check_columns(parquet.schema_arrow.names, name, config)
-    for batch in parquet.iter_batches(columns=columns):
-        yield from batch.to_pylist()
+def _table_rows(path: Path, name: str, config: CorpusConfig) -> Iterator[dict[str, Any]]:
+    """Rows of a local table file, streamed by its datasets loader; a parse error names the file."""
+    loader = _LOADERS[path.suffix.lower()]
+    options = {} if loader == "parquet" else {"encoding": "utf-8-sig", "encoding_errors": "replace"}
+    dataset = datasets.load_dataset(loader, data_files=str(path), split="train", streaming=True, **options)
+    if dataset.column_names is not None:  # unknown for JSON until read: _row_documents checks each row
+        dataset = dataset.select_columns(_check_columns(dataset.column_names, name, config))
+    try:
+        yield from dataset
+    # ValueError covers pandas' ParserError (CSV); ArrowInvalid, JSON and Parquet.
+    except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError, ValueError) as error:
+        raise ValueError(f"{name}: not a readable {loader} file ({str(error).splitlines()[0]})") from error
 
 
 def _file_documents(path: Path, name: str, config: CorpusConfig) -> Iterator[Document]:
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        yield from _row_documents(_parquet_rows(path, name, config), name, config)
+    if suffix in _LOADERS:
+        bad_bytes = suffix != ".parquet" and not _is_utf8(path)
+        yield from _row_documents(_table_rows(path, name, config), name, config, bad_bytes)
         return
-    # surrogateescape keeps invalid bytes visible after parsing, so each affected document can be counted.
+    # surrogateescape keeps invalid bytes visible after decoding, so the document can be counted.
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
-    if suffix in _TABLE_SUFFIXES:
-        yield from _row_documents(_parse_table(text, suffix, name), name, config)
-    else:
-        repaired, invalid = _repair(text)
-        yield Document(name, repaired, _FILE_FORMATS[suffix] or config.doc_format, invalid)
+    repaired, invalid = _repair(text)
+    yield Document(name, repaired, _FILE_FORMATS[suffix] or config.doc_format, invalid)
 
 
 def _hub_documents(config: CorpusConfig) -> Iterator[Document]:
