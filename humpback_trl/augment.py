@@ -18,11 +18,12 @@ from typing import Any
 from datasets import Dataset
 from transformers import set_seed
 
+from humpback_trl import vllm_engine
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
-from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
+from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
 from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id
-from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
+from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
@@ -36,28 +37,42 @@ class AugmentArguments:
             "help": "Prepared segments (`humpback corpus` output folder's dataset/, a jsonl/parquet file or a Hub id)."
         }
     )
-    text_column: str = "text"
-    id_column: str = "segment_id"
-    corpus_split: str = "train"
+    text_column: str = field(
+        default="text", metadata={"help": "Column of the corpus segments: the output each instruction is written for."}
+    )
+    id_column: str = field(
+        default="segment_id", metadata={"help": "Column with a unique id per segment (the shard key and source_id)."}
+    )
+    corpus_split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset corpus."})
     max_segments: int | None = field(default=None, metadata={"help": "Use only the first N segments."})
-    output_dir: str = "outputs/augment"
-    engine: str = field(default="transformers", metadata={"help": "transformers (batched) or vllm (optional extra)."})
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
+    output_dir: str = field(
+        default="outputs/augment",
+        metadata={"help": "candidates.jsonl, candidates/ (save_to_disk), shards/, report, card."},
+    )
+    engine: str = field(
+        default="auto",
+        metadata={"help": "auto (vllm where installed, else transformers) | transformers (batched) | vllm."},
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper: 0.7)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling top-p (the paper: 0.9)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Instruction length cap in tokens."})
     token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
-    shard_size: int = 256
-    seed: int = 42
+    shard_size: int = field(default=256, metadata={"help": "Segments per resumable shard."})
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "Sampling seed; each shard seeds from it and its first segment, so a resumed shard samples alike."
+        },
+    )
     hub_prefix: str | None = field(default=None, metadata={"help": "Push the candidates to <hub_prefix>-candidates."})
-    push_to_hub: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the candidates to <hub_prefix>-candidates."})
     hub_private_repo: bool | None = field(
         default=None,
         metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
     )
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        check_engine(self.engine)
 
 
 def load_segments(args: AugmentArguments) -> Dataset:
@@ -80,7 +95,8 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
     tokenizer = load_tokenizer(model_args)
     collator = load_collator(tokenizer, adapter_folder(model_args), "backward")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-    model = load_model(model_args)[0] if args.engine == "transformers" else None
+    engine = resolve_engine(args.engine)
+    model = load_model(model_args)[0] if engine == "transformers" else vllm_engine.from_arguments(model_args)
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Seeding by the shard's first key makes a shard's instructions the same whichever process writes it and
@@ -91,11 +107,10 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
             render(tokenizer, collator.prompt_messages({}, row["text"]), True, **collator.template_kwargs)
             for row in rows
         ]
-        if model is None:
-            name = base_model_name(model_args)
-            instructions = generate_vllm(name, model_args.adapter, prompts, sampling, seed=seed)
+        if isinstance(model, vllm_engine.VllmModel):
+            instructions = vllm_engine.generate(model, tokenizer, prompts, sampling, seed=seed)
         else:
-            instructions = generate(model, tokenizer, prompts, sampling, args.token_budget, show_progress=False)
+            instructions = generate(model, tokenizer, prompts, sampling, args.token_budget)
         return [
             make_pair(instruction, row["text"], "augmented", row["source_id"])
             for row, instruction in zip(rows, instructions, strict=True)
@@ -111,7 +126,7 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
         features=PAIR_FEATURES,
         job={
             "writer": vars(model_args),
-            "engine": args.engine,
+            "engine": engine,
             "sampling": vars(sampling),
             "seed": args.seed,
             "prompt": collator.backward_prompt,

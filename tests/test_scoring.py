@@ -4,15 +4,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from conftest import REAL_TOKENIZERS, TEXTS, real_tokenizer_path  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from tokenizers import normalizers  # noqa: E402
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from humpback_trl import scoring  # noqa: E402
+from humpback_trl.callbacks import SelfCurationCallback  # noqa: E402
 from humpback_trl.chat_template import encode  # noqa: E402
+from humpback_trl.curation import CurationSettings  # noqa: E402
+from humpback_trl.pairs import PAIR_FEATURES, make_pair  # noqa: E402
 from humpback_trl.scoring import (  # noqa: E402
     DEFAULT_THRESHOLDS,
     RUBRIC,
@@ -294,3 +299,24 @@ def test_prompt_style_changes_logits_scores_but_not_generate_mode(rubric_tokeniz
     for style in ("verbatim", "score-only"):
         score_pairs(rubric_model, rubric_tokenizer, PAIRS[:1], mode="generate", prompt_style=style)
     assert seen[0] == seen[1] and "Please first provide a brief reasoning" in seen[0][0]
+
+
+def test_self_curation_pushes_private_splits_with_a_private_card(rubric_model, rubric_tokenizer, tmp_path, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(
+        "humpback_trl.stage.push_dataset", lambda data, card, repo, private: pushed.append((repo, private))
+    )
+    rows = [make_pair(i, o, "augmented", str(n)) for n, (i, o) in enumerate(PAIRS)]
+    callback = SelfCurationCallback(
+        Dataset.from_list(rows, features=PAIR_FEATURES),
+        tmp_path,
+        CurationSettings(calibration_dev_set=None),
+        hub_repo="me/curated-1",
+        private=True,
+    )
+    callback.on_train_end(
+        SimpleNamespace(output_dir=str(tmp_path)), None, None, model=rubric_model, processing_class=rubric_tokenizer
+    )
+    assert pushed == [("me/curated-1", True)]
+    assert "**Visibility on the Hub**: private" in (tmp_path / "README.md").read_text()
+    assert callback.summary["candidates"] == len(PAIRS)
