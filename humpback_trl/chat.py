@@ -91,10 +91,17 @@ class ChatArguments:
     tags: str = field(
         default="both", metadata={"help": "Source tags appended to prompts: both | seed | augmented | none."}
     )
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 512
-    greedy: bool = False
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper's 0.7)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (the paper's 0.9)."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
+    greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
+
+
+def jsonl_instruction(line: str, path: str, number: int) -> str:
+    row = json.loads(line)
+    if not isinstance(row, dict) or "instruction" not in row:
+        raise ValueError(f"{path}: row {number} has no 'instruction' field")
+    return row["instruction"]
 
 
 def read_prompts(args: ChatArguments) -> list[str]:
@@ -102,8 +109,8 @@ def read_prompts(args: ChatArguments) -> list[str]:
     if args.prompts_file:
         lines = [line for line in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
         if args.prompts_file.endswith(".jsonl"):
-            lines = [json.loads(line)["instruction"] for line in lines]
+            lines = [jsonl_instruction(line, args.prompts_file, number) for number, line in enumerate(lines, 1)]
         prompts += lines
     if not prompts:
-        raise SystemExit("Give prompts with --prompt TEXT [TEXT ...] or --prompts_file FILE")
+        raise ValueError("Give prompts with --prompt TEXT [TEXT ...] or --prompts_file FILE")
     return prompts

@@ -14,8 +14,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
+
+import yaml
 
 from humpback_trl.cli_help import Command, render_help
+from humpback_trl.paths import MODEL_OPTIONS, check_local
 
 MODEL_ARGS = "humpback_trl.modeling:InferenceModelArguments"
 CURATION = "humpback_trl.curation:CurationSettings"
@@ -52,8 +56,10 @@ COMMANDS: dict[str, Command] = {
         "The whole loop from a recipe folder (its loop.yaml and one recipe per stage).",
         ("humpback_trl.pipeline:LoopArguments",),
         usage="RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--key value ...]",
-        epilog="Stages, in order: corpus -> myx (backward model) -> augment -> [magpie] -> m0 -> m1 ... mK. "
-        "--from STAGE restarts that stage and every stage that depends on it.",
+        epilog="Stages, in order: corpus -> myx (backward model) -> augment -> [magpie] -> m0 -> curate-1 (M0 scores "
+        "the pool) -> m1 -> ... -> curate-K -> mK [-> preferences -> mK-dpo | mK-kto] [-> eval]. A rerun skips "
+        "finished stages and resumes an interrupted one; --from STAGE restarts that stage and every stage that "
+        "depends on it.",
     ),
     "demo": Command(
         "humpback_trl.scripts.demo",
@@ -115,6 +121,25 @@ def error_line(error: BaseException) -> str:
     return f"{lines[0].strip()}{more}"
 
 
+def model_paths(argv: list[str]) -> dict[str, str]:
+    """Every model or adapter option the command will see: its `--config` recipe's, then the command line's on top."""
+    found: dict[str, str] = {}
+    pairs = list(zip(argv, argv[1:], strict=False))
+    for token, value in pairs:
+        if token == "--config" and Path(value).is_file():
+            recipe = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            if isinstance(recipe, dict):
+                found |= {key: recipe[key] for key in MODEL_OPTIONS if isinstance(recipe.get(key), str)}
+    found |= {token[2:]: value for token, value in pairs if token[2:] in MODEL_OPTIONS and token.startswith("--")}
+    return found
+
+
+def check_model_paths(argv: list[str]) -> None:
+    """Fail on a missing local model before importing the command: torch and TRL alone take seconds to load."""
+    for option, value in model_paths(argv).items():
+        check_local(value, option)
+
+
 def run_command(name: str, argv: list[str] | None = None) -> None:
     """Help, then the command's `run(argv)`; user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -126,9 +151,9 @@ def run_command(name: str, argv: list[str] | None = None) -> None:
         argv = [arg if arg != "--help-all" else "--help" for arg in argv]
     # argparse names the program after argv[0]: usage lines then say `humpback sft`, not `humpback`.
     sys.argv[0] = f"humpback {name}"
-    module = importlib.import_module(command.module)
     try:
-        module.run(argv)
+        check_model_paths(argv)
+        importlib.import_module(command.module).run(argv)
     except USER_ERRORS as error:
         if os.environ.get(DEBUG_ENV) == "1":
             raise

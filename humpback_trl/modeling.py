@@ -1,5 +1,6 @@
 """Load a model for inference (augmentation, curation, MAGPIE, chat): a base model plus an optional LoRA adapter
-from a local folder or the Hub, optionally in 4-bit."""
+from a local folder or the Hub, optionally in 4-bit. The adapter is merged into a float base; a missing local path
+fails at once, naming its option."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from transformers import (
 
 from humpback_trl.builtin_models import resolve_model
 from humpback_trl.chat_template import use_template
+from humpback_trl.paths import check_local
 
 
 @dataclass
@@ -26,12 +28,20 @@ class InferenceModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Base model; defaults to the base named in the adapter's config."}
     )
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter: a local folder or a Hub repo id."})
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA adapter: a local folder or a Hub repo id. Merged into a float base (faster generation); "
+            "kept beside a 4-bit one."
+        },
+    )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit nf4 (bitsandbytes)."})
     dtype: str = field(
         default="auto", metadata={"help": "auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU)."}
     )
-    model_revision: str | None = None
+    model_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit) of the base model; None is main."}
+    )
     chat_template_name: str | None = field(
         default=None,
         metadata={"help": "For tokenizers holding several named templates (Command R+): the one to use (default)."},
@@ -43,6 +53,11 @@ class InferenceModelArguments:
     def __post_init__(self) -> None:
         if not self.model_name_or_path and not self.adapter:
             raise ValueError("Set model_name_or_path, adapter, or both.")
+        # A missing local folder fails here, before the Hub client retries it as a repo id for a minute.
+        if self.model_name_or_path:
+            self.model_name_or_path = check_local(self.model_name_or_path, "model_name_or_path")
+        if self.adapter:
+            self.adapter = check_local(self.adapter, "adapter")
 
 
 def base_model_name(args: InferenceModelArguments) -> str:
@@ -92,6 +107,10 @@ def load_model(args: InferenceModelArguments) -> tuple[PreTrainedModel, PreTrain
     )
     if args.adapter:
         model = PeftModel.from_pretrained(model, args.adapter)
+        if not args.load_in_4bit:
+            # One matrix per layer instead of base + A @ B on every token: generation and scoring run at the base
+            # model's speed. A 4-bit base cannot take the adapter in (merging would round it to 4 bits).
+            model = model.merge_and_unload()
     model.eval()
     return model, load_tokenizer(args)
 

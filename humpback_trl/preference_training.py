@@ -24,7 +24,6 @@ from datasets import Dataset, concatenate_datasets
 from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftConfig, PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, ModelConfig, get_peft_config, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
@@ -35,6 +34,7 @@ from humpback_trl.hub import PROJECT_TAGS, dataset_card, dataset_repo_id, model_
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder
 from humpback_trl.pairs import is_local, load_table
 from humpback_trl.preferences import KINDS, preferences_repo_id
+from humpback_trl.training import ExactResumeMixin, resume_and_train
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,17 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 # Kept beside the required columns when every file has them: the scores make the exact training set auditable, and
 # TRL renders each row with its chat_template_kwargs.
 EXTRA_COLUMNS = ("chosen_score", "rejected_score", "score", "source_id", "chat_template_kwargs")
-TRAINERS = {"dpo": DPOTrainer, "kto": KTOTrainer}
+
+
+class HumpbackDPOTrainer(ExactResumeMixin, DPOTrainer):
+    """DPOTrainer whose resumed run trains exactly as the uninterrupted one would have."""
+
+
+class HumpbackKTOTrainer(ExactResumeMixin, KTOTrainer):
+    """KTOTrainer whose resumed run trains exactly as the uninterrupted one would have."""
+
+
+TRAINERS = {"dpo": HumpbackDPOTrainer, "kto": HumpbackKTOTrainer}
 PreferenceConfig = DPOConfig | KTOConfig
 PreferenceTrainer = DPOTrainer | KTOTrainer
 
@@ -174,6 +184,9 @@ def build_trainer(
         dataset = dataset.shuffle(seed=training_args.seed).flatten_indices()
     if args.hub_prefix and not training_args.hub_model_id:
         training_args.hub_model_id = model_repo_id(args.hub_prefix, stage_name(args, kind))
+    if (args.sft_adapter or model_args.use_peft) and training_args.ddp_find_unused_parameters is None:
+        # Under DDP the frozen base weights never get gradients; DDP would search for them on every step and warn.
+        training_args.ddp_find_unused_parameters = False
     base = base_model(args, model_args)
     tokenizer = load_tokenizer(args, model_args, base)
     fresh = args.sft_adapter is None
@@ -336,12 +349,7 @@ def train_preferences(
     kind: str, args: PreferenceTrainingArguments, training_args: PreferenceConfig, model_args: ModelConfig
 ) -> PreferenceTrainer:
     trainer, counts = build_trainer(kind, args, training_args, model_args)
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and Path(training_args.output_dir).is_dir():
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint:
-            trainer.accelerator.print(f"Resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    resume_and_train(trainer)
     save_outputs(kind, trainer, args, model_args, counts)
     trainer.accelerator.print(f"Saved {stage_name(args, kind)} to {training_args.output_dir}")
     # The main process writes the card and data alone; every process waits for it before the group is torn down.

@@ -79,8 +79,8 @@ class PreferenceArguments:
     )
     data_split: str = field(default="train", metadata={"help": "Split to read from folders and Hub datasets."})
     num_samples: int = field(default=4, metadata={"help": "dpo: answers sampled per instruction."})
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: float = field(default=0.7, metadata={"help": "dpo: sampling temperature (the paper's 0.7)."})
+    top_p: float = field(default=0.9, metadata={"help": "dpo: nucleus sampling top-p (the paper's 0.9)."})
     max_new_tokens: int = field(default=512, metadata={"help": "dpo: answer length cap."})
     token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
     tags: str = field(
@@ -94,7 +94,7 @@ class PreferenceArguments:
         default="score-only",
         metadata={"help": "verbatim | score-only rubric in logits mode, as `curation_prompt` (same default)."},
     )
-    scoring_batch_size: int = 8
+    scoring_batch_size: int = field(default=8, metadata={"help": "Answers per scoring forward pass (logits mode)."})
     min_score_mass: float = field(
         default=0.5,
         metadata={
@@ -111,12 +111,19 @@ class PreferenceArguments:
     )
     low_threshold: float = field(default=LOW_THRESHOLD, metadata={"help": "kto: undesirable when score <= this."})
     shard_size: int = field(default=64, metadata={"help": "dpo: instructions per resumable shard."})
-    seed: int = 42
-    output_dir: str = "outputs/preferences"
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "Sampling seed; each shard seeds from it and its first row, so a resumed shard samples the same."
+        },
+    )
+    output_dir: str = field(
+        default="outputs/preferences", metadata={"help": "<kind>.jsonl, <kind>/ (save_to_disk), report, card."}
+    )
     hub_prefix: str | None = field(
         default=None, metadata={"help": "With push_to_hub: push to <hub_prefix>-preferences-<kind>."}
     )
-    push_to_hub: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the data to <hub_prefix>-preferences-<kind>."})
     hub_private_repo: bool | None = field(
         default=None,
         metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},

@@ -19,11 +19,14 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import datasets
 from accelerate import PartialState
 from datasets import Dataset, Features, load_from_disk
 from tqdm.auto import tqdm
@@ -64,7 +67,20 @@ def make_manifest(keys: list[str], shard_size: int, key: str, job: dict[str, Any
     for k in keys:
         digest.update(k.encode() + b"\0")
     manifest = {"num_items": len(keys), "shard_size": shard_size, "key": key, "keys_sha256": digest.hexdigest()[:16]}
-    return {**manifest, "job": json.loads(json.dumps(job or {}, sort_keys=True, default=str))}
+    return {**manifest, "job": normalise_paths(json.loads(json.dumps(job or {}, sort_keys=True, default=str)))}
+
+
+def normalise_paths(value: Any) -> Any:
+    """Every string naming an existing file or folder as its absolute, resolved path: the same adapter given as
+    `outputs/m0` or `/home/me/run/outputs/m0` is the same job. Other strings (Hub ids, prompts) are kept."""
+    if isinstance(value, dict):
+        return {name: normalise_paths(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [normalise_paths(item) for item in value]
+    # os.path.exists is False, not an error, for a prompt too long or odd to be a path.
+    if isinstance(value, str) and value and os.path.exists(value):
+        return str(Path(value).resolve())
+    return value
 
 
 def check_manifest(shards_dir: Path, expected: dict[str, Any]) -> None:
@@ -77,7 +93,7 @@ def check_manifest(shards_dir: Path, expected: dict[str, Any]) -> None:
     if changed:
         raise ValueError(
             f"{shards_dir} holds shards of a different job ({'; '.join(changed)}). "
-            "Pass overwrite=True to discard them, or use another output_dir."
+            f"Remove {shards_dir} to discard them, or choose another output_dir."
         )
 
 
@@ -197,24 +213,47 @@ def run_sharded(
     shards = [range(start, min(start + shard_size, len(keys))) for start in range(0, len(keys), shard_size)]
     mine = range(state.process_index, len(shards), state.num_processes)
     finished = [i for i in mine if shard_path(shards_dir, i).is_file()]
+    pending = sum(len(bounds) for i, bounds in enumerate(shards) if not shard_path(shards_dir, i).is_file())
     logger.info(
         "Process %d: %d of its %d shards already finished, skipping them", state.process_index, len(finished), len(mine)
     )
-    # Starting the bar at the finished items keeps its rate and ETA right after a resume.
-    with tqdm(
-        total=sum(len(shards[i]) for i in mine),
-        initial=sum(len(shards[i]) for i in finished),
-        desc=desc,
-        unit="item",
-        position=state.process_index,
-        disable=not show_progress,
-    ) as bar:
-        for index in sorted(set(mine) - set(finished)):
-            work_shard(items, keys, shards[index], index, key, work_fn, shards_dir)
-            bar.update(len(shards[index]))
-    state.wait_for_everyone()
+    start = time.perf_counter()
+    # This bar is the stage's only one: the bars of datasets' own steps (select, save) are off meanwhile.
+    with quiet_datasets():
+        # Starting the bar at the finished items keeps its rate and ETA right after a resume.
+        with tqdm(
+            total=sum(len(shards[i]) for i in mine),
+            initial=sum(len(shards[i]) for i in finished),
+            desc=desc,
+            unit="item",
+            position=state.process_index,
+            disable=not show_progress,
+        ) as bar:
+            for index in sorted(set(mine) - set(finished)):
+                work_shard(items, keys, shards[index], index, key, work_fn, shards_dir)
+                bar.update(len(shards[index]))
+        state.wait_for_everyone()
 
-    if state.is_main_process:
-        merge(shards_dir, output_dir, keys, shards, key, features)
-    state.wait_for_everyone()
-    return load_from_disk(str(output_dir / "data"))
+        if state.is_main_process:
+            merge(shards_dir, output_dir, keys, shards, key, features)
+            logger.info(summary_line(desc, len(keys), pending, time.perf_counter() - start))
+        state.wait_for_everyone()
+        return load_from_disk(str(output_dir / "data"))
+
+
+def summary_line(desc: str, num_items: int, done: int, seconds: float) -> str:
+    """The stage's closing line: items, seconds and the rate of the items worked on in this run."""
+    rate = f"{done / seconds:.2f} items/s" if done and seconds > 0 else "nothing left to do"
+    return f"{desc}: {num_items} items ({done} in this run, {num_items - done} resumed) in {seconds:.1f} s, {rate}"
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """datasets' progress bars off for the block, back to their previous state after it."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()

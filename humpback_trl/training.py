@@ -9,13 +9,25 @@ The entry point is `humpback_trl.scripts.sft`.
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields
+from fnmatch import fnmatch
 from pathlib import Path
 
+import torch
 from datasets import Dataset, concatenate_datasets
-from transformers import AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    get_scheduler,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
 from humpback_trl.builtin_models import resolve_model
@@ -34,12 +46,16 @@ from humpback_trl.hub import (
 )
 from humpback_trl.oasst import load_oasst_seed
 from humpback_trl.pairs import PairColumns, load_pairs
+from humpback_trl.paths import check_local
 from humpback_trl.schedule import apply_paper_schedule
 from humpback_trl.tagging import Tagging
 
 logger = logging.getLogger(__name__)
+# peft and TRL read `model.is_gradient_checkpointing`, deprecated in transformers 5; nothing of ours uses the old name.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 TRAINING_DATA_FILE = "training_data.jsonl"
+TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass
@@ -53,10 +69,12 @@ class HumpbackSFTArguments:
     )
     data_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
     default_source: str = field(default="seed", metadata={"help": "Source of rows whose data has no source column."})
-    instruction_column: str = "instruction"
-    output_column: str = "output"
-    source_column: str = "source"
-    id_column: str = "source_id"
+    instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
+    output_column: str = field(default="output", metadata={"help": "Column holding the output (the answer)."})
+    source_column: str = field(
+        default="source", metadata={"help": "Column holding each row's source (seed or augmented), for tagging."}
+    )
+    id_column: str = field(default="source_id", metadata={"help": "Column holding each row's unique id."})
     oasst_seed: str | None = field(
         default=None,
         metadata={
@@ -64,14 +82,19 @@ class HumpbackSFTArguments:
             "rank-0 English pairs are added as seed."
         },
     )
-    oasst_lang: str = "en"
+    oasst_lang: str = field(default="en", metadata={"help": "Language of the oasst seed pairs kept."})
     seed_limit: int = field(default=3200, metadata={"help": "Cap on oasst seed pairs (paper: 3,200)."})
     direction: str = field(
         default="forward", metadata={"help": "forward: p(output|instruction); backward: p(instruction|output)."}
     )
     tagging: bool = field(default=True, metadata={"help": "Append the paper's source tags to forward instructions."})
-    system_prompt: str | None = None
-    backward_prompt: str = DEFAULT_BACKWARD_PROMPT
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message of every training prompt (default: the template's own)."}
+    )
+    backward_prompt: str = field(
+        default=DEFAULT_BACKWARD_PROMPT,
+        metadata={"help": "The backward model's user turn; {output} is the output to write an instruction for."},
+    )
     chat_template_name: str | None = field(
         default=None,
         metadata={"help": "For tokenizers holding several named templates (Command R+): the one to use (default)."},
@@ -94,7 +117,13 @@ class HumpbackSFTArguments:
             "ends, for the next iteration (SelfCurationCallback)."
         },
     )
-    curation_output_dir: str | None = field(default=None, metadata={"help": "Default: <output_dir>/curation."})
+    curation_output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where curate_candidates' results go. Default: <output_dir>/_curation (the Hub push of the "
+            "adapter leaves out names starting with _, as it leaves out checkpoint-*)."
+        },
+    )
 
     def __post_init__(self) -> None:
         # A single path written as a YAML string instead of a list would otherwise be read character by character.
@@ -182,6 +211,52 @@ def configure(
         )
     if script_args.hub_prefix and not training_args.hub_model_id:
         training_args.hub_model_id = model_repo_id(script_args.hub_prefix, script_args.stage)
+    if model_args.use_peft and training_args.ddp_find_unused_parameters is None:
+        # Under DDP the frozen base weights never get gradients; DDP would search for them on every step and warn.
+        training_args.ddp_find_unused_parameters = False
+
+
+def check_target_modules(model_path: str, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    """Match `lora_target_modules` against the model's module names on a weightless (meta device) copy built from
+    its config, so a typo fails before the weights load; peft would refuse it only after loading them."""
+    targets = model_args.lora_target_modules
+    if not model_args.use_peft or not isinstance(targets, list) or "all-linear" in targets:
+        return
+    config = AutoConfig.from_pretrained(
+        model_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code)
+    names = [name for name, _ in model.named_modules()]
+    # peft's rule for a list: a module matches a target that is its whole name or the end of it after a dot.
+    missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if missing:
+        modules = model.named_modules()
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in modules if isinstance(module, torch.nn.Linear)})
+        raise ValueError(
+            f"lora_target_modules {missing} match no module of {model_path}; its linear layers are {linear} "
+            "(or use all-linear)"
+        )
+
+
+def check_scheduler(training_args: SFTConfig) -> None:
+    """Build the learning-rate scheduler on a dummy optimizer, so a wrong `lr_scheduler_kwargs` key fails before
+    the model loads instead of when training starts."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    steps = max(training_args.max_steps, 1)
+    try:
+        get_scheduler(
+            training_args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=training_args.get_warmup_steps(steps),
+            num_training_steps=steps,
+            scheduler_specific_kwargs=training_args.lr_scheduler_kwargs or {},
+        )
+    except (TypeError, ValueError) as error:
+        kind = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+        raise ValueError(
+            f"lr_scheduler_kwargs {training_args.lr_scheduler_kwargs} do not fit lr_scheduler_type {kind}: {error}"
+        ) from None
 
 
 def build_trainer(
@@ -193,9 +268,11 @@ def build_trainer(
 ) -> tuple[SFTTrainer, dict[str, int]]:
     """`user_keys`: the SFTConfig keys the recipe or command line set, which `paper_schedule` keeps."""
     check_training_args(training_args)
-    model_path = resolve_model(model_args.model_name_or_path)
+    model_path = resolve_model(check_local(model_args.model_name_or_path, "model_name_or_path"))
     dataset, counts = load_training_pairs(script_args)
     configure(training_args, script_args, model_args, len(dataset), user_keys)
+    check_scheduler(training_args)
+    check_target_modules(model_path, training_args, model_args)
     # SFTConfig's trust_remote_code (default False) reaches the model through TRL; the tokenizer is loaded here.
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
@@ -218,7 +295,7 @@ def build_trainer(
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    trainer = SFTTrainer(
+    trainer = HumpbackSFTTrainer(
         model=model_path,
         args=training_args,
         train_dataset=dataset,
@@ -229,6 +306,61 @@ def build_trainer(
         peft_config=get_peft_config(model_args),
     )
     return trainer, counts
+
+
+class ExactResumeMixin:
+    """For any Trainer: a resumed run trains exactly as the uninterrupted one would have."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        # TRL trains QLoRA adapters in bfloat16, but peft's load_adapter casts loaded adapters to float32
+        # (autocast_adapter_dtype), so a resumed 4-bit run would train the rest of its steps at another precision
+        # (adapters 1.5e-3 apart after 8 tiny steps). The dtypes are restored before the optimizer is built.
+        dtypes = {name: param.dtype for name, param in self.model.named_parameters() if param.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, param in self.model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+
+class HumpbackSFTTrainer(ExactResumeMixin, SFTTrainer):
+    """SFTTrainer whose resumed run trains exactly as the uninterrupted one would have."""
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The last complete checkpoint in `output_dir`. Checkpoints are written in place, file by file, with the trainer
+    state last: one killed while saving has no state file and is skipped (transformers' get_last_checkpoint would
+    resume from it and fail, or load a half-written optimizer)."""
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    folders = Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+    steps = {int(m.group(1)): path for path in folders if (m := pattern.match(path.name))}
+    complete = [step for step, path in steps.items() if (path / TRAINER_STATE).is_file()]
+    return str(steps[max(complete)]) if complete else None
+
+
+def finish_from_checkpoint(trainer: Trainer, checkpoint: str) -> None:
+    """A run killed after its last checkpoint: load it and end training without a step. transformers' train()
+    always takes one step before it checks max_steps, so resuming from step == max_steps would train step
+    max_steps + 1. The callbacks still see the training begin and end (self-curation runs at the end)."""
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+    handler = trainer.callback_handler
+    trainer.control = handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+    trainer.control = handler.on_train_end(trainer.args, trainer.state, trainer.control)
+
+
+def resume_and_train(trainer: Trainer) -> None:
+    """Train from `resume_from_checkpoint`, else from the last complete checkpoint in the output folder, never past
+    the planned steps: a checkpoint at the last step (a run killed after it, or a rerun that only publishes) ends
+    training without a step."""
+    checkpoint = trainer.args.resume_from_checkpoint or last_checkpoint(trainer.args.output_dir)
+    if checkpoint:
+        trainer.accelerator.print(f"Resuming from {checkpoint}")
+        state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+        planned = trainer.args.max_steps if trainer.args.max_steps > 0 else state.max_steps
+        if 0 < planned <= state.global_step:
+            finish_from_checkpoint(trainer, checkpoint)
+            return
+    trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def set_stop_tokens(trainer: SFTTrainer) -> list[int]:
@@ -299,11 +431,33 @@ def save_outputs(
             push_dataset(dataset, card, data_repo, private=private)
 
 
+# What Trainer.push_to_hub leaves out of the output folder it uploads (transformers' own patterns).
+PUSH_IGNORED = ("_*", f"{PREFIX_CHECKPOINT_DIR}-*")
+
+
+def curation_folder(script_args: HumpbackSFTArguments, training_args: SFTConfig) -> Path:
+    """The callback's output folder. Inside the adapter folder, it must be one the adapter's push leaves out: the
+    scored pool is a dataset of its own (pushed to `<hub_prefix>-curated-<k>`), not a file of the model repo."""
+    output_dir = Path(training_args.output_dir).resolve()
+    if not script_args.curation_output_dir:
+        return output_dir / "_curation"
+    folder = Path(script_args.curation_output_dir).resolve()
+    if training_args.push_to_hub and folder.is_relative_to(output_dir) and folder != output_dir:
+        top = folder.relative_to(output_dir).parts[0]
+        if not any(fnmatch(top, pattern) for pattern in PUSH_IGNORED):
+            raise ValueError(
+                f"curation_output_dir {script_args.curation_output_dir} is inside output_dir and would be pushed "
+                "with the adapter: name it _<something> there, or choose a folder outside output_dir."
+            )
+    return folder
+
+
 def curation_callback(
     script_args: HumpbackSFTArguments, training_args: SFTConfig, settings: CurationSettings
 ) -> SelfCurationCallback | None:
     if not script_args.curate_candidates:
         return None
+    folder = curation_folder(script_args, training_args)
     pools = [
         load_pairs(name, default_source="augmented", split=script_args.data_split)[0]
         for name in script_args.curate_candidates
@@ -312,7 +466,7 @@ def curation_callback(
     iteration = script_args.iteration + 1
     return SelfCurationCallback(
         candidates,
-        script_args.curation_output_dir or Path(training_args.output_dir) / "curation",
+        folder,
         settings,
         iteration=iteration,
         scorer=training_args.hub_model_id
@@ -322,6 +476,7 @@ def curation_callback(
             else training_args.output_dir
         ),
         hub_repo=curated_repo_id(script_args.hub_prefix, iteration) if script_args.hub_prefix else None,
+        private=training_args.hub_private_repo,
     )
 
 
@@ -333,16 +488,13 @@ def train(
     user_keys: Collection[str] = (),
 ) -> SFTTrainer:
     check_training_args(training_args)
+    # Before the candidate pool loads: a missing model folder fails at once.
+    check_local(model_args.model_name_or_path, "model_name_or_path")
     callback = curation_callback(script_args, training_args, curation or CurationSettings())
     trainer, counts = build_trainer(
         script_args, training_args, model_args, [callback] if callback else None, user_keys=user_keys
     )
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and Path(training_args.output_dir).is_dir():
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint:
-            trainer.accelerator.print(f"Resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    resume_and_train(trainer)
     save_outputs(trainer, script_args, model_args, counts)
     trainer.accelerator.print(f"Saved {script_args.stage} to {training_args.output_dir}")
     # The main process writes the card and data alone; tearing the process group down while it still works has

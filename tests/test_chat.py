@@ -1,11 +1,17 @@
 """`humpback chat` and `load_humpback`: a trained adapter answers with the training prompt layout and tags."""
 
 import json
+import time
 
 import pytest
+import torch
 import yaml
+from peft import PeftModel
+from sft_adapter import make_sft_adapter
+from transformers import AutoModelForCausalLM
 
 from humpback_trl import SEED_TAG, WEB_TAG, load_humpback
+from humpback_trl.modeling import InferenceModelArguments, load_model
 from humpback_trl.scripts import chat, sft
 
 
@@ -45,5 +51,35 @@ def test_cli_answers_prompts_from_arguments_and_a_file(adapter, tmp_path, capsys
     assert len(answers) == 2
     printed = capsys.readouterr().out
     assert ">>> Say 3." in printed and ">>> Name a color." in printed
-    with pytest.raises(SystemExit, match="needs --adapter"):
+    with pytest.raises(ValueError, match="needs --adapter"):
         chat.run(["--model_name_or_path", "x", "--prompt", "hi"])
+
+
+def test_a_merged_adapter_gives_the_logits_of_base_plus_adapter(tiny_model_dir, tmp_path):
+    folder = make_sft_adapter(tiny_model_dir, tmp_path / "m1")
+    merged, _ = load_model(InferenceModelArguments(adapter=str(folder), dtype="float32"))
+    assert not isinstance(merged, PeftModel), "a float base takes the adapter in"
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(folder)).eval()
+    ids = torch.tensor([[1, 5, 9, 20, 33, 41, 7]])
+    with torch.no_grad():
+        expected, got = unmerged(ids).logits, merged(ids).logits
+        with unmerged.disable_adapter():
+            assert (expected - unmerged(ids).logits).abs().max() > 1e-3  # the adapter changes them
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    quantized, _ = load_model(InferenceModelArguments(adapter=str(folder), dtype="float32", load_in_4bit=True))
+    assert isinstance(quantized, PeftModel), "a 4-bit base keeps the adapter beside it"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"adapter": "./missing/m2"}, "adapter: no such folder missing/m2"),
+        ({"adapter": "outputs/run/m2"}, "adapter: no such folder outputs/run/m2"),
+        ({"model_name_or_path": "~/no-such-base"}, "model_name_or_path: no such folder /"),
+    ],
+)
+def test_a_missing_local_model_fails_at_once_naming_the_option(arguments, message):
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=f"^{message}"):
+        load_model(InferenceModelArguments(**arguments))
+    assert time.perf_counter() - start < 5  # the Hub client retried such a name for about a minute

@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from humpback_trl import cli
 from humpback_trl.cli import COMMANDS, error_line
 from humpback_trl.cli_help import dataclass_options
 
@@ -97,3 +98,43 @@ def test_a_stage_process_dies_with_its_parent_even_on_kill_9():
     parent.wait()
     gone, alive = psutil.wait_procs(descendants, timeout=20)
     assert alive == []
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "path"),
+    [
+        (["chat", "--adapter", "./nowhere/m2", "--prompt", "hi"], "adapter", "nowhere/m2"),
+        (["curate", "--candidates", "c.jsonl", "--adapter", "/nowhere/m0"], "adapter", "/nowhere/m0"),
+        (["dpo", "--sft_adapter", "runs/x/m2"], "sft_adapter", "runs/x/m2"),
+    ],
+)
+def test_a_missing_local_model_fails_before_torch_loads(args, option, path):
+    start = time.perf_counter()
+    result = humpback(*args)
+    assert time.perf_counter() - start < 5
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"humpback {args[0]}: error: {option}: no such folder {path} (a Hub model is named ORG/NAME)"
+    )
+    assert not any(line.rstrip().endswith(" torch") for line in result.stderr.splitlines())
+
+
+def test_the_recipe_s_model_is_checked_unless_the_command_line_replaces_it(tmp_path):
+    recipe = tmp_path / "seed.yaml"
+    recipe.write_text("model_name_or_path: ~/no/such/model\ndata: [builtin:seed]\n")
+    result = humpback("sft", "--config", str(recipe))
+    assert result.returncode == 2 and "model_name_or_path: no such folder" in result.stderr.splitlines()[-1]
+    assert cli.model_paths(["--config", str(recipe), "--model_name_or_path", "org/name"]) == {
+        "model_name_or_path": "org/name"
+    }
+
+
+def test_every_option_of_our_dataclasses_has_a_description():
+    undescribed = {
+        f"{reference}.{option.name}"
+        for command in COMMANDS.values()
+        for reference in command.arguments
+        for option in dataclass_options(reference)
+        if not option.help
+    }
+    assert undescribed == set()

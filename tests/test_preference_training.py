@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import launch_cpu_processes
 from safetensors.torch import load_file
 from sft_adapter import make_sft_adapter
 
@@ -127,6 +128,18 @@ def test_kto_continues_the_sft_adapter_and_shuffles_the_rows(tmp_path, adapter, 
     assert "KTOTrainer" in card and "desirable**: 4" in card and "undesirable**: 4" in card
 
 
+@pytest.mark.parametrize("kind", ["dpo", "kto"])
+def test_two_cpu_processes_train_one_adapter(tmp_path, adapter, request, kind):
+    out = tmp_path / "ddp"
+    config = recipe(tmp_path, adapter, request.getfixturevalue(f"{kind}_file"), output_dir=str(out))
+    result = launch_cpu_processes("-m", f"humpback_trl.scripts.{kind}", "--config", config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 8 rows in batches of 4 x 2 processes take 1 step an epoch, so 2 steps end at epoch 2;
+    # one process would take 2 steps an epoch and end at epoch 1.
+    assert "'epoch': '2'" in result.stdout
+    check_saved(out, adapter, rows=8)
+
+
 def test_wrong_format_and_unknown_key_fail_with_their_names(tmp_path, adapter, dpo_file):
     with pytest.raises(KeyError, match=r"no column\(s\) \['completion', 'label'\] for KTO"):
         kto.run(["--config", recipe(tmp_path, adapter, dpo_file)])
@@ -145,3 +158,16 @@ def test_push_names_the_adapter_and_links_mk_and_the_preference_data(tmp_path, a
     card = (tmp_path / "out" / "README.md").read_text()
     assert "`me/hb-m2`" in card and "`me/hb-preferences-dpo`" in card and "`me/hb-m2-dpo-data`" in card
     assert "- me/hb-preferences-dpo" in card and "- me/hb-m2-dpo-data" in card  # the card's datasets metadata
+
+
+def test_a_rerun_after_the_last_checkpoint_trains_no_further_step(tmp_path, adapter, dpo_file):
+    """What `humpback run --push_to_hub true` does to a finished DPO stage: resume from its final checkpoint,
+    save (and push), without a training step; transformers alone would train step max_steps + 1."""
+    config = recipe(tmp_path, adapter, dpo_file, save_strategy="steps", save_steps=2, load_in_4bit=False)
+    dpo.run(["--config", config])
+    first = lora_weights(tmp_path / "out")
+    trainer = dpo.run(["--config", config])
+    assert trainer.state.global_step == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    second = lora_weights(tmp_path / "out")
+    assert all(torch.equal(first[key], second[key]) for key in first)

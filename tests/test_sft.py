@@ -1,6 +1,8 @@
 """The SFT entry point end to end on CPU: QLoRA on a tiny model, cards and data on disk, recipes parsed strictly."""
 
 import json
+import time
+import warnings
 
 import pytest
 import torch
@@ -57,7 +59,7 @@ def recipe(tmp_path, tiny_path, data_path, **overrides):
         "learning_rate": 5e-3,
         "lr_scheduler_type": "constant",
         "max_length": 256,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
@@ -153,15 +155,56 @@ def test_two_cpu_processes_train_one_adapter(tmp_path, tiny_path, data_path):
     # 24 pairs in batches of 8 rows x 2 processes take 2 steps an epoch, so 3 steps end at epoch 1.5;
     # one process would take 3 steps an epoch and end at epoch 1.
     assert "'epoch': '1.5'" in result.stdout
+    assert "find_unused_parameters" not in result.stderr  # set to False for LoRA: no DDP search, no warning
     assert len(list(out.glob("adapter_model.safetensors"))) == 1
 
 
 def test_push_names_the_adapter_and_training_set_after_the_prefix(tmp_path, tiny_path, data_path, recorded_pushes):
     """The real push calls, recorded instead of sent: an upload needs the network and a token."""
     pushed = recorded_pushes
-    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, max_steps=1, hub_prefix="me/hb")
-    sft.run(["--config", config, "--push_to_hub", "true"])
+    unset = {"activation_checkpointing": None}
+    config = recipe(tmp_path, tiny_path, data_path, load_in_4bit=False, max_steps=1, hub_prefix="me/hb", **unset)
+    # The filters in force, as a run has them (pytest's recwarn would show every warning, filtered or not).
+    with warnings.catch_warnings(record=True) as caught:
+        trainer = sft.run(["--config", config, "--push_to_hub", "true"])
+    # TRL's default (checkpointing on) through the current option name: no deprecation warning on the way.
+    assert trainer.args.activation_checkpointing is True
+    assert not [str(w.message) for w in caught if "checkpointing` is deprecated" in str(w.message)]
+    # DDP would search every step for the frozen base weights' gradients; a user's value is kept.
+    assert trainer.args.ddp_find_unused_parameters is False
     assert pushed == [("adapter", "me/hb-myx"), ("model card", "me/hb-myx"), ("data", "me/hb-myx-data", 24),
                       ("data card", "me/hb-myx-data")]  # fmt: skip
     card = (tmp_path / "out" / "README.md").read_text()
     assert "datasets:\n- me/hb-myx-data" in card and "`me/hb-myx-data`" in card
+
+
+def test_a_missing_local_model_fails_at_once_naming_the_option(tmp_path, tiny_path, data_path):
+    config = recipe(tmp_path, tiny_path, data_path, model_name_or_path=str(tmp_path / "no-such-model"))
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=f"^model_name_or_path: no such folder {tmp_path}/no-such-model"):
+        sft.run(["--config", config])
+    assert time.perf_counter() - start < 5  # the Hub client retried such a name for about a minute
+
+
+def test_a_wrong_scheduler_key_or_lora_target_fails_before_the_model_loads(tmp_path, tiny_path, data_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the trainer (and its model) must not be built")
+
+    monkeypatch.setattr(training.HumpbackSFTTrainer, "__init__", no_loading)
+    config = recipe(
+        tmp_path, tiny_path, data_path, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rato": 0.1}
+    )
+    with pytest.raises(ValueError, match=r"lr_scheduler_kwargs \{'min_lr_rato': 0.1\} do not fit .*cosine_with_min_lr"):
+        sft.run(["--config", config])
+    config = recipe(tmp_path, tiny_path, data_path, lora_target_modules=["q_proj", "v_prj"])
+    with pytest.raises(ValueError, match=r"lora_target_modules \['v_prj'\] match no module .* \[.*'v_proj'\]"):
+        sft.run(["--config", config])
+
+
+def test_a_user_ddp_setting_is_kept(tmp_path, tiny_path, data_path):
+    args = sft.make_parser().parse_args_and_config(
+        ["--config", recipe(tmp_path, tiny_path, data_path), "--ddp_find_unused_parameters", "true"]
+    )
+    script_args, training_args, model_args, _ = args
+    training.configure(training_args, script_args, model_args, num_examples=24)
+    assert training_args.ddp_find_unused_parameters is True

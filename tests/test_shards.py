@@ -137,7 +137,8 @@ def test_a_rerun_after_kill_9_redoes_only_unfinished_shards(tmp_path):
 def test_a_changed_job_is_refused_until_overwrite(tmp_path, items, shard_size, changed):
     run_sharded(documents(10), Recorder(), tmp_path, shard_size=4, show_progress=False)
     work = Recorder()
-    with pytest.raises(ValueError, match=rf"different job \({changed} .*overwrite=True"):
+    advice = "Remove .*shards to discard them, or choose another output_dir"
+    with pytest.raises(ValueError, match=rf"different job \({changed} .*{advice}"):
         run_sharded(items, work, tmp_path, shard_size=shard_size, show_progress=False)
     assert work.calls == []
 
@@ -154,6 +155,31 @@ def test_shards_of_another_model_or_setting_are_refused(tmp_path):
     assert work.calls == []
     run_sharded(documents(10), work, tmp_path, shard_size=4, show_progress=False, job={"model": "a"})
     assert work.calls == []
+
+
+def test_the_same_adapter_as_a_relative_or_absolute_path_is_the_same_job(tmp_path, monkeypatch):
+    adapter = tmp_path / "runs" / "m0"
+    adapter.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "runs")
+    out = tmp_path / "out"
+    run_sharded(documents(10), Recorder(), out, shard_size=4, show_progress=False, job={"adapter": "m0"})
+    work = Recorder()
+    data = run_sharded(documents(10), work, out, shard_size=4, show_progress=False, job={"adapter": str(adapter)})
+    assert work.calls == [] and len(data) == 10
+    # A Hub id or a prompt is no path: kept as written, and another value is still another job.
+    with pytest.raises(ValueError, match="different job"):
+        run_sharded(documents(10), work, out, shard_size=4, show_progress=False, job={"adapter": "org/m0"})
+
+
+def test_one_summary_line_per_stage_with_items_seconds_and_rate(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="humpback_trl.shards"):
+        run_sharded(documents(10), Recorder(), tmp_path, shard_size=4, show_progress=False, desc="Scoring")
+        run_sharded(documents(10), Recorder(), tmp_path, shard_size=4, show_progress=False, desc="Scoring")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Scoring: ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("Scoring: 10 items (10 in this run, 0 resumed) in ") and lines[0].endswith(" items/s")
+    assert lines[1].startswith("Scoring: 10 items (0 in this run, 10 resumed) in ")
+    assert lines[1].endswith("nothing left to do")
 
 
 def test_duplicate_or_missing_keys_are_refused_before_any_work(tmp_path):

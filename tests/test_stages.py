@@ -1,14 +1,21 @@
 """Self-augmentation, self-curation and the SelfCurationCallback, end to end on a tiny model on CPU."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import transformers.trainer
 import yaml
 from conftest import launch_cpu_processes
 from datasets import DatasetDict, load_from_disk
-from huggingface_hub import DatasetCard
+from huggingface_hub.utils import filter_repo_objects
+from transformers import Trainer
 
 from humpback_trl.scripts import augment, curate, sft
+
+# Taken before the recorded_pushes fixture replaces it.
+REAL_TRAINER_PUSH = Trainer.push_to_hub
 
 SEGMENTS = [
     {"segment_id": f"doc{i // 3}#{i % 3}", "text": f"Paragraph {i} explains how the {i}th tide tables are read. " * 4}
@@ -155,7 +162,7 @@ def forward_recipe(tmp_path, tiny_model_dir, **extra):
         "bf16": False,
         "max_steps": 2,
         "per_device_train_batch_size": 4,
-        "gradient_checkpointing": True,
+        "activation_checkpointing": True,
         "save_strategy": "no",
         "report_to": "none",
         "curate_candidates": str(candidates_file(tmp_path)),
@@ -167,27 +174,51 @@ def forward_recipe(tmp_path, tiny_model_dir, **extra):
     return path
 
 
-def test_callback_scores_candidates_with_the_trained_model(tmp_path, tiny_model_dir, monkeypatch):
-    pushed = []
+def test_callback_scores_candidates_and_the_adapter_push_leaves_them_out(
+    tmp_path, tiny_model_dir, monkeypatch, recorded_pushes
+):
+    """The real Trainer.push_to_hub down to its upload: the scored pool is a dataset of its own (pushed to
+    <prefix>-curated-1), never a file of the adapter's repo; checkpoints stay out too."""
     monkeypatch.setattr(
-        DatasetDict, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, sorted(self)))
+        DatasetDict, "push_to_hub", lambda self, repo, **kw: recorded_pushes.append(("data", repo, sorted(self)))
     )
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("card", repo)))
-    trainer = sft.run(["--config", str(forward_recipe(tmp_path, tiny_model_dir, hub_prefix="me/hb"))])
+    uploads = []
+    monkeypatch.setattr(Trainer, "push_to_hub", REAL_TRAINER_PUSH)
+    monkeypatch.setattr(
+        transformers.trainer, "hf_api", lambda: SimpleNamespace(upload_folder=lambda **kw: uploads.append(kw))
+    )
+    recipe = forward_recipe(tmp_path, tiny_model_dir, hub_prefix="me/hb", hub_private_repo=True)
+    push = ["--push_to_hub", "true", "--hub_strategy", "end", "--save_strategy", "steps", "--save_steps", "1"]
+    trainer = sft.run(["--config", str(recipe), *push])
     callback = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "SelfCurationCallback")
-    assert callback.summary["candidates"] == 10 and callback.summary["iteration"] == 1
+    assert callback.summary["candidates"] == 10 and callback.summary["iteration"] == 1 and callback.private is True
     assert trainer.model.training, "training mode must be restored after scoring"
-    scored = [json.loads(line) for line in (tmp_path / "m0" / "curation" / "scored.jsonl").read_text().splitlines()]
+    out = tmp_path / "m0"
+    scored = [json.loads(line) for line in (out / "_curation" / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == 10 and all(1 <= row["score"] <= 5 for row in scored)
     assert {row["scorer"] for row in scored} == {"me/hb-m0"}
-    assert pushed == [("data", "me/hb-curated-1", ["a4", "a5", "scored"]), ("card", "me/hb-curated-1")]
+    assert ("data", "me/hb-curated-1", ["a4", "a5", "scored"]) in recorded_pushes
+
+    [upload] = uploads
+    assert (upload["repo_id"], Path(upload["folder_path"])) == ("me/hb-m0", out)
+    files = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+    pushed = set(filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"]))
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= pushed
+    assert (out / "checkpoint-2").is_dir() and (out / "_curation" / "scored.jsonl").is_file()
+    assert not [name for name in pushed if name.startswith(("_curation/", "checkpoint-"))]
+
+
+def test_curation_results_inside_the_pushed_folder_are_refused(tmp_path, tiny_model_dir):
+    recipe = forward_recipe(tmp_path, tiny_model_dir, curation_output_dir=str(tmp_path / "m0" / "curation"))
+    with pytest.raises(ValueError, match="curation_output_dir .* would be pushed with the adapter"):
+        sft.run(["--config", str(recipe), "--push_to_hub", "true", "--hub_model_id", "me/hb-m0"])
 
 
 def test_callback_under_two_processes(tmp_path, tiny_model_dir):
     recipe = forward_recipe(tmp_path, tiny_model_dir)
     result = launch_cpu_processes("-m", "humpback_trl.scripts.sft", "--config", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
-    curation = tmp_path / "m0" / "curation"
+    curation = tmp_path / "m0" / "_curation"
     scored = load_from_disk(str(curation / "curated"))["scored"]
     assert sorted(scored["source_id"]) == sorted(
         json.loads(line)["source_id"] for line in open(candidates_file(tmp_path))

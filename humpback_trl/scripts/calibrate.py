@@ -56,8 +56,10 @@ class CalibrateArguments:
         metadata={"help": "Score with each of these rubric variants (verbatim, score-only); default curation_prompt."},
     )
     output_dir: str | None = field(default=None, metadata={"help": "Write calibration.json / .md and scores.jsonl."})
-    dtype: str = "auto"
-    load_in_4bit: bool = False
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."}
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the scorer in 4-bit nf4 (bitsandbytes)."})
 
     def __post_init__(self) -> None:
         self.scorer = [self.scorer] if isinstance(self.scorer, str) else list(self.scorer)

@@ -16,11 +16,15 @@ from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 
 
+def make_parser() -> TrlParser:
+    return TrlParser((ChatArguments, InferenceModelArguments))
+
+
 def run(argv: list[str] | None = None) -> list[str]:
     configure_logging(logging.INFO)
-    args, model_args = TrlParser((ChatArguments, InferenceModelArguments)).parse_args_and_config(argv)
+    args, model_args = make_parser().parse_args_and_config(argv)
     if not model_args.adapter:
-        raise SystemExit("humpback chat needs --adapter (a local folder or a Hub repo id)")
+        raise ValueError("humpback chat needs --adapter (a local folder or a Hub repo id)")
     prompts = read_prompts(args)
     bot = load_humpback(
         model_args.adapter,

@@ -21,12 +21,19 @@ from humpback_trl.curation import CurationSettings
 from humpback_trl.logs import configure_logging
 from humpback_trl.training import HumpbackSFTArguments, train
 
+CHECKPOINTING_KEYS = {"gradient_checkpointing", "activation_checkpointing"}
+
 
 def make_parser(subparsers=None) -> TrlParser:
     dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig, CurationSettings)
     if subparsers is not None:
-        return subparsers.add_parser("sft", help="Train a forward or backward model", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types)
+        parser = subparsers.add_parser("sft", help="Train a forward or backward model", dataclass_types=dataclass_types)
+    else:
+        parser = TrlParser(dataclass_types)
+    # TRL's SFTConfig defaults the deprecated `gradient_checkpointing` to True, which makes transformers warn on every
+    # run; without a default, run() sets TRL's True through the current name, `activation_checkpointing`.
+    parser.set_defaults(gradient_checkpointing=None)
+    return parser
 
 
 def user_keys(argv: Sequence[str]) -> set[str]:
@@ -48,8 +55,11 @@ def run(argv: list[str] | None = None) -> SFTTrainer:
     argv = sys.argv[1:] if argv is None else argv
     script_args, training_args, model_args, curation = make_parser().parse_args_and_config(argv)
     configure_logging(training_args.get_process_log_level())
+    keys = user_keys(argv)
+    if not keys & CHECKPOINTING_KEYS:
+        training_args.activation_checkpointing = training_args.gradient_checkpointing = True
     # train refuses ignored SFTConfig keys and a Hub token before it loads anything.
-    return train(script_args, training_args, model_args, curation, user_keys=user_keys(argv))
+    return train(script_args, training_args, model_args, curation, user_keys=keys)
 
 
 if __name__ == "__main__":
