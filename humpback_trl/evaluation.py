@@ -9,7 +9,8 @@ compares every two models' answers to each instruction.
   read from the next-token probabilities of "A" and "B" (no parsing), in both orders. A model wins an instruction
   only when both orders prefer it; otherwise it is a tie (Balanced Position Calibration, Wang et al. 2023). The raw
   probabilities are kept in `judgments.jsonl`; the share of consistent verdicts is the judge's position
-  consistency. Identical answers tie without a verdict.
+  consistency. Identical answers tie without a verdict. The judging instructions every prompt starts with run
+  once per shard and their KV cache is reused.
 - Report: per model, win / tie / loss against the reference (the first model by default: M0 in the loop) with the
   win rate (wins + ties / 2) and its 95% interval, and the mean answer length (a judge's length bias shows there).
 
@@ -35,11 +36,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat import TAG_CHOICES, load_humpback
 from humpback_trl.chat_template import encode, render
-from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.generation import CACHE_ARGUMENT, SamplingConfig, generate
 from humpback_trl.model_specs import model_arguments, release_memory, short_name
 from humpback_trl.modeling import load_model
 from humpback_trl.pairs import load_table
-from humpback_trl.scoring import ScoreCue, last_logits, option_cue
+from humpback_trl.scoring import ScoreCue, last_logits, option_cue, split_at_prefix
 from humpback_trl.shards import run_sharded
 
 logger = logging.getLogger(__name__)
@@ -78,19 +79,23 @@ class EvalArguments:
     )
     instructions_split: str = field(default="train", metadata={"help": "Split of a Hub dataset (alpaca_eval: eval)."})
     instructions_config: str | None = field(default=None, metadata={"help": "Config of a Hub dataset."})
-    instruction_column: str = "instruction"
+    instruction_column: str = field(default="instruction", metadata={"help": "Column of the instruction set."})
     max_instructions: int | None = field(default=None, metadata={"help": "Use only the first N instructions."})
-    output_dir: str = "outputs/eval"
+    output_dir: str = field(
+        default="outputs/eval", metadata={"help": "report.json / .md, winrate.png, judgments, model_outputs/."}
+    )
     tags: str = field(default="both", metadata={"help": "Source tags for adapters: both | seed | augmented | none."})
     greedy: bool = field(default=True, metadata={"help": "Greedy answers (false: nucleus sampling)."})
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 512
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature when greedy is false."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling top-p when greedy is false."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Answer length cap."})
     token_budget: int = field(default=16384, metadata={"help": "Tokens per generation batch."})
     judge_batch_size: int = field(default=4, metadata={"help": "Judge prompts per forward pass."})
     shard_size: int = field(default=64, metadata={"help": "Rows per resumable shard."})
-    dtype: str = "auto"
-    load_in_4bit: bool = False
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."}
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load every model in 4-bit nf4 (bitsandbytes)."})
 
     def __post_init__(self) -> None:
         self.models = [self.models] if isinstance(self.models, str) else list(self.models)
@@ -207,23 +212,52 @@ def judge_prompt(tokenizer: PreTrainedTokenizerBase, cue: ScoreCue, instruction:
     return render(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True) + cue.text
 
 
+def judge_prefix_ids(tokenizer: PreTrainedTokenizerBase, cue: ScoreCue) -> list[int]:
+    """The tokens every judge prompt starts with (system block, user header, the judging instructions): the longest
+    common token prefix of two prompts whose instructions differ, since the tokens before the instruction can merge
+    with it (as for the rubric, `scoring.rubric_prefix_ids`)."""
+    first, second = (encode(tokenizer, judge_prompt(tokenizer, cue, text, "x", "y")) for text in ("Alpha", "Zulu"))
+    length = 0
+    while length < min(len(first), len(second)) and first[length] == second[length]:
+        length += 1
+    return first[:length]
+
+
 def option_probabilities(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], cue: ScoreCue, batch_size: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cue: ScoreCue,
+    batch_size: int,
+    prefix_cache: bool = True,
 ) -> list[tuple[float, float]]:
-    """p("A") and p("B") under the judge's full next-token distribution after each prompt, in input order."""
+    """p("A") and p("B") under the judge's full next-token distribution after each prompt, in input order.
+
+    With `prefix_cache`, the judging instructions every prompt starts with are run once and their KV cache reused:
+    with short answers they are about half of each prompt's tokens."""
     encoded = [encode(tokenizer, prompt) for prompt in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     option_ids = list(cue.digit_ids)
     found: list[tuple[float, float]] = [(0.0, 0.0)] * len(encoded)
-    # Similar lengths share a batch, so little of each forward pass is padding.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    prefix_ids = judge_prefix_ids(tokenizer, cue) if prefix_cache else []
+    suffixes = split_at_prefix(prefix_ids, encoded) if prefix_ids else [None] * len(encoded)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            logits = last_logits(model, [encoded[i] for i in batch], pad_id)
-            probs = torch.softmax(logits, dim=-1)[:, option_ids].tolist()
-            for index, (p_a, p_b) in zip(batch, probs, strict=True):
-                found[index] = (p_a, p_b)
+        prefix = None
+        if any(suffix is not None for suffix in suffixes):
+            # use_cache explicitly: a model fresh from training with gradient checkpointing has it off.
+            output = model(input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1)
+            prefix = (prefix_ids, getattr(output, CACHE_ARGUMENT))
+        cached = [i for i, suffix in enumerate(suffixes) if suffix is not None]
+        plain = [i for i, suffix in enumerate(suffixes) if suffix is None]
+        for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
+            # Similar lengths share a batch, so little of each forward pass is padding.
+            order = sorted(indices, key=lambda i: len(rows[i]), reverse=True)
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
+                probs = torch.softmax(logits, dim=-1)[:, option_ids].tolist()
+                for index, (p_a, p_b) in zip(batch, probs, strict=True):
+                    found[index] = (p_a, p_b)
     return found
 
 
@@ -408,10 +442,9 @@ def table_markdown(table: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    lines = [
-        "# Evaluation",
-        "",
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """What was compared and how, the judge's position bias, and the table (the loop's report embeds these)."""
+    return [
         f"{report['instructions_count']} instructions from `{report['instructions']}`; judge `{report['judge']}` "
         f"(both orders, a win only when both agree); reference `{report['reference']}`.",
         f"Position consistency of the judge: {_fmt(report['position_consistency'])}; first-shown answer preferred "
@@ -420,9 +453,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
            "its own answers."] if report.get("judge_is_compared") else []),
         "",
         *table_markdown(report["table"]),
+    ]  # fmt: skip
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    lines = [
+        "# Evaluation",
+        "",
+        *summary_lines(report),
         "",
         "AlpacaEval outputs: " + ", ".join(f"`{path}`" for path in report["model_outputs"].values()),
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 

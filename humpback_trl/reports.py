@@ -3,8 +3,11 @@
 A report is a dict: top-level counts (seed pairs, documents, candidates, filters...) and a list of curation
 iterations, each with its scoring model, the count per score (bucket k = scores in [k, k + 1)), the unparsed count,
 A4, A5, mean lengths, a histogram in bins of 0.25 and the top-scored pairs. Per-score counts plus unparsed always
-add up to the candidates scored. The loop's report (pipeline.loop_report) adds the corpus funnel, the backward
-model's output with examples and each stage's wall time; scores.png draws each histogram with the A4/A5 thresholds.
+add up to the candidates scored; a curation iteration also counts the pairs kept out of A4 / A5 for low digit mass
+(`low_mass`) and may hold the judges' calibration on a labelled dev set (`calibration`). The loop's report
+(pipeline.loop_report) adds the corpus funnel, the backward model's output with examples, the preference data's
+counts (`preferences`), the evaluation (`evaluation`: the content of `humpback eval`'s report.json) and each stage's
+wall time; scores.png draws each histogram with the A4/A5 thresholds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
+
+from humpback_trl.calibration import calibration_markdown
 
 SCORES = (1, 2, 3, 4, 5)
 
@@ -127,6 +132,7 @@ def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
             ["score", *map(str, SCORES), "unparsed", "candidates"],
             [["count", *(it["per_score"][str(s)] for s in SCORES), it["unparsed"], it["candidates"]]],
         ),
+        *_low_mass_lines(it),
         "",
         *_table(
             ["data", "# examples", "instruction length (chars)", "output length (chars)"],
@@ -136,6 +142,8 @@ def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
             ],
         ),
     ]
+    if "calibration" in it:
+        lines += ["", *calibration_markdown(it["calibration"])]
     if it.get("top_pairs"):
         lines += ["", "Top-scored pairs (A5 marked):", ""]
         lines += _table(
@@ -143,6 +151,26 @@ def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
             [[p["score"], "yes" if p["a5"] else "no", p["instruction"], p["output"]] for p in it["top_pairs"]],
         )
     return lines
+
+
+def _low_mass_lines(it: Mapping[str, Any]) -> list[str]:
+    """The scored pairs A4 / A5 leave out whatever their score: the scorer put too little mass on the digits."""
+    if "low_mass" not in it:
+        return []
+    floor = it["min_score_mass"]
+    rule = f"digit mass < {floor:g}" if floor else "floor off: min_score_mass 0"
+    return ["", f"Kept out of A4 / A5 for low digit mass ({rule}): {it['low_mass']} of {it['candidates']} pairs."]
+
+
+def _evaluation_lines(evaluation: Mapping[str, Any]) -> list[str]:
+    # Imported here: evaluation loads peft and bitsandbytes, which only a report holding an evaluation needs.
+    from humpback_trl.evaluation import summary_lines
+
+    return ["", "## Evaluation", "", *summary_lines(evaluation)]
+
+
+def _preference_lines(preferences: Mapping[str, Any]) -> list[str]:
+    return ["", "## Preference data", "", *_table(["measure", "value"], list(preferences.items()))]
 
 
 def _backward_lines(backward: Mapping[str, Any]) -> list[str]:
@@ -171,6 +199,10 @@ def render_markdown(report: Mapping[str, Any], title: str = "Data funnel") -> st
         lines += _backward_lines(report["backward_model"])
     for it in report.get("iterations", []):
         lines += _iteration_lines(it)
+    if "preferences" in report:
+        lines += _preference_lines(report["preferences"])
+    if "evaluation" in report:
+        lines += _evaluation_lines(report["evaluation"])
     if "stage_seconds" in report:
         seconds = report["stage_seconds"]
         rows = [[name, "-" if value is None else f"{value:.0f}"] for name, value in seconds.items()]

@@ -171,6 +171,27 @@ def test_eval_command_on_tiny_models(tmp_path, tiny_tokenizer, tiny_model_dir) -
     assert eval_script.run(argv)["table"] == report["table"]
 
 
+def test_the_judge_prefix_cache_changes_no_probability_and_shortens_every_forward(tiny_model, tiny_tokenizer) -> None:
+    from humpback_trl.chat_template import encode
+
+    cue = evaluation.judge_cue(tiny_tokenizer)
+    prefix = evaluation.judge_prefix_ids(tiny_tokenizer, cue)
+    cases = [("Name a colour.", "Red.", "Blue is a colour."), ("Write a poem.", "Roses are red.", "No."),
+             ("Explain how photosynthesis works.", "Plants turn light into sugar.", "It is magic.")]  # fmt: skip
+    prompts = [evaluation.judge_prompt(tiny_tokenizer, cue, *case) for case in cases]
+    assert all(encode(tiny_tokenizer, prompt)[: len(prefix)] == prefix for prompt in prompts)
+    widths = []
+    tiny_model.register_forward_pre_hook(lambda _, args, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    cached = evaluation.option_probabilities(tiny_model, tiny_tokenizer, prompts, cue, batch_size=2)
+    cached_widths, widths[:] = list(widths), []
+    plain = evaluation.option_probabilities(tiny_model, tiny_tokenizer, prompts, cue, 2, prefix_cache=False)
+    flat = [p for pair in plain for p in pair]
+    assert [p for pair in cached for p in pair] == pytest.approx(flat, abs=1e-5)
+    # The judging instructions run once (the first forward), then only what follows them in each batch.
+    assert cached_widths[0] == len(prefix) and len(cached_widths) == 1 + len(widths)
+    assert all(c == w - len(prefix) for c, w in zip(cached_widths[1:], widths, strict=True))
+
+
 def test_model_names_resolve_to_adapter_or_base(tmp_path, tiny_model_dir) -> None:
     from humpback_trl.model_specs import model_arguments, short_name
 

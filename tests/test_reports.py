@@ -65,3 +65,48 @@ def test_markdown_has_every_section_and_table_cells_stay_on_one_line(tmp_path):
     assert "| myx | 100 |" in markdown and "| m0 | - |" in markdown and "| total | 112 |" in markdown
     assert markdown == render_markdown(report, "Humpback data funnel")
     assert [p.name for p in paths] == ["report.json", "report.md", "scores.png"] and paths[2].stat().st_size > 1000
+
+
+def test_funnel_shows_low_mass_calibration_preferences_and_the_evaluation_table():
+    pool = scored_pool([4.8, 2.0, 4.1, 4.9])
+    summary = curation_summary(
+        pool, pool.select([0, 2]), pool.select([0]), iteration=1, scorer="m0", mode="logits",
+        thresholds={"a4": 4.0, "a5": 4.5},
+    )  # fmt: skip
+    metrics = {"scorer": "m0", "pairs": 10, "good": 2, "auc": 0.75, "auc_by_kind": {"blog": 0.5},
+               "precision": {"a4": 0.5, "a5": None}, "recall": {"a4": 1.0, "a5": 0.0}}  # fmt: skip
+    summary |= {"min_score_mass": 0.5, "low_mass": 1, "calibration": {"dev_set": "builtin:dev", "scorers": [metrics]}}
+    row = {"model": "M1", "reference": "M0", "wins": 3, "ties": 1, "losses": 0, "n": 4, "win_rate": 0.875,
+           "ci_low": 0.6, "ci_high": 1.0, "position_consistency": 0.75, "mean_length": 120.4,
+           "reference_mean_length": 80.0}  # fmt: skip
+    evaluation = {"instructions": "builtin:eval", "instructions_count": 4, "judge": "out/m1", "reference": "M0",
+                  "judge_is_compared": "M1", "position_consistency": 0.75, "first_position_rate": 0.5,
+                  "table": [row], "model_outputs": {"M0": "e/M0.json", "M1": "e/M1.json"}}  # fmt: skip
+    report = {
+        "seed": 3,
+        "iterations": [summary],
+        "preferences": {"instructions": 8, "pairs": 5, "scorer": "out/m1"},
+        "evaluation": evaluation,
+    }
+    markdown = render_markdown(report)
+    assert "Kept out of A4 / A5 for low digit mass (digit mass < 0.5): 1 of 4 pairs." in markdown
+    assert (
+        "Judge calibration on `builtin:dev` (10 pairs, 2 good):\n\n"
+        "| scorer | AUC | AUC blog | A4 P / R | A5 P / R |\n|---|---|---|---|---|\n"
+        "| m0 | 0.75 | 0.50 | 0.50 / 1.00 | - / 0.00 |\n"
+    ) in markdown
+    assert "## Preference data\n\n| measure | value |\n|---|---|\n| instructions | 8 |\n| pairs | 5 |" in markdown
+    assert markdown.endswith(
+        "## Evaluation\n\n"
+        "4 instructions from `builtin:eval`; judge `out/m1` (both orders, a win only when both agree); "
+        "reference `M0`.\n"
+        "Position consistency of the judge: 0.75; first-shown answer preferred in 0.50 of verdicts.\n"
+        "Note: the judge is one of the compared models (M1): expect it to favour its own answers.\n\n"
+        "| model | vs | win | tie | loss | win rate (95% CI) | consistency | mean length (chars) |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| M1 | M0 | 3 | 1 | 0 | 0.88 (0.60-1.00) | 0.75 | 120 (ref 80) |\n"
+    )
+    # A report without those keys (written before #10) renders without those lines.
+    old = curation_summary(pool, pool, pool, iteration=1, scorer="m0", mode="logits", thresholds=summary["thresholds"])
+    plain = render_markdown({"iterations": [old]})
+    assert "low digit mass" not in plain and "calibration" not in plain
