@@ -1,28 +1,40 @@
 """The whole Humpback loop from one recipe folder (Li et al. 2024, Algorithm 1):
 
-    corpus -> myx (backward model) -> augment (M_yx writes instructions) -> m0 (seed model; its SelfCurationCallback
-    scores the candidates for iteration 1) -> m1 (seed + A5 of iteration 1; scores for iteration 2) -> ... -> mK
+    corpus -> myx (backward model) -> augment (M_yx writes instructions) -> m0 (seed model) -> curate-1 (M0 scores
+    the candidates) -> m1 (seed + A5 of iteration 1) -> curate-2 (M1 scores) -> ... -> mK
+    [-> preferences -> mK-dpo | mK-kto] [-> eval (every model answers one instruction set, a judge compares them)]
 
     humpback run recipes/quickstart/ [--from STAGE] [--key value ...]
     humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml
 
-The folder holds `loop.yaml` (these arguments) and one recipe per stage (corpus, backward, augment, seed, optionally
-magpie); every forward model M_k uses seed.yaml with its data extended. Each stage is an `accelerate launch` of
-the stage's entry point, printed before it starts, so it can be rerun by hand. A finished stage leaves a marker with
-a hash of its command, recipe and upstream hashes: a rerun skips finished stages, resumes an interrupted one
-(checkpoints and shards), and redoes, from scratch, a stage whose recipe or inputs changed. `model`,
-`backward_model` and `magpie_model` replace the recipes' models on the stages' command lines (so in their hashes).
-The report adds to the stages' own reports the corpus funnel, what the backward model wrote and each stage's time.
+The folder holds `loop.yaml` (these arguments) and one recipe per stage (corpus, backward, augment, seed, curate,
+and as used magpie, preferences, dpo / kto, eval); every forward model M_k uses seed.yaml with its data extended.
+Each stage is an `accelerate launch` of the stage's entry point, printed before it starts, so it can be rerun by hand.
+Curation is its own stage (`humpback curate` with M_{k-1}'s adapter), so training never scores and a changed
+augmentation does not retrain M0.
+
+A finished stage leaves a marker with a hash of what decides its result: the entry point, the recipe's parsed values
+with the stage's overrides (not comments, key order, hub, logging or process-count settings), the accelerate config's
+values, the content of the local files it reads, and the upstream stages' hashes. A rerun skips finished stages,
+resumes an interrupted one (checkpoints and shards), and moves the output of a stage whose hash changed aside
+(`<stage>.old-<time>`) before running it again. `--push_to_hub true` on a finished run publishes each stage (its
+command resumes: no training step, no scoring) instead of redoing it. The output folder is locked while a run writes
+it. `model`, `backward_model`, `magpie_model` and `judge_model` replace the recipes' models on the stages' command
+lines (so in their hashes). The report adds to the stages' own reports the corpus funnel, what the backward model
+wrote, the evaluation table and each stage's time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shlex
-import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,22 +46,57 @@ from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 
 MARKERS = ".stages"
+LOCK_FILE = ".humpback.lock"
+INPUT_DIGESTS = ".input_digests.json"  # content hashes of input files by path, size and mtime
 MAGPIE_USES = ("none", "candidates", "seed")
+PREFERENCES = ("none", "dpo", "kto")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Settings that change where results go or how a run is watched, not the results: they stay out of the stage hash,
+# so publishing a finished run, or watching it differently, redoes nothing.
+VOLATILE_PREFIXES = ("hub_", "logging_", "log_")
+VOLATILE_KEYS = frozenset(
+    {"push_to_hub", "report_to", "run_name", "disable_tqdm", "output_dir", "num_processes", "overwrite_output_dir"}
+)
+# Recipe keys that name what a stage reads: local files and folders among their values are hashed by content.
+INPUT_KEYS = frozenset(
+    {"data", "source", "oasst_seed", "corpus", "candidates", "instructions", "scored_pool", "model_name_or_path",
+     "adapter", "sft_adapter", "scorer_adapter", "calibration_dev_set", "curation_judges", "judge", "reference",
+     "tokenizer_name_or_path"}
+)  # fmt: skip
+# Keys of an accelerate config that say how many processes run where, not what they compute.
+LAUNCH_KEYS = frozenset(
+    {"num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port", "same_network",
+     "rdzv_backend", "main_training_function", "gpu_ids", "debug"}
+)  # fmt: skip
 
 
 @dataclass
 class LoopArguments:
     output_dir: str = field(default="outputs/humpback", metadata={"help": "One folder per stage goes under it."})
     iterations: int = field(default=2, metadata={"help": "Forward iterations K; the paper's Humpback is M2."})
-    accelerate_config: str = field(default="accelerate_configs/cpu.yaml", metadata={"help": "For every stage."})
-    num_processes: int = 1
-    hub_prefix: str | None = field(
-        default=None, metadata={"help": "With push_to_hub: <prefix>-myx, -m0, -candidates, ..."}
+    accelerate_config: str = field(
+        default="accelerate_configs/cpu.yaml",
+        metadata={"help": "For every stage; a relative path is also looked up beside the recipes and in the project."},
     )
-    push_to_hub: bool = False
+    num_processes: int = field(default=1, metadata={"help": "Processes per stage (accelerate launch)."})
+    hub_prefix: str | None = field(
+        default=None, metadata={"help": "With push_to_hub: <prefix>-myx, -m0, -candidates, -curated-1, ..."}
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Push every stage's adapter or datasets; on a finished run, publishes without redoing."},
+    )
     magpie: str = field(
         default="none",
         metadata={"help": "none | candidates (MAGPIE pairs join the pool and are curated) | seed (added to the seed)."},
+    )
+    preference: str = field(
+        default="none",
+        metadata={"help": "none | dpo | kto: after M_K, preference data from M_K's scores and a DPO / KTO stage."},
+    )
+    evaluate: bool = field(
+        default=True,
+        metadata={"help": "End with the eval stage (eval.yaml): every model answers one set, a judge compares them."},
     )
     model: str | None = field(
         default=None,
@@ -61,12 +108,20 @@ class LoopArguments:
     magpie_model: str | None = field(
         default=None, metadata={"help": "Aligned chat model of the MAGPIE stage, where it differs from model."}
     )
+    judge_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A fixed judge for the curate stages instead of self-curation by M_{k-1} (a model, not an adapter)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError("iterations must be at least 1")
         if self.magpie not in MAGPIE_USES:
             raise ValueError(f"magpie must be one of {MAGPIE_USES}, got {self.magpie!r}")
+        if self.preference not in PREFERENCES:
+            raise ValueError(f"preference must be one of {PREFERENCES}, got {self.preference!r}")
 
 
 @dataclass
@@ -76,36 +131,65 @@ class Stage:
     recipe: Path
     overrides: list[str]
     upstream: list[str]
+    pushes: bool = False
+    evaluated: bool = False  # a forward model the eval stage compares
 
-    def command(self, loop: LoopArguments) -> list[str]:
+    def command(self, loop: LoopArguments, accelerate_config: Path) -> list[str]:
         # Corpus preparation is one pass over the documents (global deduplication): never split across processes.
         processes = 1 if self.module == "humpback_trl.scripts.corpus" else loop.num_processes
+        hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if self.pushes and publishing(loop) else []
         return [
-            "accelerate", "launch", "--config_file", loop.accelerate_config, "--num_processes", str(processes),
-            "-m", self.module, "--config", str(self.recipe), *self.overrides,
+            "accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes", str(processes),
+            "-m", self.module, "--config", str(self.recipe), *self.overrides, *hub,
         ]  # fmt: skip
+
+
+def publishing(loop: LoopArguments) -> bool:
+    return bool(loop.push_to_hub and loop.hub_prefix)
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"The loop needs the recipe {path}")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of option: value, got {type(config).__name__}")
+    return config
+
+
+def find_accelerate_config(name: str, folder: Path) -> Path:
+    """The accelerate config as given, else beside the recipes or in the project, so `humpback run` works from any
+    working directory with the recipes' relative `accelerate_configs/...`."""
+    path = Path(name).expanduser()
+    places = [path] if path.is_absolute() else [path, folder / path, folder.parent / path, folder.parent.parent / path]
+    places += [] if path.is_absolute() else [PROJECT_ROOT / path]
+    for place in places:
+        if place.is_file():
+            return place.resolve()
+    raise FileNotFoundError(
+        f"accelerate_config {name!r} not found (looked in: {', '.join(str(p) for p in places)}); "
+        "set --accelerate_config to a file"
+    )
+
+
+def _listed(value: Any) -> list[str]:
+    """A recipe value that may be one string or a list of them, as a list."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return [str(item) for item in value] if isinstance(value, list | tuple) else []
 
 
 def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     """The stages of the loop in order, each with the overrides that chain it to the stages before it."""
     out = Path(loop.output_dir)
-    hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if loop.push_to_hub and loop.hub_prefix else []
     seed_recipe = folder / "seed.yaml"
-    seed_data = read_recipe(seed_recipe).get("data") or []
-    seed_data = [seed_data] if isinstance(seed_data, str) else [str(item) for item in seed_data]
+    seed_data = _listed(read_recipe(seed_recipe).get("data"))
     magpie_pairs = str(out / "magpie" / "magpie.jsonl")
     if loop.magpie == "seed":
         seed_data.append(magpie_pairs)
     candidates = [str(out / "augment" / "candidates.jsonl")]
     if loop.magpie == "candidates":
         candidates.append(magpie_pairs)
-    with_magpie = ["magpie"] if loop.magpie != "none" else []
     # Overrides go on each stage's command line, so they are part of its hash and a changed model reruns it.
     forward_model = model_override(loop.model)
     backward_model = model_override(loop.backward_model or loop.model)
@@ -115,73 +199,110 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
             "corpus", "humpback_trl.scripts.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []
         ),
         Stage(
-            "myx",
-            "humpback_trl.scripts.sft",
-            folder / "backward.yaml",
-            ["--output_dir", str(out / "myx"), *backward_model, *hub],
-            [],
+            "myx", "humpback_trl.scripts.sft", folder / "backward.yaml",
+            ["--output_dir", str(out / "myx"), *backward_model], [], pushes=True,
         ),
         Stage(
-            "augment",
-            "humpback_trl.scripts.augment",
-            folder / "augment.yaml",
-            [
-                "--corpus",
-                str(out / "corpus" / "dataset"),
-                "--adapter",
-                str(out / "myx"),
-                "--output_dir",
-                str(out / "augment"),
-                *backward_model,
-                *hub,
-            ],
-            ["corpus", "myx"],
+            "augment", "humpback_trl.scripts.augment", folder / "augment.yaml",
+            ["--corpus", str(out / "corpus" / "dataset"), "--adapter", str(out / "myx"),
+             "--output_dir", str(out / "augment"), *backward_model],
+            ["corpus", "myx"], pushes=True,
         ),
-    ]
-    if with_magpie:
+    ]  # fmt: skip
+    if loop.magpie != "none":
         stages.append(
             Stage(
-                "magpie",
-                "humpback_trl.scripts.magpie",
-                folder / "magpie.yaml",
-                ["--output_dir", str(out / "magpie"), *magpie_model, *hub],
-                [],
+                "magpie", "humpback_trl.scripts.magpie", folder / "magpie.yaml",
+                ["--output_dir", str(out / "magpie"), *magpie_model], [], pushes=True,
             )
-        )
+        )  # fmt: skip
+    seed_upstream = ["magpie"] if loop.magpie == "seed" else []
+    pool_upstream = ["augment"] + (["magpie"] if loop.magpie == "candidates" else [])
     for k in range(loop.iterations + 1):
-        data = seed_data + ([str(out / f"m{k - 1}" / "curation" / "a5.jsonl")] if k else [])
-        curation = ["--curate_candidates", *candidates] if k < loop.iterations else []
-        upstream = (["augment"] if k < loop.iterations else []) + ([f"m{k - 1}"] if k else []) + with_magpie
+        if k:
+            stages.append(curate_stage(folder, out, k, candidates, pool_upstream, loop, forward_model))
+        data = seed_data + ([str(out / f"curate-{k}" / "a5.jsonl")] if k else [])
         stages.append(
             Stage(
-                f"m{k}",
-                "humpback_trl.scripts.sft",
-                seed_recipe,
-                [
-                    "--output_dir",
-                    str(out / f"m{k}"),
-                    "--iteration",
-                    str(k),
-                    *(["--data", *data] if data else []),
-                    *curation,
-                    *forward_model,
-                    *hub,
-                ],
-                upstream,
+                f"m{k}", "humpback_trl.scripts.sft", seed_recipe,
+                ["--output_dir", str(out / f"m{k}"), "--iteration", str(k), *(["--data", *data] if data else []),
+                 *forward_model],
+                seed_upstream + ([f"curate-{k}"] if k else []), pushes=True, evaluated=True,
             )
-        )
+        )  # fmt: skip
+    if loop.preference != "none":
+        stages += preference_stages(folder, out, loop, forward_model)
+    if loop.evaluate:
+        stages.append(eval_stage(folder, out, [stage.name for stage in stages if stage.evaluated]))
     return stages
+
+
+def curate_stage(
+    folder: Path, out: Path, k: int, candidates: list[str], upstream: list[str], loop: LoopArguments, model: list[str]
+) -> Stage:
+    """curate-k: M_{k-1} (its adapter merged into its base) scores the pool; its A5 is M_k's added data."""
+    scorer = model_override(loop.judge_model) if loop.judge_model else ["--adapter", str(out / f"m{k - 1}"), *model]
+    return Stage(
+        f"curate-{k}", "humpback_trl.scripts.curate", folder / "curate.yaml",
+        ["--candidates", *candidates, "--iteration", str(k), "--output_dir", str(out / f"curate-{k}"), *scorer],
+        upstream + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True,
+    )  # fmt: skip
+
+
+def preference_stages(folder: Path, out: Path, loop: LoopArguments, model: list[str]) -> list[Stage]:
+    """preferences (M_K answers and scores: DPO pairs, or KTO rows from the last scored pool) -> mK-dpo | mK-kto."""
+    kind, last = loop.preference, f"m{loop.iterations}"
+    scored = str(out / f"curate-{loop.iterations}" / "scored.jsonl")
+    source = ["--instructions", scored] if kind == "dpo" else ["--scored_pool", scored]
+    return [
+        Stage(
+            "preferences", "humpback_trl.scripts.preferences", folder / "preferences.yaml",
+            ["--kind", kind, "--adapter", str(out / last), *source, "--output_dir", str(out / "preferences"), *model],
+            [last, f"curate-{loop.iterations}"], pushes=True,
+        ),
+        Stage(
+            f"{last}-{kind}", f"humpback_trl.scripts.{kind}", folder / f"{kind}.yaml",
+            ["--sft_adapter", str(out / last), "--sft_stage", last,
+             "--data", str(out / "preferences" / f"{kind}.jsonl"), "--output_dir", str(out / f"{last}-{kind}"), *model],
+            ["preferences"], pushes=True, evaluated=True,
+        ),
+    ]  # fmt: skip
+
+
+def eval_stage(folder: Path, out: Path, models: list[str]) -> Stage:
+    names = [name.upper() if name[1:].isdigit() else "M" + name[1:] for name in models]
+    return Stage(
+        "eval", "humpback_trl.scripts.eval", folder / "eval.yaml",
+        ["--models", *(str(out / name) for name in models), "--model_names", *names, "--output_dir", str(out / "eval")],
+        models,
+    )  # fmt: skip
 
 
 def model_override(name: str | None) -> list[str]:
     return ["--model_name_or_path", name] if name else []
 
 
+def override_values(overrides: list[str]) -> dict[str, Any]:
+    """`--key v1 v2 --flag v` as {key: [v1, v2], flag: v}."""
+    values: dict[str, Any] = {}
+    key = None
+    for token in overrides:
+        if token.startswith("--"):
+            key = token[2:]
+            values[key] = []
+        elif key is not None:
+            values[key].append(token)
+    return {name: items[0] if len(items) == 1 else items for name, items in values.items()}
+
+
+def stage_values(stage: Stage) -> dict[str, Any]:
+    """The recipe's parsed values with the stage's command-line overrides on top."""
+    return {**read_recipe(stage.recipe), **override_values(stage.overrides)}
+
+
 def stage_model(stage: Stage) -> str | None:
-    """The base model a stage loads: its override, else its recipe's (augment's comes from its adapter)."""
-    if "--model_name_or_path" in stage.overrides:
-        return stage.overrides[stage.overrides.index("--model_name_or_path") + 1]
-    return read_recipe(stage.recipe).get("model_name_or_path")
+    """The base model a stage loads: its override, else its recipe's (augment's and curate's come from adapters)."""
+    return stage_values(stage).get("model_name_or_path")
 
 
 def prepare_models(stages: list[Stage]) -> float:
@@ -194,25 +315,58 @@ def prepare_models(stages: list[Stage]) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def input_fingerprints(stage: Stage) -> dict[str, str]:
-    """Size and modification time of the local files a stage's recipe names (seed data, a local corpus), so that
-    editing them reruns the stage; outputs of upstream stages are covered by the upstream hashes instead."""
-    config = read_recipe(stage.recipe)
-    names = [config.get(key) for key in ("data", "source", "oasst_seed", "corpus")]
-    paths = [Path(n) for item in names if item for n in ([item] if isinstance(item, str) else item)]
-    return {str(p): f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths if p.is_file()}
+def result_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in values.items()
+        if key not in VOLATILE_KEYS and not key.startswith(VOLATILE_PREFIXES)
+    }
 
 
-def stage_hash(stage: Stage, loop: LoopArguments, upstream_hashes: list[str]) -> str:
+def content_digest(path: Path, cache: dict[str, str]) -> str:
+    """sha256 of a file, or of a folder's files and their relative names; `cache` (kept beside the markers) skips
+    files whose size and modification time have not changed since they were hashed."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        key = f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            with open(file, "rb") as handle:
+                cache[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}:{cache[key]}\n".encode())
+    return digest.hexdigest()
+
+
+def input_digests(values: dict[str, Any], out: Path, cache: dict[str, str]) -> dict[str, str]:
+    """Content hashes of the local files and folders a stage's values name (seed data, a local corpus, a local
+    model); outputs of this run's stages are covered by the upstream hashes instead."""
+    names = [name for key in INPUT_KEYS.intersection(values) for name in _listed(values[key])]
+    paths = [Path(name).expanduser() for name in names if ":" not in name]
+    local = [path for path in paths if path.exists() and not path.resolve().is_relative_to(out.resolve())]
+    return {str(path): content_digest(path, cache) for path in local}
+
+
+def portable(values: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Values with this run's output folder written as OUT, so the same run reached by another path hashes alike."""
+    prefix = str(out)
+    return json.loads(json.dumps(values).replace(json.dumps(prefix)[1:-1], "OUT"))
+
+
+def stage_hash(
+    stage: Stage, loop: LoopArguments, accelerate_config: Path, upstream_hashes: list[str], cache: dict[str, str]
+) -> str:
+    values = result_values(stage_values(stage))
+    launch = yaml.safe_load(accelerate_config.read_text(encoding="utf-8")) or {}
+    out = Path(loop.output_dir)
     payload = {
         "module": stage.module,
-        "recipe": stage.recipe.read_text(encoding="utf-8"),
-        "overrides": stage.overrides,
-        "accelerate": Path(loop.accelerate_config).read_text(encoding="utf-8"),
+        "values": portable(values, out),
+        "accelerate": {key: value for key, value in launch.items() if key not in LAUNCH_KEYS},
         "upstream": upstream_hashes,
-        "inputs": input_fingerprints(stage),
+        "inputs": input_digests(values, out, cache),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def marker_path(loop: LoopArguments, stage: Stage) -> Path:
@@ -223,11 +377,10 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def write_marker(path: Path, digest: str, status: str, command: list[str], seconds: float | None = None) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    marker = {"hash": digest, "status": status, "command": shlex.join(command), "seconds": seconds}
-    tmp.write_text(json.dumps(marker) + "\n")
+    tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -235,20 +388,44 @@ def stage_output(loop: LoopArguments, stage: Stage) -> Path:
     return Path(loop.output_dir) / stage.name
 
 
-def run_stage(stage: Stage, loop: LoopArguments, digest: str, force: bool) -> str:
-    """Run, resume or skip one stage; returns what happened."""
+def move_aside(path: Path) -> Path:
+    """Keep the output of a stage that must run again: inputs can change back, and its models took hours."""
+    target = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+        suffix += 1
+    path.rename(target)
+    return target
+
+
+def decide(previous: dict[str, Any] | None, digest: str, force: bool, loop: LoopArguments, stage: Stage) -> str:
+    """skip | publish (done, but not yet pushed to this hub prefix) | resume | run."""
+    same = bool(previous and previous["hash"] == digest and not force)
+    if same and previous["status"] == "done":
+        unpublished = stage.pushes and publishing(loop) and loop.hub_prefix not in previous.get("pushed", [])
+        return "publish" if unpublished else "skip"
+    return "resume" if same else "run"
+
+
+def run_stage(stage: Stage, loop: LoopArguments, accelerate_config: Path, digest: str, force: bool) -> str:
+    """Run, resume, publish or skip one stage; returns what happened."""
     marker = marker_path(loop, stage)
     previous = read_marker(marker)
-    if previous and previous["hash"] == digest and previous["status"] == "done" and not force:
+    action = decide(previous, digest, force, loop, stage)
+    if action == "skip":
         print(f"[humpback] {stage.name}: up to date, skipped")
         return "skipped"
-    resumed = bool(previous and previous["hash"] == digest and not force)
-    if not resumed and stage_output(loop, stage).exists():
-        # Outputs of another recipe, input or a forced restart: never resume from them.
-        shutil.rmtree(stage_output(loop, stage))
-    command = stage.command(loop)
-    print(f"[humpback] {stage.name}: {'resuming' if resumed else 'running'}\n  {shlex.join(command)}", flush=True)
-    write_marker(marker, digest, "started", command)
+    if action == "run" and stage_output(loop, stage).exists():
+        # Outputs of another recipe, input or a forced restart: never resume from them, never delete them.
+        kept = move_aside(stage_output(loop, stage))
+        print(f"[humpback] {stage.name}: its inputs changed; the previous output is kept in {kept}", flush=True)
+    command = stage.command(loop, accelerate_config)
+    label = {"publish": "publishing", "resume": "resuming", "run": "running"}[action]
+    print(f"[humpback] {stage.name}: {label}\n  {shlex.join(command)}", flush=True)
+    pushed = previous.get("pushed", []) if previous and action == "publish" else []
+    base = {"hash": digest, "command": shlex.join(command), "pushed": pushed}
+    write_json_atomic(marker, {**base, "status": "started", "seconds": previous.get("seconds") if previous else None})
     start = time.perf_counter()
     returncode = run_stage_process([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
     if returncode:
@@ -257,29 +434,63 @@ def run_stage(stage: Stage, loop: LoopArguments, digest: str, force: bool) -> st
             "command again: finished stages are skipped and this one resumes."
         )
     seconds = round(time.perf_counter() - start, 1)
-    write_marker(marker, digest, "done", command, seconds)
-    print(f"[humpback] {stage.name} finished in {seconds:.0f} s", flush=True)
-    return "resumed" if resumed else "ran"
+    if action == "publish":  # the stage's time stays the one of the run that made it
+        seconds = previous.get("seconds")
+    if stage.pushes and publishing(loop):
+        pushed = [*pushed, loop.hub_prefix]
+    write_json_atomic(marker, {**base, "status": "done", "seconds": seconds, "pushed": pushed})
+    print(f"[humpback] {stage.name} finished in {time.perf_counter() - start:.0f} s", flush=True)
+    return {"publish": "published", "resume": "resumed", "run": "ran"}[action]
+
+
+@contextmanager
+def locked(output_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder while a run writes it; a second run fails at once and names the
+    holder. flock is released by the kernel when the holder dies, so a killed run never leaves a stale lock."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+            raise OSError(
+                f"{output_dir} is being written by another humpback run (pid {holder}); wait for it to finish, "
+                "stop it, or choose another --output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = None) -> dict[str, Any]:
     folder = Path(folder)
+    accelerate_config = find_accelerate_config(loop.accelerate_config, folder)
     stages = plan(folder, loop)
     names = [stage.name for stage in stages]
     if start_from is not None and start_from not in names:
         raise ValueError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
-    model_seconds = prepare_models(stages)
-    hashes: dict[str, str] = {}
-    forced: set[str] = set()
-    for stage in stages:
-        # --from restarts that stage and what depends on it, not independent stages after it in the list.
-        if stage.name == start_from or forced.intersection(stage.upstream):
-            forced.add(stage.name)
-        hashes[stage.name] = stage_hash(stage, loop, [hashes[name] for name in stage.upstream])
-        run_stage(stage, loop, hashes[stage.name], force=stage.name in forced)
-    report = loop_report(loop, stages)
-    report["stage_seconds"] = {"models (resolve / convert)": model_seconds, **report["stage_seconds"]}
-    write_report(report, loop.output_dir, "Humpback data funnel")
+    out = Path(loop.output_dir)
+    with locked(out):
+        model_seconds = prepare_models(stages)
+        cache_path = out / INPUT_DIGESTS
+        cache = read_marker(cache_path) or {}
+        hashes: dict[str, str] = {}
+        forced: set[str] = set()
+        for stage in stages:
+            # --from restarts that stage and what depends on it, not independent stages after it in the list.
+            if stage.name == start_from or forced.intersection(stage.upstream):
+                forced.add(stage.name)
+            upstream = [hashes[name] for name in stage.upstream]
+            hashes[stage.name] = stage_hash(stage, loop, accelerate_config, upstream, cache)
+            write_json_atomic(cache_path, cache)
+            run_stage(stage, loop, accelerate_config, hashes[stage.name], force=stage.name in forced)
+        report = loop_report(loop, stages)
+        report["stage_seconds"] = {"models (resolve / convert)": model_seconds, **report["stage_seconds"]}
+        write_report(report, loop.output_dir, "Humpback data funnel")
     return report
 
 
@@ -318,7 +529,8 @@ def backward_output(candidates: list[dict[str, Any]], segments: int) -> dict[str
 
 def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
     """Seed, documents, candidates; the corpus funnel; what the backward model wrote; per iteration the curation
-    funnel and the size of M_k's training set; each stage's wall time."""
+    funnel and the size of M_k's training set; the preference data and the evaluation table when the loop made them;
+    each stage's wall time."""
     out = Path(loop.output_dir)
     corpus = _json(out / "corpus" / "corpus_counts.json")
     augment = _json(out / "augment" / "report.json")
@@ -335,21 +547,25 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
     report["backward_model"] = backward_output(_rows(out / "augment" / "candidates.jsonl"), augment["segments"])
     report["iterations"] = [
         {
-            **_json(out / f"m{k - 1}" / "curation" / "report.json")["iterations"][0],
+            **_json(out / f"curate-{k}" / "report.json")["iterations"][0],
             "trains": f"m{k}",
             "training_pairs": len(_rows(out / f"m{k}" / "training_data.jsonl")),
         }
         for k in range(1, loop.iterations + 1)
     ]
+    if loop.preference != "none":
+        report["preferences"] = _json(out / "preferences" / "report.json")
+    if loop.evaluate:
+        report["evaluation"] = _json(out / "eval" / "report.json")
     # The wall time of the run that finished each stage (a skipped stage keeps the time it took when it ran).
     report["stage_seconds"] = {stage.name: read_marker(marker_path(loop, stage)).get("seconds") for stage in stages}
     report["artifacts"] = {
         "backward model": str(out / "myx"),
-        **{f"M{k}": str(out / f"m{k}") for k in range(loop.iterations + 1)},
         "candidates": str(out / "augment" / "candidates.jsonl"),
-        **{
-            f"A5 iteration {k}": str(out / f"m{k - 1}" / "curation" / "a5.jsonl") for k in range(1, loop.iterations + 1)
-        },
+        **{f"A5 iteration {k}": str(out / f"curate-{k}" / "a5.jsonl") for k in range(1, loop.iterations + 1)},
+        **{stage.name.upper(): str(out / stage.name) for stage in stages if stage.evaluated},
+        **({"preference data": str(out / "preferences")} if loop.preference != "none" else {}),
+        **({"evaluation": str(out / "eval" / "report.md")} if loop.evaluate else {}),
     }
     return report
 

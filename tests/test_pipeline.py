@@ -1,8 +1,9 @@
-"""The whole loop on CPU: a consistent report, skipping finished stages, kill -9 and resume, --from, and reruns
-of stages whose recipe changed."""
+"""The whole loop on CPU: a consistent report, skipping finished stages, kill -9 and resume, --from, reruns of
+stages whose recipe changed (and only those), publishing a finished run without redoing it, the output-folder lock."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart"
 FAST = {  # the quickstart recipes, shortened so the loop runs in about a minute (on the tiny model, see below)
     "backward.yaml": {"max_steps": 3, "save_steps": 2},
-    "seed.yaml": {"max_steps": 3, "save_steps": 2, "curation_shard_size": 8},
+    "seed.yaml": {"max_steps": 3, "save_steps": 2},
+    "curate.yaml": {"curation_shard_size": 8},
     "augment.yaml": {"max_new_tokens": 8, "shard_size": 8, "max_segments": 12},
     "corpus.yaml": {},
     "magpie.yaml": {
@@ -29,7 +31,24 @@ FAST = {  # the quickstart recipes, shortened so the loop runs in about a minute
         "response_max_new_tokens": 8,
         "curate": False,
     },
+    "preferences.yaml": {"max_instructions": 3, "num_samples": 2, "max_new_tokens": 8, "shard_size": 4},
+    "dpo.yaml": {"max_steps": 2, "save_steps": 2, "per_device_train_batch_size": 2},
+    "eval.yaml": {"max_instructions": 2, "max_new_tokens": 8, "shard_size": 2},
 }
+STAGES = [
+    "corpus",
+    "myx",
+    "augment",
+    "magpie",
+    "m0",
+    "curate-1",
+    "m1",
+    "curate-2",
+    "m2",
+    "preferences",
+    "m2-dpo",
+    "eval",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +61,7 @@ def recipes(tmp_path_factory):
         **yaml.safe_load((QUICKSTART / "loop.yaml").read_text()),
         "accelerate_config": str(ROOT / "accelerate_configs/cpu.yaml"),
         "magpie": "candidates",
+        "preference": "dpo",
         # The quickstart recipes name the real model; the loop's override runs every stage on the tiny one.
         "model": "builtin:tiny-llama",
     }
@@ -79,7 +99,7 @@ def first_run(recipes, tmp_path_factory):
 
 def test_loop_report_is_consistent(first_run):
     out, output = first_run
-    assert statuses(output) == dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "m1", "m2"], "running")
+    assert statuses(output) == dict.fromkeys(STAGES, "running")
     assert "accelerate launch --config_file" in output and "-m humpback_trl.scripts.augment" in output
     report = json.loads((out / "report.json").read_text())
     assert report["seed"] == 181 and report["documents"] == 79 and report["candidates"] == 12
@@ -97,8 +117,26 @@ def test_loop_report_is_consistent(first_run):
         assert len(top) == 3 and top == sorted(top, reverse=True)
     assert {"report.md", "scores.png"} <= {p.name for p in out.iterdir()}
     assert "## Iteration 2" in (out / "report.md").read_text() and "Artifacts:" in output
-    for stage in ("myx", "m0", "m1", "m2"):
+    for stage in ("myx", "m0", "m1", "m2", "m2-dpo"):
         assert (out / stage / "adapter_model.safetensors").is_file()
+    # Curation has its own stages: the training folders hold no scores.
+    assert not any((out / stage / "curation").exists() for stage in ("m0", "m1", "m2"))
+    assert report["preferences"] == json.loads((out / "preferences" / "report.json").read_text())
+    evaluation = json.loads((out / "eval" / "report.json").read_text())
+    assert report["evaluation"] == evaluation
+    # Every later model against M0, the first one compared.
+    assert evaluation["reference"] == "M0"
+    assert [row["model"] for row in evaluation["table"]] == ["M1", "M2", "M2-dpo"]
+
+
+def test_preference_stage_continues_the_last_model_on_its_scores(first_run):
+    out, output = first_run
+    assert f"--kind dpo --adapter {out / 'm2'} --instructions {out / 'curate-2' / 'scored.jsonl'}" in output
+    pairs = [json.loads(line) for line in (out / "preferences" / "dpo.jsonl").read_text().splitlines()]
+    report = json.loads((out / "preferences" / "report.json").read_text())
+    assert report["pairs_kept"] == len(pairs)
+    config = json.loads((out / "m2-dpo" / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).name.startswith("tiny-llama-")
 
 
 def test_every_stage_ran_on_the_overriding_model(first_run):
@@ -106,7 +144,8 @@ def test_every_stage_ran_on_the_overriding_model(first_run):
     for stage in ("myx", "m0", "m1", "m2"):
         config = json.loads((out / stage / "adapter_config.json").read_text())
         assert Path(config["base_model_name_or_path"]).name.startswith("tiny-llama-"), stage
-    assert output.count("--model_name_or_path builtin:tiny-llama") == 6  # myx, augment, magpie, m0, m1, m2
+    # myx, augment, magpie, m0, curate-1, m1, curate-2, m2, preferences, m2-dpo
+    assert output.count("--model_name_or_path builtin:tiny-llama") == 10
 
 
 def test_report_shows_the_corpus_funnel_the_backward_output_and_stage_times(first_run):
@@ -122,10 +161,9 @@ def test_report_shows_the_corpus_funnel_the_backward_output_and_stage_times(firs
     assert backward["examples"] == [
         {"segment": pipeline.first_line(row["output"]), "instruction": row["instruction"]} for row in picks
     ]
-    stages = ["corpus", "myx", "augment", "magpie", "m0", "m1", "m2"]
-    assert list(report["stage_seconds"]) == ["models (resolve / convert)", *stages]
-    assert all(report["stage_seconds"][stage] > 0 for stage in stages)
-    assert all(f"[humpback] {stage} finished in " in output for stage in stages)
+    assert list(report["stage_seconds"]) == ["models (resolve / convert)", *STAGES]
+    assert all(report["stage_seconds"][stage] > 0 for stage in STAGES)
+    assert all(f"[humpback] {stage} finished in " in output for stage in STAGES)
     markdown = (out / "report.md").read_text()
     for heading in ("## Corpus funnel", "## Backward model output", "## Wall time per stage", "Top-scored pairs"):
         assert heading in markdown
@@ -138,22 +176,81 @@ def test_model_overrides_are_in_every_stage_command_and_hash(recipes, tmp_path):
     split = pipeline.LoopArguments(**{**vars(base), "model": "fwd", "backward_model": "bwd", "magpie_model": "chat"})
     models = {stage.name: pipeline.stage_model(stage) for stage in pipeline.plan(recipes, split)}
     assert models == {
-        "corpus": None, "myx": "bwd", "augment": "bwd", "magpie": "chat", "m0": "fwd", "m1": "fwd", "m2": "fwd"
+        "corpus": None, "myx": "bwd", "augment": "bwd", "magpie": "chat", "m0": "fwd", "curate-1": "fwd", "m1": "fwd",
+        "curate-2": "fwd", "m2": "fwd", "preferences": "fwd", "m2-dpo": "fwd", "eval": None,
     }  # fmt: skip
     # Without overrides each stage loads its recipe's model (augment: the base its adapter names).
     plain = {stage.name: pipeline.stage_model(stage) for stage in pipeline.plan(recipes, base)}
     assert plain["myx"] == plain["m0"] == plain["magpie"] == "builtin:smollm2-135m-instruct"
     assert plain["augment"] is None
 
-    def hashes(loop):
-        found = {}
-        for stage in pipeline.plan(recipes, loop):
-            found[stage.name] = pipeline.stage_hash(stage, loop, [found[name] for name in stage.upstream])
-        return found
-
     other = pipeline.LoopArguments(**{**vars(split), "backward_model": "bwd2"})
-    changed = {name for name, digest in hashes(other).items() if hashes(split)[name] != digest}
-    assert changed == {"myx", "augment", "m0", "m1", "m2"}  # the backward model and everything downstream of it
+    changed = {name for name, digest in hashes(recipes, other).items() if hashes(recipes, split)[name] != digest}
+    # The backward model and everything downstream of it; M0 trains on the seed alone and stays.
+    assert changed == {"myx", "augment", "curate-1", "m1", "curate-2", "m2", "preferences", "m2-dpo", "eval"}
+
+
+def hashes(recipes, loop):
+    config = pipeline.find_accelerate_config(loop.accelerate_config, recipes)
+    found = {}
+    for stage in pipeline.plan(recipes, loop):
+        found[stage.name] = pipeline.stage_hash(stage, loop, config, [found[name] for name in stage.upstream], {})
+    return found
+
+
+def loop_arguments(recipes, out, **changes):
+    loop = run_script.make_parser().parse_args_and_config(["--config", str(recipes / "loop.yaml")])[0]
+    return pipeline.LoopArguments(**{**vars(loop), "output_dir": str(out), **changes})
+
+
+def test_hash_ignores_comments_key_order_hub_logging_and_process_count(recipes, tmp_path):
+    loop = loop_arguments(recipes, tmp_path / "out")
+    before = hashes(recipes, loop)
+    edited = tmp_path / "recipes"
+    edited.mkdir()
+    for recipe in recipes.iterdir():
+        config = yaml.safe_load(recipe.read_text())
+        if recipe.name == "seed.yaml":
+            config = {**dict(reversed(config.items())), "logging_steps": 1, "report_to": "tensorboard"}
+            config |= {"hub_private_repo": True, "push_to_hub": True}
+        (edited / recipe.name).write_text("# a comment\n" + yaml.safe_dump(config, sort_keys=False))
+    published = pipeline.LoopArguments(
+        **{**vars(loop), "push_to_hub": True, "hub_prefix": "org/run", "num_processes": 4}
+    )
+    assert hashes(edited, published) == before
+    # The same output folder reached by an absolute or a relative path hashes alike.
+    relative = pipeline.LoopArguments(**{**vars(loop), "output_dir": os.path.relpath(tmp_path / "out")})
+    assert hashes(recipes, relative) == before
+    # A value that changes the result does change the hash, of that stage and what depends on it.
+    config = yaml.safe_load((recipes / "curate.yaml").read_text())
+    (edited / "curate.yaml").write_text(yaml.safe_dump({**config, "curation_mode": "generate"}))
+    changed = {name for name, digest in hashes(edited, loop).items() if before[name] != digest}
+    assert changed == {"curate-1", "m1", "curate-2", "m2", "preferences", "m2-dpo", "eval"}
+
+
+def test_local_inputs_are_hashed_by_content(recipes, tmp_path):
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text('{"instruction": "a", "output": "b"}\n')
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    for recipe in recipes.iterdir():
+        (folder / recipe.name).write_text(recipe.read_text())
+    config = yaml.safe_load((recipes / "seed.yaml").read_text())
+    (folder / "seed.yaml").write_text(yaml.safe_dump({**config, "data": [str(seed)]}))
+    loop = loop_arguments(folder, tmp_path / "out")
+    before = hashes(folder, loop)
+    os.utime(seed, (0, 0))  # touched, same content: nothing to redo
+    assert hashes(folder, loop) == before
+    seed.write_text('{"instruction": "a", "output": "c"}\n')
+    assert hashes(folder, loop)["m0"] != before["m0"]
+
+
+def test_accelerate_config_is_found_from_any_working_directory(recipes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    found = pipeline.find_accelerate_config("accelerate_configs/cpu.yaml", recipes)
+    assert found == (ROOT / "accelerate_configs" / "cpu.yaml").resolve()
+    with pytest.raises(FileNotFoundError, match="accelerate_config 'nope.yaml' not found"):
+        pipeline.find_accelerate_config("nope.yaml", recipes)
 
 
 def test_rerun_skips_every_finished_stage(recipes, first_run):
@@ -162,9 +259,59 @@ def test_rerun_skips_every_finished_stage(recipes, first_run):
     assert set(statuses(output).values()) == {"up to date"}
 
 
+def test_publishing_a_finished_run_pushes_every_stage_without_redoing_it(recipes, first_run, tmp_path, monkeypatch):
+    out = tmp_path / "published"
+    shutil.copytree(first_run[0], out)
+    commands = []
+    monkeypatch.setattr(pipeline, "run_stage_process", lambda command: commands.append(command) or 0)
+    markers = {path.name: json.loads(path.read_text()) for path in (out / pipeline.MARKERS).glob("*.json")}
+    loop = loop_arguments(recipes, out, push_to_hub=True, hub_prefix="org/run")
+    pipeline.run_loop(recipes, loop)
+    # Each stage that pushes reruns its own command once with the hub flags: it resumes from its final checkpoint or
+    # finished shards, so nothing trains or scores again; corpus and eval push nothing and are skipped.
+    ran = [next(arg for arg in command if arg.startswith("humpback_trl.scripts."))[21:] for command in commands]
+    assert ran == ["sft", "augment", "magpie", "sft", "curate", "sft", "curate", "sft", "preferences", "dpo"]
+    assert all(command[-4:] == ["--hub_prefix", "org/run", "--push_to_hub", "true"] for command in commands)
+    for name, marker in markers.items():
+        after = json.loads((out / pipeline.MARKERS / name).read_text())
+        assert after["hash"] == marker["hash"] and after["seconds"] == marker["seconds"], name
+    commands.clear()
+    pipeline.run_loop(recipes, loop)  # already published to this prefix
+    assert commands == []
+
+
+def test_a_second_run_on_a_locked_folder_fails_at_once(recipes, tmp_path):
+    out = tmp_path / "locked"
+    with pipeline.locked(out):
+        start = time.monotonic()
+        process = humpback_run(recipes, out)
+        output, _ = process.communicate(timeout=120)
+        assert time.monotonic() - start < 30
+    assert process.returncode == 2
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"{out} is being written by another humpback run (pid {os.getpid()}); wait for it to finish, stop it, "
+            "or choose another --output_dir"
+        )
+    )
+    assert not (out / pipeline.MARKERS).exists()
+
+
+# The rerun tests stop the loop at M1 (`--iterations 1`, no preference or eval stage): the hashes of the stages up to
+# M1 do not depend on how many follow, and the first run already covered the rest.
+SHORT = ["--iterations", "1", "--preference", "none", "--evaluate", "false"]
+
+
 def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path):
     out = tmp_path / "killed"
-    process = humpback_run(recipes, out, start_new_session=True)
+    (out / pipeline.MARKERS).mkdir(parents=True)
+    # The stages before M0 are copied from the first run (with their markers): they are up to date here too.
+    for stage in ("corpus", "myx", "augment", "magpie"):
+        shutil.copytree(first_run[0] / stage, out / stage)
+        shutil.copy(first_run[0] / pipeline.MARKERS / f"{stage}.json", out / pipeline.MARKERS / f"{stage}.json")
+    process = humpback_run(recipes, out, *SHORT, start_new_session=True)
     marker = out / pipeline.MARKERS / "m0.json"
     deadline = time.monotonic() + 300
     while not (marker.is_file() and json.loads(marker.read_text())["status"] == "started"):
@@ -174,46 +321,53 @@ def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "report.json").exists()
-    output = finish(humpback_run(recipes, out))
+    output = finish(humpback_run(recipes, out, *SHORT))
     assert statuses(output) == {
-        "corpus": "up to date",
-        "myx": "up to date",
-        "augment": "up to date",
-        "magpie": "up to date",
+        **dict.fromkeys(["corpus", "myx", "augment", "magpie"], "up to date"),
         "m0": "resuming",
+        "curate-1": "running",
         "m1": "running",
-        "m2": "running",
     }
-    # The same data and report, except how long each stage took.
+    # The same data and report as the first run's, up to M1, except how long each stage took.
     expected = json.loads((first_run[0] / "report.json").read_text().replace(str(first_run[0]), "OUT"))
     resumed = json.loads((out / "report.json").read_text().replace(str(out), "OUT"))
-    assert expected.pop("stage_seconds").keys() == resumed.pop("stage_seconds").keys()
-    assert resumed == expected
+    assert resumed["iterations"] == expected["iterations"][:1]
+    for key in ("seed", "documents", "segments", "candidates", "magpie_pairs", "corpus_funnel", "backward_model"):
+        assert resumed[key] == expected[key], key
+    assert list(resumed["stage_seconds"]) == ["models (resolve / convert)", *STAGES[:7]]
 
 
 def test_from_forces_a_restart_of_that_stage_and_its_dependents(recipes, first_run):
     out, _ = first_run
-    output = finish(humpback_run(recipes, out, "--from", "augment"))
-    # MAGPIE comes after augment in the list but does not depend on it.
+    output = finish(humpback_run(recipes, out, *SHORT, "--from", "augment"))
+    # MAGPIE comes after augment in the list but does not depend on it, and M0 trains on the seed alone.
     assert statuses(output) == {
-        **dict.fromkeys(["corpus", "myx", "magpie"], "up to date"),
-        **dict.fromkeys(["augment", "m0", "m1", "m2"], "running"),
+        **dict.fromkeys(["corpus", "myx", "magpie", "m0"], "up to date"),
+        **dict.fromkeys(["augment", "curate-1", "m1"], "running"),
     }
     with pytest.raises(ValueError, match="not a stage"):
         run_script.run([str(recipes), "--output_dir", str(out), "--from", "m9"])
 
 
-def test_changed_recipe_reruns_that_stage_and_downstream(recipes, first_run):
+def test_changed_recipe_reruns_that_stage_and_downstream_keeping_the_old_output(recipes, first_run):
     out, _ = first_run
     original = (recipes / "seed.yaml").read_text()
-    (recipes / "seed.yaml").write_text(yaml.safe_dump({**yaml.safe_load(original), "max_steps": 2}))
+    (recipes / "seed.yaml").write_text(
+        "# only a comment and the key order differ\n" + yaml.safe_dump(dict(reversed(yaml.safe_load(original).items())))
+    )
     try:
-        output = finish(humpback_run(recipes, out))
+        assert set(statuses(finish(humpback_run(recipes, out, *SHORT))).values()) == {"up to date"}
+        (recipes / "seed.yaml").write_text(yaml.safe_dump({**yaml.safe_load(original), "max_steps": 2}))
+        output = finish(humpback_run(recipes, out, *SHORT))
     finally:
         (recipes / "seed.yaml").write_text(original)  # the module's recipes stay as the other tests expect
     assert statuses(output) == {
         **dict.fromkeys(["corpus", "myx", "augment", "magpie"], "up to date"),
-        **dict.fromkeys(["m0", "m1", "m2"], "running"),
+        **dict.fromkeys(["m0", "curate-1", "m1"], "running"),
     }
     state = json.loads((out / "m0" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and not (out / "m0" / "checkpoint-3").exists()
+    # The first M0 is moved aside, not deleted.
+    (old,) = out.glob("m0.old-*")
+    assert (old / "checkpoint-3").is_dir() and (old / "adapter_model.safetensors").is_file()
+    assert f"[humpback] m0: its inputs changed; the previous output is kept in {old}" in output

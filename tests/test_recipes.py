@@ -18,7 +18,8 @@ MODULES = {
     "corpus.yaml": "humpback_trl.scripts.corpus",
     "augment.yaml": "humpback_trl.scripts.augment",
     "magpie.yaml": "humpback_trl.scripts.magpie",
-    # Preference stages (issue 13), run by hand after the loop.
+    "curate.yaml": "humpback_trl.scripts.curate",
+    # Preference stages (issue 13): `preference: dpo | kto` in the loop, or by hand.
     "preferences.yaml": "humpback_trl.scripts.preferences",
     "dpo.yaml": "humpback_trl.scripts.dpo",
     "kto.yaml": "humpback_trl.scripts.kto",
@@ -54,14 +55,20 @@ def assert_local_reference_exists(name):
         assert name.count("/") == 1, f"{name} is neither a local file nor a Hub id"
 
 
+@pytest.mark.parametrize("preference", ["none", "dpo", "kto"])
 @pytest.mark.parametrize("loop_file", LOOP_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_loop_and_its_stages_parse(loop_file, monkeypatch):
+def test_loop_and_its_stages_parse(loop_file, preference, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
-    (loop,) = run_script.make_parser().parse_args_and_config(["--config", str(loop_file)])
+    argv = ["--config", str(loop_file), "--preference", preference, "--output_dir", str(tmp_path)]
+    (loop,) = run_script.make_parser().parse_args_and_config(argv)
     assert (ROOT / loop.accelerate_config).is_file()
     stages = pipeline.plan(loop_file.parent, loop)
     names = [stage.name for stage in stages]
-    assert names[:3] == ["corpus", "myx", "augment"] and names[-1] == f"m{loop.iterations}"
+    for name in names:  # the adapters that later stages load must exist: a missing local model fails at parse time
+        (tmp_path / name).mkdir()
+    last = f"m{loop.iterations}" + ("" if preference == "none" else f"-{preference}")
+    assert names[:3] == ["corpus", "myx", "augment"] and names[-2:] == [last, "eval"]
+    assert names[4:7] == ["curate-1", "m1", "curate-2"] if loop.iterations > 1 else True
     for stage in stages:
         assert all(name in names[: names.index(stage.name)] for name in stage.upstream)
         parse_stage(stage.module, stage.recipe, stage.overrides)

@@ -1,39 +1,64 @@
-"""Standalone self-curation: a forward model scores a candidate pool and writes the scored pool, A4 and A5.
+"""`humpback curate`: a forward model scores a candidate pool and writes the scored pool, A4 and A5.
 
-    humpback curate --candidates outputs/quickstart/augment/candidates.jsonl --adapter outputs/quickstart/m0
+    humpback curate --config recipes/quickstart/curate.yaml \
+        --candidates outputs/quickstart/augment/candidates.jsonl --adapter outputs/quickstart/m0 --iteration 1
     accelerate launch -m humpback_trl.scripts.curate --config ...
 
-Inside the loop the same engine runs from the SelfCurationCallback at the end of the forward model's training.
+In the loop this is the curate-k stage: M_{k-1}'s adapter, merged into its base for inference, scores the pool for
+iteration k in its own process and folder, so no training job ever scores (FSDP / ZeRO-3 training works, and the
+pushed adapters carry no curation files). The SelfCurationCallback runs the same engine inside a training job for
+those who want that.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
-from datasets import DatasetDict
+from accelerate import PartialState
+from datasets import DatasetDict, concatenate_datasets
 from trl import TrlParser
 
-from humpback_trl.curation import CurationSettings, curate
+from humpback_trl.curation import CurationSettings, curate, load_scorer
 from humpback_trl.hub import curated_repo_id
-from humpback_trl.modeling import InferenceModelArguments, load_model
+from humpback_trl.logs import configure_logging
+from humpback_trl.modeling import InferenceModelArguments
 from humpback_trl.pairs import load_pairs
 
 
 @dataclass
 class CurateArguments:
-    candidates: str = field(metadata={"help": "Candidate pairs: a file, a folder or a Hub dataset id."})
-    candidates_split: str = "train"
+    candidates: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Candidate pairs: files, folders or Hub dataset ids, scored as one pool (in order)."},
+    )
+    candidates_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
     iteration: int = field(default=1, metadata={"help": "The iteration whose training data this curation selects."})
-    output_dir: str = "outputs/curate"
+    output_dir: str = field(
+        default="outputs/curate", metadata={"help": "Scored pool, a4 / a5 (jsonl and save_to_disk), report, card."}
+    )
     hub_prefix: str | None = field(default=None, metadata={"help": "Push to <hub_prefix>-curated-<iteration>."})
-    push_to_hub: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the curated splits to the Hub (with hub_prefix)."})
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the dataset repository private (default: the Hub's default)."}
+    )
+
+    def __post_init__(self) -> None:
+        self.candidates = [self.candidates] if isinstance(self.candidates, str) else list(self.candidates)
+        if not self.candidates:
+            raise ValueError("Set --candidates: the pool to score (files, folders or Hub dataset ids).")
+        if self.push_to_hub and not self.hub_prefix:
+            raise ValueError("push_to_hub needs --hub_prefix (the curated splits go to <hub_prefix>-curated-<k>).")
 
 
 def run(argv: list[str] | None = None) -> DatasetDict:
+    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
     args, model_args, settings = make_parser().parse_args_and_config(argv)
-    candidates, _ = load_pairs(args.candidates, default_source="augmented", split=args.candidates_split)
-    model, tokenizer = load_model(model_args)
-    hub_repo = curated_repo_id(args.hub_prefix, args.iteration) if args.push_to_hub and args.hub_prefix else None
+    pools = [load_pairs(name, default_source="augmented", split=args.candidates_split)[0] for name in args.candidates]
+    candidates = concatenate_datasets(pools) if len(pools) > 1 else pools[0]
+    # transformers (the adapter merged into its base) or a vLLM engine serving it: curation_engine decides.
+    model, tokenizer = load_scorer(model_args, settings)
+    hub_repo = curated_repo_id(args.hub_prefix, args.iteration) if args.push_to_hub else None
     curated, summary = curate(
         model,
         tokenizer,
@@ -43,11 +68,13 @@ def run(argv: list[str] | None = None) -> DatasetDict:
         scorer=model_args.adapter or model_args.model_name_or_path,
         output_dir=args.output_dir,
         hub_repo=hub_repo,
+        private=args.hub_private_repo,
     )
-    print(
-        f"Scored {summary['candidates']} candidates: A4 {summary['a4']}, A5 {summary['a5']}, "
-        f"unparsed {summary['unparsed']} -> {args.output_dir}"
-    )
+    if PartialState().is_main_process:
+        print(
+            f"Scored {summary['candidates']} candidates: A4 {summary['a4']}, A5 {summary['a5']}, "
+            f"unparsed {summary['unparsed']} -> {args.output_dir}"
+        )
     return curated
 
 
