@@ -47,6 +47,8 @@ class PairColumns:
     output: str = "output"
     source: str = "source"
     source_id: str = "source_id"
+    # Advice when a column is missing: only `humpback sft` has options that rename the columns it reads.
+    settable: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,12 @@ def to_pairs(table: Dataset, name: str, columns: PairColumns = PairColumns(), de
         if column not in table.column_names:
             raise KeyError(
                 f"{name}: no {role} column {column!r}; its columns are {table.column_names}. "
-                f"Set `{role}_column` to the right name."
+                + (
+                    f"Set `{role}_column` to the right name."
+                    if columns.settable
+                    else f"Pair files need the column {column!r}: rename it in the file (only `humpback sft` reads "
+                    f"other names, through `{role}_column`)."
+                )
             )
     if default_source not in SOURCES:
         raise ValueError(f"default source {default_source!r} is not one of {SOURCES}")

@@ -141,7 +141,9 @@ class HumpbackSFTArguments:
 
 
 def load_training_pairs(args: HumpbackSFTArguments) -> tuple[Dataset, dict[str, int]]:
-    columns = PairColumns(args.instruction_column, args.output_column, args.source_column, args.id_column)
+    columns = PairColumns(
+        args.instruction_column, args.output_column, args.source_column, args.id_column, settable=True
+    )
     parts, counts = [], {}
     if args.oasst_seed:
         seed, report = load_oasst_seed(args.oasst_seed, lang=args.oasst_lang, limit=args.seed_limit)

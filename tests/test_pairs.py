@@ -37,6 +37,11 @@ def test_missing_column_names_column_and_file(tmp_path):
     path = write_jsonl(tmp_path / "wrong.jsonl", ROWS)
     with pytest.raises(KeyError, match=r"wrong\.jsonl.*output column 'output'.*\['prompt', 'answer', 'uid'\]"):
         load_pairs(path, PairColumns(instruction="prompt"))
+    # The advice names an option only where the command has it: humpback sft, not curate or preferences.
+    with pytest.raises(KeyError, match=r"Set `output_column` to the right name\."):
+        load_pairs(path, PairColumns(instruction="prompt", settable=True))
+    with pytest.raises(KeyError, match=r"rename it in the file \(only `humpback sft` reads other names"):
+        load_pairs(path)
 
 
 def test_source_column_is_respected_and_validated(tmp_path):
