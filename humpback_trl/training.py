@@ -297,16 +297,23 @@ def build_trainer(
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    trainer = HumpbackSFTTrainer(
-        model=model_path,
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        data_collator=collator,
-        callbacks=callbacks,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-    )
+    try:
+        trainer = HumpbackSFTTrainer(
+            model=model_path,
+            args=training_args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            data_collator=collator,
+            callbacks=callbacks,
+            quantization_config=get_quantization_config(model_args),
+            peft_config=get_peft_config(model_args),
+        )
+    except TypeError as error:
+        # A key of model_init_kwargs that is neither a from_pretrained option nor a config value reaches the model
+        # class's __init__, which refuses it before any weight loads.
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(f"model_init_kwargs: {error}") from error
     return trainer, counts
 
 

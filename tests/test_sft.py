@@ -201,6 +201,12 @@ def test_a_wrong_scheduler_key_or_lora_target_fails_before_the_model_loads(tmp_p
         sft.run(["--config", config])
 
 
+def test_a_wrong_model_init_kwargs_key_is_one_error_naming_the_option(tmp_path, tiny_path, data_path):
+    config = recipe(tmp_path, tiny_path, data_path, model_init_kwargs={"atn_implementation": "eager"})
+    with pytest.raises(ValueError, match=r"^model_init_kwargs: .*unexpected keyword argument 'atn_implementation'"):
+        sft.run(["--config", config])
+
+
 def test_a_user_ddp_setting_is_kept(tmp_path, tiny_path, data_path):
     args = sft.make_parser().parse_args_and_config(
         ["--config", recipe(tmp_path, tiny_path, data_path), "--ddp_find_unused_parameters", "true"]
