@@ -21,7 +21,7 @@ QUICKSTART = ROOT / "recipes" / "quickstart"
 FAST = {  # the quickstart recipes, shortened so the loop runs in about a minute (on the tiny model, see below)
     "backward.yaml": {"max_steps": 3, "save_steps": 2},
     "seed.yaml": {"max_steps": 3, "save_steps": 2},
-    "curate.yaml": {"curation_shard_size": 8},
+    "curate.yaml": {"curation_shard_size": 8, "calibration_dev_set": "none"},
     "augment.yaml": {"max_new_tokens": 8, "shard_size": 8, "max_segments": 12},
     "corpus.yaml": {},
     "magpie.yaml": {
