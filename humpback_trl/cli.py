@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -121,17 +123,28 @@ def error_line(error: BaseException) -> str:
     return f"{lines[0].strip()}{more}"
 
 
-def model_paths(argv: list[str]) -> dict[str, str]:
+def command_line_options(argv: Sequence[str]) -> dict[str, str]:
+    """`--key value` and `--key=value` on the command line, as {key: first value} (dashes read as underscores)."""
+    options: dict[str, str] = {}
+    for index, token in enumerate(argv):
+        if token.startswith("--"):
+            name, equals, value = token[2:].partition("=")
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            options[name.replace("-", "_")] = value if equals else following
+    return options
+
+
+def argv_recipe(argv: Sequence[str]) -> dict[str, Any]:
+    """The mapping of the `--config` recipe a command line names ({} without one, or when it is not a file)."""
+    path = Path(command_line_options(argv).get("config", ""))
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def model_paths(argv: Sequence[str]) -> dict[str, str]:
     """Every model or adapter option the command will see: its `--config` recipe's, then the command line's on top."""
-    found: dict[str, str] = {}
-    pairs = list(zip(argv, argv[1:], strict=False))
-    for token, value in pairs:
-        if token == "--config" and Path(value).is_file():
-            recipe = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-            if isinstance(recipe, dict):
-                found |= {key: recipe[key] for key in MODEL_OPTIONS if isinstance(recipe.get(key), str)}
-    found |= {token[2:]: value for token, value in pairs if token[2:] in MODEL_OPTIONS and token.startswith("--")}
-    return found
+    given = {**argv_recipe(argv), **command_line_options(argv)}
+    return {key: given[key] for key in MODEL_OPTIONS if isinstance(given.get(key), str)}
 
 
 def check_model_paths(argv: list[str]) -> None:

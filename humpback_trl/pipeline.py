@@ -44,6 +44,7 @@ import yaml
 from humpback_trl.builtin_models import BUILTIN_PREFIX, resolve_model
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
+from humpback_trl.shards import write_atomic
 
 MARKERS = ".stages"
 LOCK_FILE = ".humpback.lock"
@@ -377,11 +378,9 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, [json.dumps(data) + "\n"])
 
 
 def stage_output(loop: LoopArguments, stage: Stage) -> Path:
@@ -425,7 +424,7 @@ def run_stage(stage: Stage, loop: LoopArguments, accelerate_config: Path, digest
     print(f"[humpback] {stage.name}: {label}\n  {shlex.join(command)}", flush=True)
     pushed = previous.get("pushed", []) if previous and action == "publish" else []
     base = {"hash": digest, "command": shlex.join(command), "pushed": pushed}
-    write_json_atomic(marker, {**base, "status": "started", "seconds": previous.get("seconds") if previous else None})
+    write_json(marker, {**base, "status": "started", "seconds": previous.get("seconds") if previous else None})
     start = time.perf_counter()
     returncode = run_stage_process([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
     if returncode:
@@ -438,7 +437,7 @@ def run_stage(stage: Stage, loop: LoopArguments, accelerate_config: Path, digest
         seconds = previous.get("seconds")
     if stage.pushes and publishing(loop):
         pushed = [*pushed, loop.hub_prefix]
-    write_json_atomic(marker, {**base, "status": "done", "seconds": seconds, "pushed": pushed})
+    write_json(marker, {**base, "status": "done", "seconds": seconds, "pushed": pushed})
     print(f"[humpback] {stage.name} finished in {time.perf_counter() - start:.0f} s", flush=True)
     return {"publish": "published", "resume": "resumed", "run": "ran"}[action]
 
@@ -476,6 +475,7 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
     out = Path(loop.output_dir)
     with locked(out):
         model_seconds = prepare_models(stages)
+        # Every hash is known before any stage runs: none depends on an output, only on recipes and local inputs.
         cache_path = out / INPUT_DIGESTS
         cache = read_marker(cache_path) or {}
         hashes: dict[str, str] = {}
@@ -486,7 +486,8 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
                 forced.add(stage.name)
             upstream = [hashes[name] for name in stage.upstream]
             hashes[stage.name] = stage_hash(stage, loop, accelerate_config, upstream, cache)
-            write_json_atomic(cache_path, cache)
+        write_json(cache_path, cache)
+        for stage in stages:
             run_stage(stage, loop, accelerate_config, hashes[stage.name], force=stage.name in forced)
         report = loop_report(loop, stages)
         report["stage_seconds"] = {"models (resolve / convert)": model_seconds, **report["stage_seconds"]}

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import yaml
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
+from humpback_trl.cli import argv_recipe, command_line_options
 from humpback_trl.curation import CurationSettings
 from humpback_trl.logs import configure_logging
 from humpback_trl.training import HumpbackSFTArguments, train
@@ -38,17 +37,7 @@ def make_parser(subparsers=None) -> TrlParser:
 
 def user_keys(argv: Sequence[str]) -> set[str]:
     """The keys the recipe (`--config FILE`) and the command line set, whatever their values."""
-    keys: set[str] = set()
-    for index, token in enumerate(argv):
-        if not token.startswith("--"):
-            continue
-        name, _, value = token[2:].partition("=")
-        if name == "config":
-            path = value or (argv[index + 1] if index + 1 < len(argv) else "")
-            keys.update(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
-        else:
-            keys.add(name.replace("-", "_"))
-    return keys
+    return (set(argv_recipe(argv)) | set(command_line_options(argv))) - {"config"}
 
 
 def run(argv: list[str] | None = None) -> SFTTrainer:
