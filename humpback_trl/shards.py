@@ -5,6 +5,11 @@ i % num_processes. A finished shard is written to a temporary file, fsynced and 
 holds the whole shard or does not exist: a rerun after a crash (even kill -9) redoes only the shards with no file.
 The main process then merges the shards in order and checks that every input key appears exactly once.
 
+Processes are those of every machine (accelerate's global process index and count), so a multi-machine launch
+splits the shards across all of them; `output_dir` must then be one folder every machine sees (NFS, Lustre...),
+which each process checks before any work. A machine that dies leaves its finished shards on disk: a rerun of the
+same launch, on the same or another number of machines or processes, redoes only the shards without a file.
+
 Layout under `output_dir`:
     shards/manifest.json        num_items, shard_size, key and a fingerprint of the input keys
     shards/shard-000000.jsonl   the results for items [0, shard_size), one JSON object a line
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from accelerate import PartialState
+import torch
+from accelerate import DistributedType, PartialState
 from datasets import Dataset, Features, load_from_disk
 from tqdm.auto import tqdm
 
@@ -38,6 +45,8 @@ Items = Dataset | Sequence[Row]
 WorkFn = Callable[[list[Row]], list[Row]]
 
 MANIFEST = "manifest.json"
+# How long a process waits for a file another process wrote before calling it missing: NFS's default acdirmax.
+SHARED_FOLDER_WAIT_S = 60.0
 
 
 def shard_path(shards_dir: Path, index: int) -> Path:
@@ -94,6 +103,42 @@ def check_manifest(shards_dir: Path, expected: dict[str, Any]) -> None:
         raise ValueError(
             f"{shards_dir} holds shards of a different job ({'; '.join(changed)}). "
             f"Remove {shards_dir} to discard them, or choose another output_dir."
+        )
+
+
+def process_state() -> PartialState:
+    """accelerate's state over every process of every machine of the launch.
+
+    On a machine without CUDA, accelerate starts its gloo group only for `PartialState(cpu=True)`: a stage whose first
+    call was a plain `PartialState()` (for its log level) holds a one-process state under `accelerate launch
+    --num_processes N`, and each of the N processes would do all the work. That state is made again for the CPU."""
+    state = PartialState()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and state.distributed_type == DistributedType.NO and not torch.cuda.is_available():
+        PartialState._reset_state()
+        state = PartialState(cpu=True)
+    return state
+
+
+def visible(path: Path, wait_s: float) -> bool:
+    """Whether the file `path` exists, waiting up to `wait_s` for it: an NFS client caches "no such file" for up to
+    a minute (acdirmax), so a file another machine has just written can take that long to appear on this one."""
+    deadline = time.monotonic() + wait_s
+    while not path.is_file():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def check_shared(shards_dir: Path, process_index: int, wait_s: float = 0.0) -> None:
+    """Every process must see the manifest the main process has just written: on a folder that is not shared
+    between machines, the work would be lost to the merge hours later."""
+    if not visible(shards_dir / MANIFEST, wait_s):
+        raise FileNotFoundError(
+            f"{shards_dir / MANIFEST}, written by the main process, is not visible to process {process_index} on "
+            f"{socket.gethostname()}: with several machines, output_dir must be one folder that all of them share "
+            "(NFS, Lustre...)"
         )
 
 
@@ -163,14 +208,23 @@ def work_shard(
 
 
 def merge(
-    shards_dir: Path, output_dir: Path, keys: list[str], shards: list[range], key: str, features: Features | None
+    shards_dir: Path,
+    output_dir: Path,
+    keys: list[str],
+    shards: list[range],
+    key: str,
+    features: Features | None,
+    wait_s: float = 0.0,
 ) -> None:
     """Main process: join the shards in index order, each holding exactly its slice of the input keys."""
     rows: list[Row] = []
     for index, bounds in enumerate(shards):
         path = shard_path(shards_dir, index)
-        if not path.is_file():
-            raise FileNotFoundError(f"Shard {index} ({path}) is missing after every process finished")
+        if not visible(path, wait_s):
+            raise FileNotFoundError(
+                f"Shard {index} ({path}) is missing after every process finished; with several machines, "
+                "output_dir must be one folder that all of them share"
+            )
         shard = read_shard(path)
         problem = key_mismatch(keys[bounds.start : bounds.stop], [str(row.get(key)) for row in shard])
         if problem:
@@ -198,7 +252,7 @@ def run_sharded(
     process. The manifest leaves out the number of processes, so a job may resume on a different number of them."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    state = PartialState()
+    state = process_state()
     output_dir = Path(output_dir)
     shards_dir = output_dir / "shards"
     keys = item_keys(items, key)
@@ -209,6 +263,9 @@ def run_sharded(
     if state.is_main_process:
         prepare(shards_dir, output_dir, manifest, overwrite)
     state.wait_for_everyone()
+    # Files of other processes may be on another machine, behind a network file system's cache.
+    wait_s = SHARED_FOLDER_WAIT_S if state.num_processes > 1 else 0.0
+    check_shared(shards_dir, state.process_index, wait_s)
 
     shards = [range(start, min(start + shard_size, len(keys))) for start in range(0, len(keys), shard_size)]
     mine = range(state.process_index, len(shards), state.num_processes)
@@ -235,7 +292,7 @@ def run_sharded(
         state.wait_for_everyone()
 
         if state.is_main_process:
-            merge(shards_dir, output_dir, keys, shards, key, features)
+            merge(shards_dir, output_dir, keys, shards, key, features, wait_s)
             logger.info(summary_line(desc, len(keys), pending, time.perf_counter() - start))
         state.wait_for_everyone()
         return load_from_disk(str(output_dir / "data"))

@@ -9,6 +9,7 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -18,7 +19,7 @@ import torch.distributed as dist  # noqa: E402
 from conftest import launch_cpu_processes  # noqa: E402
 from datasets import Dataset, load_from_disk  # noqa: E402
 
-from humpback_trl.shards import run_sharded  # noqa: E402
+from humpback_trl.shards import check_shared, run_sharded, visible  # noqa: E402
 
 WAIT_S = 30
 
@@ -40,15 +41,15 @@ items = Dataset.from_list([{"source_id": f"doc-{i:03d}", "text": "x" * i} for i 
 run_sharded(items, work, out, shard_size=4, show_progress=False)
 """
 
-# Run under `accelerate launch`: PartialState(cpu=True) stands in for the stage's Accelerator(cpu=True), whose state
-# run_sharded shares.
+# Run under `accelerate launch` on a CPU: a plain PartialState() first, as the stages ask for their log level, which
+# without CUDA is a one-process state until run_sharded makes it the launch's gloo group.
 TWO_PROCESSES = """
 import os, sys
 from accelerate import PartialState
 from datasets import Dataset
 from humpback_trl.shards import run_sharded
 
-state = PartialState(cpu=True)
+state = PartialState()
 
 def work(rows):
     return [{"source_id": row["source_id"], "process": state.process_index, "pid": os.getpid()} for row in rows]
@@ -218,3 +219,25 @@ def test_two_cpu_processes_alternate_shards_and_merge_once(tmp_path):
     assert [row["process"] for row in data] == [(i // 4) % 2 for i in range(30)]
     assert len(set(data["pid"])) == 2
     assert [(out / f"returned-{rank}").read_text() for rank in (0, 1)] == ["30", "30"]
+
+
+def test_a_process_that_cannot_see_the_main_processs_manifest_stops_before_any_work(tmp_path):
+    # What a machine whose output_dir is not the shared folder finds: no manifest where the main process wrote one.
+    with pytest.raises(FileNotFoundError, match=r"not visible to process 3 on .*must be one folder that all of them"):
+        check_shared(tmp_path / "shards", 3)
+    run_sharded(documents(4), Recorder(), tmp_path, shard_size=2, show_progress=False)
+    check_shared(tmp_path / "shards", 3)
+
+
+def test_a_file_written_elsewhere_is_waited_for_before_it_counts_as_missing(tmp_path):
+    # A network file system can show another machine's new file only after its cache expires.
+    late = tmp_path / "shard-000007.jsonl"
+    timer = threading.Timer(0.6, late.write_text, args=("{}\n",))
+    timer.start()
+    try:
+        assert not visible(late, 0.0)
+        assert visible(late, 10.0)
+    finally:
+        timer.cancel()
+    start = time.monotonic()
+    assert not visible(tmp_path / "never.jsonl", 1.0) and time.monotonic() - start >= 1.0
