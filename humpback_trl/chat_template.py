@@ -6,6 +6,7 @@ The collators, the generation engine and MAGPIE all read template facts from her
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -28,6 +29,12 @@ PLAIN_CHAT_TEMPLATE = (
 DEFAULT_TEMPLATE_KWARGS: dict[str, Any] = {"date_string": "26 Jul 2024"}
 
 SENTINEL = "HUMPBACKSENTINEL"
+# The switch hybrid-thinking templates (Qwen3 and its kin) read: False puts the empty thinking block in the
+# generation prompt, so the model answers at once and the block is never part of a completion.
+THINKING_SWITCH = "enable_thinking"
+# An empty thinking block as a template writes it before an assistant's content: an opening tag, blank space, the
+# closing tag ("<think>\n\n</think>\n\n").
+_EMPTY_BLOCK = re.compile(r"\s*<([A-Za-z_][\w-]*)>\s*</\1>\s*")
 
 Message = dict[str, str]
 
@@ -72,10 +79,12 @@ def render(
     add_generation_prompt: bool = False,
     **kwargs: Any,
 ) -> str:
-    """Render `messages` to text with the tokenizer's template (the default of a dict, or the plain fallback).
+    """Render `messages` to text with the tokenizer's template (the default of a dict, or the plain fallback), in
+    non-thinking mode where the template has a thinking switch (`kwargs` may still set it).
 
     A template that refuses a system message (Mixtral, Gemma) raises one clear error wherever it is rendered."""
     chat_template = template_text(tokenizer)
+    kwargs = {**thinking_off(tokenizer), **kwargs}
     try:
         return tokenizer.apply_chat_template(
             messages,
@@ -167,3 +176,70 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """The thinking block a template writes in an assistant turn (Qwen3: "<think>\n\n</think>\n\n" before the
+    content), its tags, and whether the template can leave it out of completions (its `enable_thinking` switch)."""
+
+    open_tag: str
+    close_tag: str
+    switch: bool
+
+    def strip(self, text: str) -> tuple[str, bool]:
+        """`text` without the thinking blocks a model wrote, and whether there was one. A block left open (the
+        model thought until its token limit) takes the rest of the text with it: no answer was written."""
+        pattern = re.compile(rf"{re.escape(self.open_tag)}.*?(?:{re.escape(self.close_tag)}|\Z)", re.DOTALL)
+        stripped = pattern.sub("", text)
+        # A stray closing tag is thinking too: the block was opened in the prompt and closed by the model.
+        if self.close_tag in stripped:
+            stripped = stripped[stripped.rindex(self.close_tag) + len(self.close_tag) :]
+        return (stripped.strip(), True) if stripped != text else (text, False)
+
+
+def thinking(tokenizer: PreTrainedTokenizerBase) -> Thinking | None:
+    """The template's thinking block, found by rendering (None for templates without one: ChatML, Llama, Gemma...)."""
+    return _thinking(_cache_key(tokenizer), tokenizer)
+
+
+@lru_cache(maxsize=32)
+def _thinking(_key: tuple, tokenizer: PreTrainedTokenizerBase) -> Thinking | None:
+    chat_template = template_text(tokenizer)
+    user = [{"role": "user", "content": "Hi"}]
+
+    def as_written(messages: list[Message], add_generation_prompt: bool) -> str:
+        # Rendered as a user of the template would, without the project's switch: that is where the block shows.
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
+            **template_kwargs(),
+        )  # fmt: skip
+
+    try:
+        prompt = as_written(user, True)
+        full = as_written([*user, {"role": "assistant", "content": SENTINEL}], False)
+    except TemplateError:
+        return None
+    if not full.startswith(prompt) or SENTINEL not in full:
+        return None
+    block = _EMPTY_BLOCK.fullmatch(full[len(prompt) : full.index(SENTINEL)])
+    if block is None:
+        return None
+    switch = re.search(rf"\b{THINKING_SWITCH}\b", chat_template) is not None
+    return Thinking(open_tag=f"<{block.group(1)}>", close_tag=f"</{block.group(1)}>", switch=switch)
+
+
+def thinking_off(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The template kwargs of non-thinking mode: `enable_thinking=False` where the template reads the switch."""
+    found = thinking(tokenizer)
+    return {THINKING_SWITCH: False} if found and found.switch else {}
+
+
+def strip_thinking(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[str], int]:
+    """Generated `texts` without the thinking text a model of a thinking template still wrote, and how many held
+    some. Texts of other templates are returned as they are."""
+    found = thinking(tokenizer)
+    if found is None:
+        return texts, 0
+    results = [found.strip(text) for text in texts]
+    return [text for text, _ in results], sum(stripped for _, stripped in results)

@@ -22,7 +22,16 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from humpback_trl.chat_template import Message, encode, render, turn_end
+from humpback_trl.chat_template import (
+    THINKING_SWITCH,
+    Message,
+    encode,
+    render,
+    thinking,
+    thinking_off,
+    tokenizer_name,
+    turn_end,
+)
 from humpback_trl.padding import pad, pad_batch
 from humpback_trl.tagging import Tagging
 
@@ -69,6 +78,9 @@ class SwappedFieldCollator:
         if "{output}" not in self.backward_prompt:
             raise ValueError("backward_prompt must contain the placeholder {output}")
         self._turn_end = turn_end(self.tokenizer)
+        # Non-thinking mode unless the recipe says otherwise; kept in the template kwargs, so the adapter's saved
+        # prompt settings (and every stage that renders with them) prompt as training did.
+        self.template_kwargs = {**thinking_off(self.tokenizer), **self.template_kwargs}
 
     def prompt_messages(self, row: Mapping[str, Any], output: str) -> list[Message]:
         """The conversation before the completion; `humpback augment` reuses it for the backward prompt."""
@@ -108,6 +120,7 @@ class SwappedFieldCollator:
                 f"prefix of the conversation, or does not end the assistant turn with {self._turn_end.suffix!r}; "
                 f"cannot locate the completion (row {row.get('source_id', '?')})."
             )
+        self._refuse_thinking_block(content)
         completion_text = content + self._turn_end.close if close_turn else content
         prompt_ids = encode(self.tokenizer, prompt_text)
         joint_ids = encode(self.tokenizer, prompt_text + completion_text)
@@ -116,6 +129,22 @@ class SwappedFieldCollator:
         if joint_ids[: len(prompt_ids)] == prompt_ids:
             return prompt_ids, joint_ids[len(prompt_ids) :]
         return prompt_ids, encode(self.tokenizer, completion_text)
+
+    def _refuse_thinking_block(self, content: str) -> None:
+        """A thinking block in the completion would teach the model to open every answer or instruction with it."""
+        found = thinking(self.tokenizer)
+        if found is None or not content.lstrip().startswith(found.open_tag):
+            return
+        how = (
+            f"leave {THINKING_SWITCH} unset (non-thinking mode puts the block in the prompt)"
+            if found.switch
+            else "choose a template without thinking blocks (chat_template_name)"
+        )
+        raise ValueError(
+            f"The chat template of {tokenizer_name(self.tokenizer)!r} writes a thinking block "
+            f"({found.open_tag}...{found.close_tag}) into the assistant turn with template_kwargs "
+            f"{self.template_kwargs}, so it would be trained as part of every completion; {how}."
+        )
 
     def encode_row(self, row: Mapping[str, Any]) -> EncodedPair:
         output = row["output"]

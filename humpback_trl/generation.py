@@ -3,13 +3,15 @@
 Self-augmentation, generate-mode self-curation and MAGPIE call `generate` (or `vllm_engine.generate` with the
 optional vLLM extra; `engine: auto` picks it when it is installed). Prompts arrive as text rendered by
 `chat_template.render`, so they already hold BOS: they are encoded without adding special tokens. Decoding stops on
-the template's end-of-turn token and EOS. The default sampling is the paper's nucleus sampling, T=0.7 and top-p=0.9
-(Li et al. 2024).
+the template's end-of-turn token and EOS. Thinking text a model of a hybrid-thinking template (Qwen3) still writes,
+though prompted in non-thinking mode, is stripped from what it returns and counted in the log. The default sampling
+is the paper's nucleus sampling, T=0.7 and top-p=0.9 (Li et al. 2024).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,8 @@ from humpback_trl.padding import pad_batch
 CACHE_ARGUMENT: str = ALL_CACHE_NAMES[0]
 
 ENGINES: tuple[str, ...] = ("auto", "transformers", "vllm")
+
+logger = logging.getLogger(__name__)
 
 
 def check_engine(engine: str, option: str = "engine") -> None:
@@ -145,4 +149,16 @@ def generate(
     finally:
         bar.close()
         model.train(was_training)
-    return results
+    return without_thinking(tokenizer, results)
+
+
+def without_thinking(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[str]:
+    """`texts` with any thinking block stripped, and a warning saying how many held one."""
+    texts, stripped = chat_template.strip_thinking(tokenizer, texts)
+    if stripped:
+        logger.warning(
+            "%d of %d generated texts held thinking text despite non-thinking mode; it was stripped from them",
+            stripped,
+            len(texts),
+        )
+    return texts

@@ -19,7 +19,15 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from humpback_trl.chat_template import SENTINEL, Message, encode, render, special_token_ids, tokenizer_name
+from humpback_trl.chat_template import (
+    SENTINEL,
+    Message,
+    encode,
+    render,
+    special_token_ids,
+    strip_thinking,
+    tokenizer_name,
+)
 
 _TURN_ROLES = ("user", "assistant")
 
@@ -155,7 +163,8 @@ ROLE_NAMES = ("user", "assistant", "system")
 def _header_line(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     """The last non-blank line of `text` without its special tokens: the role header a template writes there."""
     decoded = tokenizer.decode(encode(tokenizer, text), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    lines = decoded.splitlines()
+    # A thinking template's generation prompt ends with its empty thinking block, after the header.
+    lines = strip_thinking(tokenizer, [decoded])[0][0].splitlines()
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 

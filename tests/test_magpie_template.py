@@ -54,6 +54,12 @@ EXPECTED_PREFIXES = {
         "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n",
         SMOL_SYSTEM + "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\n",
     ),
+    # Qwen3 writes no default system block, and no thinking block in an assistant turn before the last query.
+    "qwen3": (
+        "<|im_start|>user\n",
+        "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n",
+        "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\n",
+    ),
 }
 
 # name: (the token that closes a user turn, eos)
@@ -63,6 +69,7 @@ EXPECTED_INSTRUCTION_STOPS = {
     "mistral-instruct-v0.3": ("[/INST]", "</s>"),
     "gemma-2-it": ("<end_of_turn>", "<eos>"),
     "smollm2-instruct": ("<|im_end|>", "<|im_end|>"),
+    "qwen3": ("<|im_end|>", "<|im_end|>"),
 }
 
 
