@@ -1,8 +1,10 @@
-"""SelfCurationCallback: when a forward model finishes training, it scores the next iteration's candidates.
+"""SelfCurationCallback: a forward model that finishes training scores a pool of candidate pairs, for the Python API.
 
-This is how the loop chains: the stage that trains M_{k-1} ends by curating the pool for iteration k with the
-model still in memory, so M_k trains on seed + A5 scored by M_{k-1} (Li et al. 2024, section 2.3). The callback
-needs only the trainer's model, processing class and accelerate state, so any TRL trainer can carry it.
+Add it to any TRL trainer (`humpback_trl.training.train(..., callbacks=[...])` or your own) to score candidates
+with the model still in memory when training ends, as self-curation does (Li et al. 2024, section 2.3: M_k trains
+on seed + A5 scored by M_{k-1}). The loop itself does not use it: `humpback run` curates in its own stage
+(`humpback curate`, resumable shards across processes). The callback needs only the trainer's model, processing
+class and accelerate state, so any TRL trainer can carry it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class SelfCurationCallback(TrainerCallback):
             # Sharded weights need every process in every forward pass, but shards give processes uneven work.
             raise RuntimeError(
                 f"Self-curation cannot run inside a {distributed} training job (its weights are sharded across "
-                "processes). Train without curate_candidates, then score with `humpback curate --adapter "
+                "processes). Train without this callback, then score with `humpback curate --adapter "
                 f"{args.output_dir}` launched on one GPU or with accelerate_configs/multi_gpu.yaml."
             )
         _, self.summary = curate(

@@ -8,6 +8,7 @@ link the repos that trained or scored each other, so a published adapter can be 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
@@ -38,8 +39,58 @@ def curated_repo_id(prefix: str, iteration: int) -> str:
     return f"{prefix}-curated-{iteration}"
 
 
-def _bullets(items: Mapping[str, object]) -> str:
+def bullets(items: Mapping[str, object]) -> str:
     return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
+
+
+def public_name(name: str) -> str:
+    """A data or model name as a card shows it: Hub ids and relative paths as given; an absolute local path by its
+    last two parts, so no card carries the trainer's home folder."""
+    path = Path(name)
+    return str(Path(*path.parts[-2:])) if path.is_absolute() else name
+
+
+def training_card(
+    *,
+    base_model: str,
+    stage: str,
+    tags: Sequence[str],
+    summary: str,
+    facts: Mapping[str, object],
+    datasets: Sequence[str],
+    counts: Mapping[str, int],
+    settings: Mapping[str, object],
+) -> ModelCard:
+    """The card of every trained model: its base, what trained it (`summary`, `facts`), data counts and settings.
+    `datasets`: the Hub datasets its metadata links."""
+    # The metadata links a Hub model only; a local folder is named in the text, by its last two parts.
+    local = base_model.startswith("builtin:") or Path(base_model).is_absolute() or Path(base_model).exists()
+    base_model = public_name(base_model)
+    card_data = ModelCardData(
+        base_model=None if local else base_model,
+        library_name="peft",
+        tags=[*PROJECT_TAGS, *tags, f"humpback-{stage}"],
+        datasets=list(datasets) or None,
+    )
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# humpback-trl {stage}
+
+{summary}
+
+{bullets({"Base model": f"`{base_model}`", **facts})}
+
+## Data counts
+
+{bullets({public_name(key): value for key, value in counts.items()})}
+
+## Settings
+
+{bullets(settings)}
+"""
+    return ModelCard(content)
 
 
 def model_card(
@@ -53,13 +104,7 @@ def model_card(
     training_dataset: str | None,
     settings: Mapping[str, object],
 ) -> ModelCard:
-    data_yaml = [training_dataset] if training_dataset and "/" in training_dataset else None
-    card_data = ModelCardData(
-        base_model=base_model,
-        library_name="peft",
-        tags=[*PROJECT_TAGS, f"humpback-{stage}"],
-        datasets=data_yaml,
-    )
+    """The card of an SFT model: the backward model M_yx or a forward model M_k."""
     role = (
         "backward model M_yx = p(instruction | output): writes an instruction for a web document"
         if direction == "backward"
@@ -70,29 +115,22 @@ def model_card(
         if direction == "backward"
         else (f"on: {dict(tagging.tags)}" if tagging.enabled else "off")
     )
-    content = f"""---
-{card_data.to_yaml()}
----
-
-# humpback-trl {stage}
-
-The {role}, trained with humpback-trl (instruction backtranslation, Li et al., ICLR 2024).
-
-- **Base model**: `{base_model}`
-- **Direction**: {direction}
-- **Source tagging**: {tags}
-- **Training data**: {", ".join(f"`{name}`" for name in data)}
-- **Exact training set**: {f"`{training_dataset}`" if training_dataset else "`training_data.jsonl` beside this card"}
-
-## Data counts
-
-{_bullets(counts)}
-
-## Settings
-
-{_bullets(settings)}
-"""
-    return ModelCard(content)
+    facts = {
+        "Direction": direction,
+        "Source tagging": tags,
+        "Training data": ", ".join(f"`{public_name(name)}`" for name in data),
+        "Exact training set": f"`{training_dataset}`" if training_dataset else "`training_data.jsonl` beside this card",
+    }
+    return training_card(
+        base_model=base_model,
+        stage=stage,
+        tags=(),
+        summary=f"The {role}, trained with humpback-trl (instruction backtranslation, Li et al., ICLR 2024).",
+        facts=facts,
+        datasets=[training_dataset] if training_dataset and "/" in training_dataset else [],
+        counts=counts,
+        settings=settings,
+    )
 
 
 def visibility(private: bool | None) -> str:
@@ -118,11 +156,11 @@ def dataset_card(
 
 ## Counts
 
-{_bullets(counts)}
+{bullets(counts)}
 
 ## Related repositories
 
-{_bullets(links) if links else "- none"}
+{bullets(links) if links else "- none"}
 """
     return DatasetCard(content)
 

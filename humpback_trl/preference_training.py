@@ -13,32 +13,48 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
-from huggingface_hub import ModelCard, ModelCardData
-from peft import PeftConfig, PeftModel
+from huggingface_hub import ModelCard
+from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, ModelConfig, get_peft_config, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
-from humpback_trl.builtin_models import resolve_model
+from humpback_trl.builtin_models import portable_name, resolve_model
 from humpback_trl.chat_template import use_template
 from humpback_trl.collators import PROMPT_SETTINGS_FILE, SwappedFieldCollator, save_prompt_settings
-from humpback_trl.hub import PROJECT_TAGS, dataset_card, dataset_repo_id, model_repo_id, push_dataset
-from humpback_trl.modeling import InferenceModelArguments, adapter_folder
+from humpback_trl.errors import MissingColumnError, UserError
+
+# `bullets` and `quantization` are re-exported for grpo_training.py, which imports them from here.
+from humpback_trl.hub import bullets as bullets
+from humpback_trl.hub import model_repo_id, public_name, training_card
+from humpback_trl.logs import peft_wrapping
+from humpback_trl.modeling import InferenceModelArguments, adapter_base_name, adapter_folder
 from humpback_trl.pairs import is_local, load_table
 from humpback_trl.preferences import KINDS, preferences_repo_id
-from humpback_trl.training import ExactResumeMixin, resume_and_train
+from humpback_trl.training import (
+    TRAINING_DATA_FILE,
+    Artifact,
+    ExactResumeMixin,
+    PortableSaveMixin,
+    check_before_loading,
+    check_before_weights,
+    lora_settings,
+    make_base_portable,
+    prepare_training_args,
+    run_settings,
+    train_and_publish,
+)
+from humpback_trl.training import quantization as quantization
 
 logger = logging.getLogger(__name__)
 
-TRAINING_DATA_FILE = "training_data.jsonl"
 REFERENCE_ADAPTER = "ref"  # the name TRL gives the frozen copy of a pretrained adapter
 COLUMNS: dict[str, tuple[str, ...]] = {
     "dpo": ("prompt", "chosen", "rejected"),
@@ -49,12 +65,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 EXTRA_COLUMNS = ("chosen_score", "rejected_score", "score", "source_id", "chat_template_kwargs")
 
 
-class HumpbackDPOTrainer(ExactResumeMixin, DPOTrainer):
-    """DPOTrainer whose resumed run trains exactly as the uninterrupted one would have."""
+class HumpbackDPOTrainer(ExactResumeMixin, PortableSaveMixin, DPOTrainer):
+    """DPOTrainer whose resumed run trains exactly as the uninterrupted one would have, and whose saves load
+    anywhere."""
 
 
-class HumpbackKTOTrainer(ExactResumeMixin, KTOTrainer):
-    """KTOTrainer whose resumed run trains exactly as the uninterrupted one would have."""
+class HumpbackKTOTrainer(ExactResumeMixin, PortableSaveMixin, KTOTrainer):
+    """KTOTrainer whose resumed run trains exactly as the uninterrupted one would have, and whose saves load
+    anywhere."""
 
 
 TRAINERS = {"dpo": HumpbackDPOTrainer, "kto": HumpbackKTOTrainer}
@@ -94,7 +112,7 @@ class PreferenceTrainingArguments:
     def __post_init__(self) -> None:
         self.data = [self.data] if isinstance(self.data, str) else list(self.data)
         if not self.data:
-            raise ValueError("No preference data: set `data` (the dpo.jsonl or kto.jsonl of `humpback preferences`)")
+            raise UserError("No preference data: set `data` (the dpo.jsonl or kto.jsonl of `humpback preferences`)")
 
 
 def stage_name(args: PreferenceTrainingArguments, kind: str) -> str:
@@ -105,7 +123,7 @@ def load_part(name: str, kind: str, split: str) -> Dataset:
     table = load_table(name, split=split)
     missing = [column for column in COLUMNS[kind] if column not in table.column_names]
     if missing:
-        raise KeyError(
+        raise MissingColumnError(
             f"{name}: no column(s) {missing} for {kind.upper()}; its columns are {table.column_names}. "
             f"Make {kind} data with `humpback preferences --kind {kind}`."
         )
@@ -123,7 +141,7 @@ def load_preference_data(names: list[str], kind: str, split: str = "train") -> t
         parts.append(load_part(name, kind, split))
         counts[name] = len(parts[-1])
     if not parts or not sum(counts.values()):
-        raise ValueError(
+        raise UserError(
             f"No {kind.upper()} rows in {names}: `humpback preferences` kept none (see its report.json; lower "
             "`margin` or the thresholds, or sample more answers)"
         )
@@ -137,12 +155,18 @@ def load_preference_data(names: list[str], kind: str, split: str = "train") -> t
     return dataset, counts
 
 
-def base_model(args: PreferenceTrainingArguments, model_args: ModelConfig) -> str:
+def base_name(args: PreferenceTrainingArguments, model_args: ModelConfig) -> str:
+    """The base as the user named it: model_name_or_path, else the base M_k's adapter was trained on."""
     if model_args.model_name_or_path:
-        return resolve_model(model_args.model_name_or_path)
+        return model_args.model_name_or_path
     if args.sft_adapter:
-        return PeftConfig.from_pretrained(args.sft_adapter).base_model_name_or_path
-    raise ValueError("Set model_name_or_path, or sft_adapter (its config names the base model)")
+        return adapter_base_name(args.sft_adapter)
+    raise UserError("Set model_name_or_path, or sft_adapter (its config names the base model)")
+
+
+def base_model(args: PreferenceTrainingArguments, model_args: ModelConfig) -> str:
+    """The folder or Hub id the base loads from."""
+    return resolve_model(base_name(args, model_args))
 
 
 def load_policy(args: PreferenceTrainingArguments, model_args: ModelConfig, base: str) -> PeftModel:
@@ -158,7 +182,8 @@ def load_policy(args: PreferenceTrainingArguments, model_args: ModelConfig, base
         # One whole copy per process: under DDP every process holds the (4-bit) model on its own GPU.
         device_map={"": PartialState().local_process_index} if torch.cuda.is_available() else None,
     )
-    return PeftModel.from_pretrained(model, args.sft_adapter, is_trainable=True)
+    with peft_wrapping():
+        return PeftModel.from_pretrained(model, args.sft_adapter, is_trainable=True)
 
 
 def load_tokenizer(args: PreferenceTrainingArguments, model_args: ModelConfig, base: str) -> PreTrainedTokenizerBase:
@@ -177,34 +202,34 @@ def build_trainer(
 ) -> tuple[PreferenceTrainer, dict[str, int]]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_before_loading(training_args)
     dataset, counts = load_preference_data(args.data, kind, args.data_split)
     if kind == "kto":
         # KTOTrainer samples sequentially and estimates its KL term from each batch's neighbours, so the rows are
         # shuffled once here (seeded): a file sorted by label would give batches of one label.
         dataset = dataset.shuffle(seed=training_args.seed).flatten_indices()
-    if args.hub_prefix and not training_args.hub_model_id:
-        training_args.hub_model_id = model_repo_id(args.hub_prefix, stage_name(args, kind))
-    if (args.sft_adapter or model_args.use_peft) and training_args.ddp_find_unused_parameters is None:
-        # Under DDP the frozen base weights never get gradients; DDP would search for them on every step and warn.
-        training_args.ddp_find_unused_parameters = False
-    base = base_model(args, model_args)
-    tokenizer = load_tokenizer(args, model_args, base)
     fresh = args.sft_adapter is None
-    if fresh:
-        training_args.model_init_kwargs = {
-            "revision": model_args.model_revision,
-            "attn_implementation": model_args.attn_implementation,
-            "dtype": model_args.dtype,
-            **(training_args.model_init_kwargs or {}),
-        }
-    trainer = TRAINERS[kind](
-        model=base if fresh else load_policy(args, model_args, base),
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        quantization_config=get_quantization_config(model_args) if fresh else None,
-        peft_config=get_peft_config(model_args) if fresh else None,
+    prepare_training_args(
+        training_args,
+        model_args,
+        stage=stage_name(args, kind),
+        hub_prefix=args.hub_prefix,
+        adapter=not fresh or model_args.use_peft,
+        loads_model=fresh,
     )
+    base = base_model(args, model_args)
+    check_before_weights(training_args, model_args, base if fresh else None)
+    tokenizer = load_tokenizer(args, model_args, base)
+    with peft_wrapping():
+        trainer = TRAINERS[kind](
+            model=base if fresh else load_policy(args, model_args, base),
+            args=training_args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            quantization_config=get_quantization_config(model_args) if fresh else None,
+            peft_config=get_peft_config(model_args) if fresh else None,
+        )
+    make_base_portable(trainer, base_name(args, model_args))
     # TRL drops rows whose prompt alone fills max_length (no completion token would remain): counted, not silent.
     counts["dropped (prompt fills max_length)"] = len(dataset) - len(trainer.train_dataset)
     return trainer, counts
@@ -222,7 +247,7 @@ def copy_prompt_settings(args: PreferenceTrainingArguments, trainer: PreferenceT
 
 def data_link(name: str, kind: str, hub_prefix: str | None) -> str:
     """A Hub id as it is; a local file by the repo `humpback preferences` pushes it to under the same prefix."""
-    return preferences_repo_id(hub_prefix, kind) if hub_prefix and is_local(name) else name
+    return preferences_repo_id(hub_prefix, kind) if hub_prefix and is_local(name) else public_name(name)
 
 
 def start_link(args: PreferenceTrainingArguments) -> str:
@@ -231,23 +256,11 @@ def start_link(args: PreferenceTrainingArguments) -> str:
         return "none (a fresh LoRA on the base model)"
     if args.hub_prefix and args.sft_stage and is_local(args.sft_adapter):
         return model_repo_id(args.hub_prefix, args.sft_stage)
-    return args.sft_adapter
-
-
-def bullets(items: Mapping[str, object]) -> str:
-    return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
-
-
-def quantization(model_args: ModelConfig) -> str:
-    return "4-bit nf4 (QLoRA)" if model_args.load_in_4bit else ("8-bit" if model_args.load_in_8bit else "none")
+    return public_name(args.sft_adapter)
 
 
 def lora(model_args: ModelConfig, sft_adapter: str | None) -> str:
-    if sft_adapter:
-        return "M_k's adapter, continued"
-    if not model_args.use_peft:
-        return "full fine-tuning"
-    return f"r={model_args.lora_r} alpha={model_args.lora_alpha} targets={model_args.lora_target_modules}"
+    return "M_k's adapter, continued" if sft_adapter else lora_settings(model_args)
 
 
 def settings(kind: str, args: PreferenceConfig, model_args: ModelConfig, sft_adapter: str | None) -> dict[str, object]:
@@ -255,13 +268,7 @@ def settings(kind: str, args: PreferenceConfig, model_args: ModelConfig, sft_ada
     return {
         "trainer": f"trl {TRAINERS[kind].__name__}, loss {loss}, beta {args.beta}",
         "reference model": "a frozen copy of M_k's adapter" if sft_adapter else "the base model (adapter disabled)",
-        "learning_rate": args.learning_rate,
-        "lr_scheduler": args.lr_scheduler_type,
-        "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        "max_steps": args.max_steps,
-        "max_length": args.max_length,
-        "quantization": quantization(model_args),
-        "lora": lora(model_args, sft_adapter),
+        **run_settings(args, model_args, lora(model_args, sft_adapter)),
     }
 
 
@@ -270,89 +277,71 @@ def preference_card(
     stage: str,
     base: str,
     links: Mapping[str, str],
+    hub_datasets: Sequence[str],
     counts: Mapping[str, int],
-    run_settings: Mapping[str, Any],
+    run_settings: Mapping[str, object],
 ) -> ModelCard:
-    hub_datasets = [name for name in (links["preference data"], links["exact training set"]) if "/" in name]
-    card_data = ModelCardData(
+    return training_card(
         base_model=base,
-        library_name="peft",
-        tags=[*PROJECT_TAGS, kind, f"humpback-{stage}"],
-        datasets=[name for name in hub_datasets if not is_local(name)] or None,
-    )
-    return ModelCard(
-        f"""---
-{card_data.to_yaml()}
----
-
-# humpback-trl {stage}
-
-The forward model M_k further trained with TRL's {TRAINERS[kind].__name__} on preference data made from the
-instruction-backtranslation rubric (humpback-trl: Li et al., ICLR 2024; self-rewarding pairs after Yuan et al. 2024).
-
-{bullets({"Base model": f"`{base}`", **{key: f"`{value}`" for key, value in links.items()}})}
-
-## Data counts
-
-{bullets(counts)}
-
-## Settings
-
-{bullets(run_settings)}
-"""
+        stage=stage,
+        tags=[kind],
+        summary=f"The forward model M_k further trained with TRL's {TRAINERS[kind].__name__} on preference data "
+        "made from the\ninstruction-backtranslation rubric (humpback-trl: Li et al., ICLR 2024; self-rewarding pairs "
+        "after Yuan et al. 2024).",
+        facts={key: f"`{value}`" for key, value in links.items()},
+        datasets=hub_datasets,
+        counts=counts,
+        settings=run_settings,
     )
 
 
-def save_outputs(
-    kind: str,
-    trainer: PreferenceTrainer,
-    args: PreferenceTrainingArguments,
-    model_args: ModelConfig,
-    counts: dict[str, int],
-) -> None:
-    output_dir = Path(trainer.args.output_dir)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, PeftModel) and REFERENCE_ADAPTER in model.peft_config:
-        # The reference is M_k's adapter unchanged, published already: the artifact is the trained adapter alone.
-        model.delete_adapter(REFERENCE_ADAPTER)
-    trainer.save_model(str(output_dir))
-    if not trainer.accelerator.is_main_process:
-        return
-    copy_prompt_settings(args, trainer, output_dir)
-    # The rows TRL trained on, without the token ids it added.
-    trained = trainer.train_dataset
-    dataset = trained.select_columns([column for column in trained.column_names if not column.endswith("_ids")])
-    dataset.to_json(str(output_dir / TRAINING_DATA_FILE), lines=True, force_ascii=False)
-    stage = stage_name(args, kind)
-    prefix = args.hub_prefix
-    data_repo = dataset_repo_id(prefix, stage) if prefix else None
-    links = {
-        "starting model (M_k)": start_link(args),
-        "preference data": ", ".join(data_link(name, kind, prefix) for name in args.data),
-        "exact training set": data_repo or TRAINING_DATA_FILE,
-    }
-    base = model_args.model_name_or_path or base_model(args, model_args)
-    card = preference_card(kind, stage, base, links, counts, settings(kind, trainer.args, model_args, args.sft_adapter))
-    card.save(str(output_dir / "README.md"))
-    if trainer.args.push_to_hub:
-        # save_model above already pushed the adapter; our card replaces the generic one it wrote.
-        card.push_to_hub(trainer.hub_model_id)
-        if data_repo:
-            summary = f"The exact training set of `{trainer.hub_model_id}` ({kind.upper()}, TRL conversational format)."
-            data_links = {"trained model": trainer.hub_model_id, "preference data": links["preference data"]}
-            private = trainer.args.hub_private_repo
-            data_card = dataset_card(title=data_repo, summary=summary, counts=counts, links=data_links, private=private)
-            push_dataset(dataset, data_card, data_repo, private=private)
+def describe_preferences(
+    kind: str, args: PreferenceTrainingArguments, model_args: ModelConfig, counts: dict[str, int]
+) -> Callable[[PreferenceTrainer], Artifact]:
+    """What a DPO or KTO stage publishes: the trained adapter alone, M_k's prompt settings, the rows TRL trained on
+    (without the token ids it added) and the card linking M_k and the preference data."""
+
+    def describe(trainer: PreferenceTrainer) -> Artifact:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(model, PeftModel) and REFERENCE_ADAPTER in model.peft_config:
+            # The reference is M_k's adapter unchanged, published already: the artifact is the trained adapter alone.
+            model.delete_adapter(REFERENCE_ADAPTER)
+        trained = trainer.train_dataset
+        dataset = trained.select_columns([column for column in trained.column_names if not column.endswith("_ids")])
+        stage = stage_name(args, kind)
+        preference_data = ", ".join(data_link(name, kind, args.hub_prefix) for name in args.data)
+        base = base_name(args, model_args)
+        run = settings(kind, trainer.args, model_args, args.sft_adapter)
+
+        def card(data_repo: str | None) -> ModelCard:
+            links = {
+                "starting model (M_k)": start_link(args),
+                "preference data": preference_data,
+                "exact training set": data_repo or TRAINING_DATA_FILE,
+            }
+            pushed = [
+                data_link(name, kind, args.hub_prefix) for name in args.data if args.hub_prefix or not is_local(name)
+            ]
+            hub_datasets = [*pushed, *([data_repo] if data_repo else [])]
+            return preference_card(kind, stage, portable_name(base), links, hub_datasets, counts, run)
+
+        return Artifact(
+            stage=stage,
+            hub_prefix=args.hub_prefix,
+            base=base,
+            training_set=dataset,
+            counts=counts,
+            card=card,
+            data_summary=f"The exact training set of `{{model}}` ({kind.upper()}, TRL conversational format).",
+            data_links={"preference data": preference_data},
+            write_beside=lambda folder: copy_prompt_settings(args, trainer, folder),
+        )
+
+    return describe
 
 
 def train_preferences(
     kind: str, args: PreferenceTrainingArguments, training_args: PreferenceConfig, model_args: ModelConfig
 ) -> PreferenceTrainer:
     trainer, counts = build_trainer(kind, args, training_args, model_args)
-    resume_and_train(trainer)
-    save_outputs(kind, trainer, args, model_args, counts)
-    trainer.accelerator.print(f"Saved {stage_name(args, kind)} to {training_args.output_dir}")
-    # The main process writes the card and data alone; every process waits for it before the group is torn down.
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()
-    return trainer
+    return train_and_publish(trainer, describe_preferences(kind, args, model_args, counts))

@@ -4,8 +4,8 @@
         --config recipes/quickstart/backward.yaml
     humpback sft --config recipes/quickstart/seed.yaml
 
-Parse (our arguments + SFTConfig + ModelConfig + curation settings, unknown keys fail) -> load -> train -> save ->
-push, as TRL's own scripts/sft.py.
+Parse (our arguments + SFTConfig + ModelConfig, unknown keys fail) -> load -> train -> save -> push, as TRL's own
+scripts/sft.py, through the training tail DPO and KTO share (humpback_trl/training.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from humpback_trl.cli import argv_recipe, command_line_options
-from humpback_trl.curation import CurationSettings
 from humpback_trl.logs import configure_logging
 from humpback_trl.training import HumpbackSFTArguments, train
 
@@ -24,7 +23,7 @@ CHECKPOINTING_KEYS = {"gradient_checkpointing", "activation_checkpointing"}
 
 
 def make_parser(subparsers=None) -> TrlParser:
-    dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig, CurationSettings)
+    dataclass_types = (HumpbackSFTArguments, SFTConfig, ModelConfig)
     if subparsers is not None:
         parser = subparsers.add_parser("sft", help="Train a forward or backward model", dataclass_types=dataclass_types)
     else:
@@ -42,13 +41,13 @@ def user_keys(argv: Sequence[str]) -> set[str]:
 
 def run(argv: list[str] | None = None) -> SFTTrainer:
     argv = sys.argv[1:] if argv is None else argv
-    script_args, training_args, model_args, curation = make_parser().parse_args_and_config(argv)
+    script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
     configure_logging(training_args.get_process_log_level())
     keys = user_keys(argv)
     if not keys & CHECKPOINTING_KEYS:
         training_args.activation_checkpointing = training_args.gradient_checkpointing = True
     # train refuses ignored SFTConfig keys and a Hub token before it loads anything.
-    return train(script_args, training_args, model_args, curation, user_keys=keys)
+    return train(script_args, training_args, model_args, user_keys=keys)
 
 
 if __name__ == "__main__":
