@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import render
 from humpback_trl.collators import SwappedFieldCollator, load_collator
+from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.generation import SamplingConfig, generate
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model
 from humpback_trl.tagging import INFERENCE_SOURCES
@@ -68,7 +69,7 @@ def load_humpback(
 ) -> HumpbackChat:
     """Load a base model plus a Humpback adapter, ready to `chat`. `tags`: both | seed | augmented | none."""
     if tags not in TAG_CHOICES:
-        raise ValueError(f"tags must be one of {sorted(TAG_CHOICES)}, got {tags!r}")
+        raise UserError(f"tags must be one of {sorted(TAG_CHOICES)}, got {tags!r}")
     args = InferenceModelArguments(
         model_name_or_path=base_model,
         adapter=adapter,
@@ -98,19 +99,28 @@ class ChatArguments:
 
 
 def jsonl_instruction(line: str, path: str, number: int) -> str:
-    row = json.loads(line)
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: line {number}, column {error.colno}: not valid JSON ({error.msg})") from None
     if not isinstance(row, dict) or "instruction" not in row:
-        raise ValueError(f"{path}: row {number} has no 'instruction' field")
+        raise UserError(f"{path}: line {number} has no 'instruction' field")
     return row["instruction"]
 
 
 def read_prompts(args: ChatArguments) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        lines = [line for line in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if args.prompts_file.endswith(".jsonl"):
-            lines = [jsonl_instruction(line, args.prompts_file, number) for number, line in enumerate(lines, 1)]
-        prompts += lines
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise MissingFileError(f"prompts_file {path} does not exist")
+        # Numbered before blank lines are dropped, so an error names the line as an editor shows it.
+        lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+        lines = [(number, line) for number, line in lines if line.strip()]
+        if path.suffix == ".jsonl":
+            prompts += [jsonl_instruction(line, args.prompts_file, number) for number, line in lines]
+        else:
+            prompts += [line for _, line in lines]
     if not prompts:
-        raise ValueError("Give prompts with --prompt TEXT [TEXT ...] or --prompts_file FILE")
+        raise UserError("Give prompts with --prompt TEXT [TEXT ...] or --prompts_file FILE")
     return prompts

@@ -35,6 +35,8 @@ class Command:
     trainer: tuple[str, ...] = ()
     usage: str = "[--config FILE] [--key value ...]"
     epilog: str = ""
+    # The options of a command that parses with plain argparse (no recipe): its parser takes their help from here.
+    options: tuple[Option, ...] = ()
 
 
 def _source_path(module: str) -> Path:
@@ -44,12 +46,22 @@ def _source_path(module: str) -> Path:
     return Path(spec.origin)
 
 
+def _text_of(node: ast.expr) -> str:
+    """A help string as written: a literal, or an f-string whose fields show as the names in their braces."""
+    if isinstance(node, ast.JoinedStr):
+        return "".join(
+            str(part.value) if isinstance(part, ast.Constant) else f"{{{ast.unparse(part.value)}}}"
+            for part in node.values
+        )
+    return str(ast.literal_eval(node))
+
+
 def _help_of(call: ast.Call) -> str:
     for keyword in call.keywords:
         if keyword.arg == "metadata" and isinstance(keyword.value, ast.Dict):
             for key, value in zip(keyword.value.keys, keyword.value.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value == "help":
-                    return str(ast.literal_eval(value))
+                    return _text_of(value)
     return ""
 
 
@@ -98,20 +110,28 @@ def _wrap(text: str, indent: int, width: int = 118) -> list[str]:
     return [*lines, line] if line else lines
 
 
+CONFIG_LINE = "  --config FILE            a YAML recipe whose keys are the options below; --key value overrides it"
+
+
+def _option_lines(option: Option) -> list[str]:
+    flag = f"  --{option.name} {option.type.replace(' ', '')}"
+    wrapped = _wrap(f"{option.help} (default: {option.default})", 27)
+    head = [flag, f"{'':<26} {wrapped[0]}"] if len(flag) > 26 else [f"{flag:<26} {wrapped[0]}"]
+    return head + [" " * 27 + line for line in wrapped[1:]]
+
+
 def render_help(name: str, command: Command) -> str:
     out = [f"usage: humpback {name} {command.usage}", "", command.summary, "", "options:"]
-    out.append("  --config FILE            a YAML recipe whose keys are the options below; --key value overrides it")
+    if command.arguments:
+        out.append(
+            "  --config FILE            a YAML recipe whose keys are the options below; --key value overrides it"
+        )
+    for option in command.options:
+        out += _option_lines(option)
     for reference in command.arguments:
         out += ["", f"{reference.split(':')[1]} ({reference.split(':')[0]}):"]
         for option in dataclass_options(reference):
-            flag = f"  --{option.name} {option.type.replace(' ', '')}"
-            text = f"{option.help} (default: {option.default})"
-            if len(flag) > 26:
-                out.append(flag)
-                flag = ""
-            wrapped = _wrap(text, 27)
-            out.append(f"{flag:<26} {wrapped[0]}")
-            out += [" " * 27 + line for line in wrapped[1:]]
+            out += _option_lines(option)
     if command.trainer:
         names = ", ".join(command.trainer)
         out += [

