@@ -1,13 +1,14 @@
 """`humpback preferences`: preference data from the rubric scores, for `humpback dpo` and `humpback kto`.
 
     humpback preferences --config recipes/quickstart/preferences.yaml --adapter outputs/quickstart/m2 \
-        --instructions outputs/quickstart/m1/curation/scored.jsonl
+        --instructions outputs/quickstart/curate-2/scored.jsonl
     humpback preferences --config recipes/quickstart/preferences.yaml --kind kto --adapter outputs/quickstart/m2 \
-        --scored_pool outputs/quickstart/m1/curation/scored.jsonl
+        --scored_pool outputs/quickstart/curate-2/scored.jsonl
     accelerate launch -m humpback_trl.scripts.preferences --config ...
 
 dpo: M_k samples answers per instruction and scores them (resumable shards across processes); kto: the scored pool
-split at the thresholds. Writes <kind>.jsonl (and <kind>/), report.json / report.md and a card.
+split at the thresholds. In the loop both read the last curation stage's pool, curate-<K>/scored.jsonl. Writes
+<kind>.jsonl (and <kind>/), report.json / report.md and a card.
 """
 
 from __future__ import annotations
