@@ -14,6 +14,8 @@ from typing import Any
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from humpback_trl.errors import UserError
+
 # Used only when a tokenizer ships no chat template (base models): an Alpaca-like layout closed by EOS.
 PLAIN_CHAT_TEMPLATE = (
     "{{ bos_token if bos_token else '' }}"
@@ -54,13 +56,13 @@ def template_text(tokenizer: PreTrainedTokenizerBase, name: str | None = None) -
     if isinstance(templates, dict):
         key = name or "default"
         if key not in templates:
-            raise ValueError(
+            raise UserError(
                 f"The tokenizer of {tokenizer_name(tokenizer)!r} holds the chat templates "
                 f"{sorted(templates)} and none is named {key!r}; choose one with chat_template_name."
             )
         return templates[key]
     if name is not None:
-        raise ValueError(
+        raise UserError(
             f"chat_template_name={name!r}, but the tokenizer of {tokenizer_name(tokenizer)!r} holds a single template."
         )
     return templates or PLAIN_CHAT_TEMPLATE
@@ -97,7 +99,7 @@ def render(
         dialogue = [message for message in messages if message["role"] != "system"]
         # Only blame the system role when the same conversation renders without it.
         if len(dialogue) < len(messages) and _renders(tokenizer, chat_template, dialogue, kwargs):
-            raise ValueError(
+            raise UserError(
                 f"The chat template of {tokenizer_name(tokenizer)!r} has no system role (it raised: {error}); "
                 "leave the system prompt unset for this model."
             ) from error
@@ -164,7 +166,7 @@ def _turn_end(_key: tuple, tokenizer: PreTrainedTokenizerBase) -> TurnEnd:
             if not suffix.startswith(close):
                 break
             return TurnEnd(close=close, trailer=suffix[len(close) :], token_ids=tuple(ids[: position + 1]))
-    raise ValueError(
+    raise UserError(
         f"The chat template of {tokenizer.name_or_path!r} closes an assistant turn with {suffix!r}, which holds no "
         "special token; the model could never learn where an answer ends. Use a template with an end-of-turn token."
     )

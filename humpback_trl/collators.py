@@ -32,6 +32,7 @@ from humpback_trl.chat_template import (
     tokenizer_name,
     turn_end,
 )
+from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.padding import pad, pad_batch
 from humpback_trl.tagging import Tagging
 
@@ -74,9 +75,9 @@ class SwappedFieldCollator:
 
     def __post_init__(self) -> None:
         if self.direction not in ("forward", "backward"):
-            raise ValueError(f"direction must be 'forward' or 'backward', got {self.direction!r}")
+            raise UserError(f"direction must be 'forward' or 'backward', got {self.direction!r}")
         if "{output}" not in self.backward_prompt:
-            raise ValueError("backward_prompt must contain the placeholder {output}")
+            raise UserError("backward_prompt must contain the placeholder {output}")
         self._turn_end = turn_end(self.tokenizer)
         # Non-thinking mode unless the recipe says otherwise; kept in the template kwargs, so the adapter's saved
         # prompt settings (and every stage that renders with them) prompt as training did.
@@ -115,7 +116,7 @@ class SwappedFieldCollator:
             # the assistant turn's rendering from the conversation without the system block.
             content = self._assistant_chunk(self._render_prompt(messages[1:]), messages[1:], completion)
         if content is None:
-            raise ValueError(
+            raise UserError(
                 f"The chat template of {self.tokenizer.name_or_path!r} does not render the generation prompt as a "
                 f"prefix of the conversation, or does not end the assistant turn with {self._turn_end.suffix!r}; "
                 f"cannot locate the completion (row {row.get('source_id', '?')})."
@@ -140,13 +141,19 @@ class SwappedFieldCollator:
             if found.switch
             else "choose a template without thinking blocks (chat_template_name)"
         )
-        raise ValueError(
+        raise UserError(
             f"The chat template of {tokenizer_name(self.tokenizer)!r} writes a thinking block "
             f"({found.open_tag}...{found.close_tag}) into the assistant turn with template_kwargs "
             f"{self.template_kwargs}, so it would be trained as part of every completion; {how}."
         )
 
     def encode_row(self, row: Mapping[str, Any]) -> EncodedPair:
+        missing = [column for column in ("instruction", "output") if column not in row]
+        if missing:
+            raise MissingColumnError(
+                f"Row {row.get('source_id', '?')} has no {' or '.join(missing)} column (its columns: {list(row)}); "
+                "the collator reads raw pair rows: rename the columns to instruction and output"
+            )
         output = row["output"]
         truncated = False
         for _ in range(MAX_TRUNCATION_ROUNDS):
@@ -158,7 +165,7 @@ class SwappedFieldCollator:
                 return EncodedPair(prompt_ids + completion_ids, labels, truncated)
             output_ids = encode(self.tokenizer, output)
             if excess >= len(output_ids):
-                raise ValueError(
+                raise UserError(
                     f"Row {row.get('source_id', '?')}: even with the output removed the row needs "
                     f"{len(prompt_ids) + len(completion_ids) - len(output_ids)} tokens, more than "
                     f"max_length={self.max_length}; the instruction is never cut, so raise max_length or drop the row."
@@ -205,7 +212,7 @@ def load_collator(
         return SwappedFieldCollator(tokenizer, direction=direction)
     settings = json.loads(path.read_text(encoding="utf-8"))
     if settings["direction"] != direction:
-        raise ValueError(f"{folder} holds a {settings['direction']} model, but a {direction} model is needed here")
+        raise UserError(f"{folder} holds a {settings['direction']} model, but a {direction} model is needed here")
     return SwappedFieldCollator(
         tokenizer,
         direction=direction,

@@ -33,6 +33,7 @@ import datasets
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from humpback_trl.errors import MissingColumnError, MissingFileError, UserError, malformed_data_file
 from humpback_trl.filters import (
     Check,
     capital_ratio,
@@ -40,6 +41,7 @@ from humpback_trl.filters import (
     has_repeated_sentences,
     near_duplicate_check,
 )
+from humpback_trl.pairs import datasets_errors_raised
 from humpback_trl.segmentation import DOC_FORMATS, Segment, split, truncate_document
 
 logger = logging.getLogger(__name__)
@@ -128,18 +130,18 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if self.doc_format not in DOC_FORMATS:
-            raise ValueError(f"doc_format must be one of {DOC_FORMATS}, got {self.doc_format!r}")
+            raise UserError(f"doc_format must be one of {DOC_FORMATS}, got {self.doc_format!r}")
         if self.max_document_chars < 1:
-            raise ValueError(f"max_document_chars must be positive, got {self.max_document_chars}")
+            raise UserError(f"max_document_chars must be positive, got {self.max_document_chars}")
         if self.max_documents is not None and self.max_documents < 1:
-            raise ValueError(f"max_documents must be positive, got {self.max_documents}")
+            raise UserError(f"max_documents must be positive, got {self.max_documents}")
         if "[" in self.dataset_split:
-            raise ValueError(
+            raise UserError(
                 f"dataset_split={self.dataset_split!r}: Hub datasets are streamed, which takes no slice (a slice "
                 "downloads the whole split first); use the plain split name and max_documents."
             )
         if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
-            raise ValueError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
+            raise UserError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
 
 
 class Document(NamedTuple):
@@ -165,11 +167,13 @@ def _repair(text: str) -> tuple[str, bool]:
 def _check_columns(available: Iterable[str], name: str, config: CorpusConfig) -> list[str]:
     """Return the columns the corpus reads; raise if one is missing from `available`."""
     available = list(available)
-    needed = [column for column in (config.text_column, config.id_column) if column is not None]
-    for column in needed:
-        if column not in available:
-            raise ValueError(f"column {column!r} not found in {name}; available columns: {available}")
-    return needed
+    options = {"text_column": config.text_column, "id_column": config.id_column}
+    for option, column in options.items():
+        if column is not None and column not in available:
+            raise MissingColumnError(
+                f"column {column!r} not found in {name}; available columns: {available} (set {option})"
+            )
+    return [column for column in options.values() if column is not None]
 
 
 def _row_documents(rows: Iterable[Any], name: str, config: CorpusConfig, bad_bytes: bool = False) -> Iterator[Document]:
@@ -177,7 +181,7 @@ def _row_documents(rows: Iterable[Any], name: str, config: CorpusConfig, bad_byt
     row with U+FFFD counts as an invalid-UTF-8 document."""
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{name}: row {i} is a {type(row).__name__}, expected an object with named columns")
+            raise UserError(f"{name}: row {i} is a {type(row).__name__}, expected an object with named columns")
         _check_columns(row, name, config)
         value = row[config.text_column]
         text, invalid = _repair("" if value is None else str(value))
@@ -203,17 +207,22 @@ def _is_utf8(path: Path) -> bool:
 
 
 def _table_rows(path: Path, name: str, config: CorpusConfig) -> Iterator[dict[str, Any]]:
-    """Rows of a local table file, streamed by its datasets loader; a parse error names the file."""
+    """Rows of a local table file, streamed by its datasets loader; a malformed file is one UserError naming the
+    file and, for JSON, the line that does not parse."""
     loader = _LOADERS[path.suffix.lower()]
     options = {} if loader == "parquet" else {"encoding": "utf-8-sig", "encoding_errors": "replace"}
-    dataset = datasets.load_dataset(loader, data_files=str(path), split="train", streaming=True, **options)
-    if dataset.column_names is not None:  # unknown for JSON until read: _row_documents checks each row
-        dataset = dataset.select_columns(_check_columns(dataset.column_names, name, config))
     try:
-        yield from dataset
+        with datasets_errors_raised():
+            # Parquet's schema is read here, so a corrupt Parquet file fails before the first row.
+            dataset = datasets.load_dataset(loader, data_files=str(path), split="train", streaming=True, **options)
+            if dataset.column_names is not None:  # unknown for JSON until read: _row_documents checks each row
+                dataset = dataset.select_columns(_check_columns(dataset.column_names, name, config))
+            yield from dataset
+    except UserError:
+        raise
     # ValueError covers pandas' ParserError (CSV); ArrowInvalid, JSON and Parquet.
     except (pa.ArrowInvalid, datasets.exceptions.DatasetGenerationError, ValueError) as error:
-        raise ValueError(f"{name}: not a readable {loader} file ({str(error).splitlines()[0]})") from error
+        raise malformed_data_file(path, error) from error
 
 
 def _file_documents(path: Path, name: str, config: CorpusConfig) -> Iterator[Document]:
@@ -269,16 +278,16 @@ def _iter_documents(config: CorpusConfig) -> Iterator[Document]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _SUPPORTED_SUFFIXES)
         if not files:
-            raise ValueError(f"no {'/'.join(_SUPPORTED_SUFFIXES)} files under {path}")
+            raise UserError(f"no {'/'.join(_SUPPORTED_SUFFIXES)} files under {path}")
         for file in files:
             yield from _file_documents(file, file.relative_to(path).as_posix(), config)
     elif path.is_file():
         if path.suffix.lower() not in _SUPPORTED_SUFFIXES:
-            raise ValueError(f"unsupported file type {path.suffix!r} for {path}; use one of {_SUPPORTED_SUFFIXES}")
+            raise UserError(f"unsupported file type {path.suffix!r} for {path}; use one of {_SUPPORTED_SUFFIXES}")
         yield from _file_documents(path, path.name, config)
     elif path.suffix.lower() in _SUPPORTED_SUFFIXES or config.source.startswith(("/", ".", "~")):
         # Looks like a local path: a typo should not turn into a Hub download attempt.
-        raise FileNotFoundError(f"corpus file or directory not found: {config.source}")
+        raise MissingFileError(f"corpus file or directory not found: {config.source}")
     else:
         yield from _hub_documents(config)
 
@@ -391,12 +400,12 @@ def check_counts(counts: dict[str, int], source: str) -> None:
     if counts["segments_kept"]:
         return
     if not total:
-        raise ValueError(
+        raise UserError(
             f"corpus: 0 segments from {source}: {counts['documents_read']} documents read, "
             f"{counts['empty_documents']} of them empty."
         )
     worst = max(removed, key=removed.__getitem__)
-    raise ValueError(
+    raise UserError(
         f"corpus: 0 of {total} segments kept from {source}; {worst} removed the most ({removed[worst]}): "
         f"{REMOVAL_ADVICE[worst]}. All counts: {counts}"
     )

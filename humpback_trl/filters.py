@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from datasketch import MinHash, MinHashLSH
 
+from humpback_trl.errors import MissingPackageError
+
 # (count key, predicate that is True when the text is dropped)
 Check = tuple[str, Callable[[str], bool]]
 # Share of ASCII among the letters of an English text (language="en").
@@ -93,7 +95,7 @@ def wrong_language(language: str) -> Callable[[str], bool]:
     if language == "en":
         return lambda text: _ascii_letter_share(text) < ENGLISH_ASCII_SHARE
     if importlib.util.find_spec("langdetect") is None:
-        raise ImportError(
+        raise MissingPackageError(
             f"language={language!r} needs langdetect: pip install langdetect (language='en' uses a built-in heuristic)"
         )
     from langdetect import DetectorFactory, LangDetectException, detect

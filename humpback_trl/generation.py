@@ -22,6 +22,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.generation.utils import ALL_CACHE_NAMES
 
 from humpback_trl import chat_template
+from humpback_trl.errors import UserError
 from humpback_trl.padding import pad_batch
 
 # The keyword (and output field) that carries the KV cache: transformers renamed `past_key_values` to `cache`, and
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def check_engine(engine: str, option: str = "engine") -> None:
     if engine not in ENGINES:
-        raise ValueError(f"{option} must be one of {ENGINES}, got {engine!r}")
+        raise UserError(f"{option} must be one of {ENGINES}, got {engine!r}")
 
 
 def resolve_engine(engine: str) -> str:

@@ -28,6 +28,7 @@ from humpback_trl.chat_template import (
     strip_thinking,
     tokenizer_name,
 )
+from humpback_trl.errors import UserError
 
 _TURN_ROLES = ("user", "assistant")
 
@@ -64,7 +65,7 @@ def _render_with_sentinel_query(
     # render raises one clear error for a template without a system role (Gemma-2, Mixtral).
     text = render(tokenizer, system + turns, **template_kwargs)
     if SENTINEL not in text:
-        raise ValueError(
+        raise UserError(
             f"The chat template of {tokenizer_name(tokenizer)!r} does not copy the user message into its output, "
             "so the text before a user message cannot be found."
         )
@@ -127,7 +128,7 @@ def instruction_stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in closing:
         closing.append(tokenizer.eos_token_id)
     if not closing:
-        raise ValueError(
+        raise UserError(
             f"{tokenizer_name(tokenizer)!r} has no EOS token and its chat template closes a user turn without a "
             "special token, so instruction generation could never stop."
         )
@@ -147,7 +148,7 @@ def instruction_prompt(
     ids = pre_query_ids(tokenizer, system_prompt, history)
     text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     if encode(tokenizer, text) != ids:
-        raise ValueError(
+        raise UserError(
             f"The pre-query ids of {tokenizer_name(tokenizer)!r} do not survive decoding and encoding again "
             f"({text!r}), so they cannot be passed to the generation engine as text."
         )

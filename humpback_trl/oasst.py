@@ -17,6 +17,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
+from humpback_trl.errors import MissingColumnError
 from humpback_trl.pairs import PAIR_FEATURES, is_local, load_table, make_pair
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def index_export(messages: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[st
     for index, row in enumerate(rows):
         missing = [name for name in REQUIRED_FIELDS if name not in row]
         if missing:
-            raise KeyError(f"oasst message row {index} lacks field(s) {missing}; is this the oasst1 message export?")
+            raise MissingColumnError(
+                f"oasst message row {index} lacks field(s) {missing}; is this the oasst1 message export?"
+            )
     return rows, {row["message_id"]: row for row in rows}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from humpback_trl.errors import MissingFileError
+
 # Options whose values name a model or an adapter, in our dataclasses and in TRL's ModelConfig.
 MODEL_OPTIONS = ("model_name_or_path", "adapter", "sft_adapter", "scorer_adapter")
 
@@ -21,5 +23,5 @@ def check_local(name: str, option: str) -> str:
         return name
     path = Path(name).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{option}: no such folder {path} (a Hub model is named ORG/NAME)")
+        raise MissingFileError(f"{option}: no such folder {path} (a Hub model is named ORG/NAME)")
     return str(path)

@@ -38,6 +38,8 @@ from accelerate import DistributedType, PartialState
 from datasets import Dataset, Features, load_from_disk
 from tqdm.auto import tqdm
 
+from humpback_trl.errors import MissingColumnError, MissingFileError, UserError
+
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
@@ -56,16 +58,18 @@ def shard_path(shards_dir: Path, index: int) -> Path:
 def item_keys(items: Items, key: str) -> list[str]:
     """Every item's key as a string. Duplicates are refused before any work: their results could not be told apart."""
     if not len(items):
-        raise ValueError("No items to work on")
+        raise UserError("No items to work on")
     columns = items.column_names if isinstance(items, Dataset) else list(items[0])
     if key not in columns:
-        raise KeyError(f"No key column {key!r}; the items' columns are {columns}. Pass `key=` with the right name.")
+        raise MissingColumnError(
+            f"No key column {key!r}; the items' columns are {columns}. Pass `key=` with the right name."
+        )
     keys = [str(k) for k in (items[key] if isinstance(items, Dataset) else (row[key] for row in items))]
     first_row: dict[str, int] = {}
     duplicates = [(k, first_row[k], i) for i, k in enumerate(keys) if first_row.setdefault(k, i) != i]
     if duplicates:
         shown = ", ".join(f"{k!r} (rows {a} and {b})" for k, a, b in duplicates[:5])
-        raise ValueError(f"{len(duplicates)} duplicate {key!r} value(s) in the items: {shown}. Keys must be unique.")
+        raise UserError(f"{len(duplicates)} duplicate {key!r} value(s) in the items: {shown}. Keys must be unique.")
     return keys
 
 
@@ -100,7 +104,7 @@ def check_manifest(shards_dir: Path, expected: dict[str, Any]) -> None:
     found = json.loads(path.read_text(encoding="utf-8"))
     changed = [f"{name} {found.get(name)!r} -> {new!r}" for name, new in expected.items() if found.get(name) != new]
     if changed:
-        raise ValueError(
+        raise UserError(
             f"{shards_dir} holds shards of a different job ({'; '.join(changed)}). "
             f"Remove {shards_dir} to discard them, or choose another output_dir."
         )
@@ -135,7 +139,7 @@ def check_shared(shards_dir: Path, process_index: int, wait_s: float = 0.0) -> N
     """Every process must see the manifest the main process has just written: on a folder that is not shared
     between machines, the work would be lost to the merge hours later."""
     if not visible(shards_dir / MANIFEST, wait_s):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{shards_dir / MANIFEST}, written by the main process, is not visible to process {process_index} on "
             f"{socket.gethostname()}: with several machines, output_dir must be one folder that all of them share "
             "(NFS, Lustre...)"
@@ -221,7 +225,7 @@ def merge(
     for index, bounds in enumerate(shards):
         path = shard_path(shards_dir, index)
         if not visible(path, wait_s):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Shard {index} ({path}) is missing after every process finished; with several machines, "
                 "output_dir must be one folder that all of them share"
             )
@@ -251,7 +255,7 @@ def run_sharded(
     every accelerate process, skipping shards finished by an earlier run; returns the merged results on every
     process. The manifest leaves out the number of processes, so a job may resume on a different number of them."""
     if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        raise UserError(f"shard_size must be at least 1, got {shard_size}")
     state = process_state()
     output_dir = Path(output_dir)
     shards_dir = output_dir / "shards"

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from humpback_trl.corpus import CorpusConfig, prepare_corpus
+from humpback_trl.errors import UserError
 
 
 def read(path, **options):
@@ -37,10 +38,16 @@ def test_invalid_utf8_in_csv_and_json_lines_is_replaced_and_counted_per_row(tmp_
     assert read(tmp_path / "valid.jsonl")[1]["invalid_utf8_documents"] == 0
 
 
-def test_a_broken_json_line_names_the_file(tmp_path):
-    (tmp_path / "broken.jsonl").write_text('{"text": "fine"}\n{"text": "unterminated\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"^broken\.jsonl: not a readable json file \("):
-        read(tmp_path / "broken.jsonl")
-    (tmp_path / "broken.csv").write_text('text\n"never closed\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"^broken\.csv: not a readable csv file \("):
-        read(tmp_path / "broken.csv")
+def test_a_malformed_file_names_the_file_and_its_line(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": "unterminated\n', encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{broken}: line 2, column 10: not valid JSON \(Unterminated string"):
+        read(broken)
+    table = tmp_path / "broken.csv"
+    table.write_text('text\n"never closed\n', encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{table}: not a readable csv file \(.*EOF inside string"):
+        read(table)
+    parquet = tmp_path / "broken.parquet"
+    parquet.write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match=rf"^{parquet}: not a readable parquet file \(Parquet magic bytes"):
+        read(parquet)

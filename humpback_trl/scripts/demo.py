@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from humpback_trl import pipeline
+from humpback_trl.errors import UserError
 from humpback_trl.tiny import TINY_MODEL
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart"
@@ -44,7 +45,7 @@ def argument_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = argument_parser().parse_args(argv)
     if not (QUICKSTART / "loop.yaml").is_file():
-        raise SystemExit(
+        raise UserError(
             f"The demo runs the recipes in {QUICKSTART}, which this installation lacks: run it from a clone."
         )
     loop = pipeline.LoopArguments(

@@ -16,6 +16,7 @@ from typing import Any
 from trl import TrlParser
 
 from humpback_trl.dry_run import dry_run
+from humpback_trl.errors import UserError
 from humpback_trl.pipeline import LoopArguments, print_summary, run_loop
 
 
@@ -26,9 +27,10 @@ def make_parser() -> TrlParser:
 def run(argv: list[str] | None = None) -> dict[str, Any] | list[list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
-        raise SystemExit(
-            "usage: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--output_dir DIR] [--iterations K] "
-            "[--model NAME] [--backward_model NAME] [--magpie_model NAME] [--dry_run] ..."
+        raise UserError(
+            "name a recipe folder or its loop.yaml first: humpback run RECIPE_FOLDER|LOOP.yaml [--from STAGE] "
+            "[--output_dir DIR] [--iterations K] [--model NAME] [--backward_model NAME] [--magpie_model NAME] "
+            "[--dry_run] ..."
         )
     target = Path(argv.pop(0))
     # A folder runs its loop.yaml; a yaml file in a recipe folder runs that variant (e.g. loop_multi_gpu.yaml).
