@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from accelerate import PartialState
 from datasets import Dataset
 from trl import TrlParser
 
 from humpback_trl.augment import AugmentArguments, augment
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
+from humpback_trl.shards import process_state
 
 
 def make_parser(subparsers=None) -> TrlParser:
@@ -29,8 +29,9 @@ def make_parser(subparsers=None) -> TrlParser:
 
 def run(argv: list[str] | None = None) -> Dataset:
     args, model_args = make_parser().parse_args_and_config(argv)
-    # INFO on the main process only, so N generating processes do not repeat every line.
-    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
+    # INFO on the main process only, so N generating processes do not repeat every line; process_state forms the
+    # group of a CPU launch too, where a plain PartialState() would make every process its own main process.
+    configure_logging(logging.INFO if process_state().is_main_process else logging.WARNING)
     return augment(args, model_args)
 
 

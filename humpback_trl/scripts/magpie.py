@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from accelerate import PartialState
 from datasets import Dataset
 from trl import TrlParser
 
@@ -16,6 +15,7 @@ from humpback_trl.curation import CurationSettings
 from humpback_trl.logs import configure_logging
 from humpback_trl.magpie import MagpieArguments, magpie
 from humpback_trl.modeling import InferenceModelArguments
+from humpback_trl.shards import process_state
 
 
 def make_parser(subparsers=None) -> TrlParser:
@@ -27,8 +27,9 @@ def make_parser(subparsers=None) -> TrlParser:
 
 def run(argv: list[str] | None = None) -> Dataset:
     args, model_args, settings = make_parser().parse_args_and_config(argv)
-    # INFO on the main process only, so N generating processes do not repeat every line.
-    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
+    # INFO on the main process only, so N generating processes do not repeat every line; process_state forms the
+    # group of a CPU launch too, where a plain PartialState() would make every process its own main process.
+    configure_logging(logging.INFO if process_state().is_main_process else logging.WARNING)
     return magpie(args, model_args, settings)
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 
-from accelerate import PartialState
 from datasets import Dataset
 from trl import TrlParser
 
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 from humpback_trl.preferences import PreferenceArguments, build_preferences
+from humpback_trl.shards import process_state
 
 
 def make_parser(subparsers=None) -> TrlParser:
@@ -34,7 +34,9 @@ def make_parser(subparsers=None) -> TrlParser:
 
 
 def run(argv: list[str] | None = None) -> Dataset:
-    configure_logging(logging.INFO if PartialState().is_main_process else logging.WARNING)
+    # INFO on the main process only; process_state forms the group of a CPU launch too, where a plain
+    # PartialState() would make every process its own main process.
+    configure_logging(logging.INFO if process_state().is_main_process else logging.WARNING)
     args, model_args = make_parser().parse_args_and_config(argv)
     data, report = build_preferences(args, model_args)
     kept = report["pairs_kept"] if args.kind == "dpo" else f"{report['desirable']}+{report['undesirable']}"
