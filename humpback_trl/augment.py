@@ -6,6 +6,9 @@ segment of the unlabeled corpus, giving the candidate pool A of (instruction, se
 
 The prompt is built by the same collator code that trained M_yx, with the prompt settings saved beside the adapter.
 Work is split in resumable shards across accelerate processes; sampling defaults to the paper's T=0.7, top-p=0.9.
+With `instructions_per_segment: N` the backward model samples N instructions per segment (candidate ids
+`<segment id>#1` .. `#N`); curation keeps at most the best scored of them in A4 / A5, and likelihood-mode curation
+computes the segment's own passes once for all N.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ class AugmentArguments:
     )
     corpus_split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset corpus."})
     max_segments: int | None = field(default=None, metadata={"help": "Use only the first N segments."})
+    instructions_per_segment: int = field(
+        default=1,
+        metadata={
+            "help": "Instructions sampled per segment (ids <segment>#1..#N when above 1); curation keeps the "
+            "best scored per segment."
+        },
+    )
     output_dir: str = field(
         default="outputs/augment",
         metadata={"help": "candidates.jsonl, candidates/ (save_to_disk), shards/, report, card."},
@@ -73,6 +83,8 @@ class AugmentArguments:
 
     def __post_init__(self) -> None:
         check_engine(self.engine)
+        if self.instructions_per_segment < 1:
+            raise ValueError(f"instructions_per_segment must be at least 1, got {self.instructions_per_segment}")
 
 
 def load_segments(args: AugmentArguments) -> Dataset:
@@ -82,8 +94,15 @@ def load_segments(args: AugmentArguments) -> Dataset:
             raise KeyError(f"{args.corpus}: no column {column!r}; its columns are {table.column_names}")
     if args.max_segments is not None:
         table = table.select(range(min(args.max_segments, len(table))))
+    n = args.instructions_per_segment
+
+    def expand(ids: list[Any], texts: list[str]) -> dict[str, list[str]]:
+        # One row per instruction to write: the shard key must be unique, so copies carry their number.
+        keys = [str(i) if n == 1 else f"{i}#{k}" for i in ids for k in range(1, n + 1)]
+        return {"source_id": keys, "text": [text for text in texts for _ in range(n)]}
+
     return table.map(
-        lambda ids, texts: {"source_id": [str(i) for i in ids], "text": texts},
+        expand,
         input_columns=[args.id_column, args.text_column],
         batched=True,
         remove_columns=table.column_names,
@@ -129,12 +148,13 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
             "engine": engine,
             "sampling": vars(sampling),
             "seed": args.seed,
+            "instructions_per_segment": args.instructions_per_segment,
             "prompt": collator.backward_prompt,
             "system": collator.system_prompt,
         },
     )
     candidates, report = drop_blank(generated, "generated instructions")
-    counts = {"segments": len(segments), "empty_instruction": report.rejected}
+    counts = {"segments": len(segments) // args.instructions_per_segment, "empty_instruction": report.rejected}
     finish_stage(candidate_outputs(candidates, args, model_args, counts), args.output_dir)
     return candidates
 

@@ -7,7 +7,11 @@ of the raw score, overall and per corruption kind (good rows against that kind's
 
 Dev sets:
 - the bundled one (`builtin:dev`), built by `dev_set_from_pairs` from pairs written for it
-  (`humpback_trl/data/dev_pairs.jsonl`, none of them seed pairs) and four corruptions of each;
+  (`humpback_trl/data/dev_pairs.jsonl`, none of them seed pairs): four output-side corruptions of each, one
+  instruction-side corruption of each (in turn: a generic or meta instruction, a looping phrase, an echo of the
+  output's first sentence, another pair's instruction), and real candidates (`humpback_trl/data/dev_real.jsonl`,
+  kind `real`): instructions that backward adapters of two training lengths on SmolLM2-135M-Instruct wrote for the
+  bundled corpus's segments, each labelled by reading (1: an on-topic instruction for its segment, else 0);
 - `oasst_dev_set`: from an oasst1 message export, each first-turn prompt's rank-0 reply (1) against its
   lowest-ranked reply (0), so a real run calibrates against human labels.
 """
@@ -29,6 +33,18 @@ logger = logging.getLogger(__name__)
 BUNDLED_DEV_SET = "builtin:dev"
 GOOD = "good"
 CORRUPTIONS = ("mismatched", "truncated", "blog", "navigation")
+INSTRUCTION_CORRUPTIONS = ("generic", "loop", "echo", "other_instruction")
+REAL = "real"
+# What a backward model writes when it has not learnt the task (the demo's 10-step adapter wrote these or their like).
+GENERIC_INSTRUCTIONS = (
+    "Provide a more specific answer.",
+    "What is the most likely question or instruction that the text can answer?",
+    "Please go ahead and provide the question or instruction that requires more information.",
+    "I'm ready to help with your request. How can I assist you today?",
+    "Tell me more about this.",
+)
+LOOP_WORDS = 4
+LOOP_TIMES = 4
 OASST_KIND = "oasst_low_rank"
 DEV_FEATURES = Features(
     {
@@ -67,10 +83,30 @@ def truncate(text: str, share: float = TRUNCATE_AT) -> str:
     return text[: cut if cut > 0 else max(1, int(len(text) * share))]
 
 
+def first_sentence(text: str) -> str:
+    """The text up to its first sentence end or line break."""
+    line = text.strip().split("\n", 1)[0]
+    end = line.find(". ")
+    return line[: end + 1] if end >= 0 else line
+
+
+def corrupt_instruction(kind: str, pair: Mapping[str, str], index: int, pairs: Sequence[Mapping[str, str]]) -> str:
+    """An instruction-side corruption of `pair` (its output stays): what an undertrained backward model writes."""
+    if kind == "generic":
+        return GENERIC_INSTRUCTIONS[index // len(INSTRUCTION_CORRUPTIONS) % len(GENERIC_INSTRUCTIONS)]
+    if kind == "loop":
+        opening = " ".join(pair["instruction"].split()[:LOOP_WORDS])
+        return " ".join([opening] * LOOP_TIMES) + " " + pair["instruction"]
+    if kind == "echo":
+        return first_sentence(pair["output"])
+    # A quarter of the set away: never the pair whose answer its "mismatched" row borrows (half the set away).
+    return pairs[(index + len(pairs) // 4) % len(pairs)]["instruction"]
+
+
 def dev_rows(pair: Mapping[str, str], index: int, pairs: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
-    """The good row of `pair` and its four corruptions: another pair's answer (half the set away, so never its own
-    or a neighbour's), its first 40%, its blog-voice rewrite (written by hand in `blog_output`), and the answer
-    inside web page furniture."""
+    """The good row of `pair`, its four output-side corruptions: another pair's answer (half the set away, so never
+    its own or a neighbour's), its first 40%, its blog-voice rewrite (written by hand in `blog_output`), and the
+    answer inside web page furniture; and one instruction-side corruption, the kinds in turn."""
     other = pairs[(index + len(pairs) // 2) % len(pairs)]
     head, tail = PAGE_FURNITURE[index % len(PAGE_FURNITURE)]
     outputs = {
@@ -80,29 +116,55 @@ def dev_rows(pair: Mapping[str, str], index: int, pairs: Sequence[Mapping[str, s
         "blog": pair["blog_output"],
         "navigation": head.format(topic=pair["topic"]) + pair["output"] + tail,
     }
-    return [
+    rows = [
         {"instruction": pair["instruction"], "output": output, "label": int(kind == GOOD), "kind": kind,
          "pair_id": pair["id"]}
         for kind, output in outputs.items()
     ]  # fmt: skip
+    kind = INSTRUCTION_CORRUPTIONS[index % len(INSTRUCTION_CORRUPTIONS)]
+    instruction = corrupt_instruction(kind, pair, index, pairs)
+    rows.append({"instruction": instruction, "output": pair["output"], "label": 0, "kind": kind, "pair_id": pair["id"]})
+    return rows
 
 
-def dev_set_from_pairs(pairs: Sequence[Mapping[str, str]]) -> Dataset:
-    """A labelled dev set from written pairs `{id, topic, instruction, output, blog_output}` (1 good : 4 bad)."""
+def dev_set_from_pairs(pairs: Sequence[Mapping[str, str]], real: Sequence[Mapping[str, Any]] = ()) -> Dataset:
+    """A labelled dev set from written pairs `{id, topic, instruction, output, blog_output}` (1 good : 5 bad), then
+    the labelled `real` candidates `{id, instruction, output, label}` (kind `real`)."""
     if len(pairs) < 2:
         raise ValueError(f"A dev set needs at least 2 pairs to mismatch answers, got {len(pairs)}")
     for index, pair in enumerate(pairs):
         missing = [key for key in ("id", "topic", "instruction", "output", "blog_output") if not pair.get(key)]
         if missing:
             raise KeyError(f"dev pair {index}: missing or empty {missing}")
-    return Dataset.from_list(
-        [row for index, pair in enumerate(pairs) for row in dev_rows(pair, index, pairs)], features=DEV_FEATURES
-    )
+    rows = [row for index, pair in enumerate(pairs) for row in dev_rows(pair, index, pairs)]
+    for index, candidate in enumerate(real):
+        if candidate.get("label") not in (0, 1) or not candidate.get("output") or not candidate.get("id"):
+            raise ValueError(f"real candidate {index}: needs an id, an output and a label 0 or 1")
+        rows.append(
+            {"instruction": candidate["instruction"], "output": candidate["output"], "label": candidate["label"],
+             "kind": REAL, "pair_id": candidate["id"]}
+        )  # fmt: skip
+    return Dataset.from_list(rows, features=DEV_FEATURES)
+
+
+def _bundled_lines(name: str) -> list[dict[str, Any]]:
+    text = builtin_path(name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def bundled_dev_pairs() -> list[dict[str, str]]:
-    text = builtin_path("dev_pairs").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return _bundled_lines("dev_pairs")
+
+
+def bundled_real_candidates() -> list[dict[str, Any]]:
+    """The labelled real candidates: `{id, writer, instruction, output, label}` (`writer` says which adapter)."""
+    return _bundled_lines("dev_real")
+
+
+def build_bundled_dev_set() -> Dataset:
+    """`builtin:dev` as `humpback_trl/data/dev.jsonl` holds it (rewrite that file with this after editing the
+    written pairs or the real candidates)."""
+    return dev_set_from_pairs(bundled_dev_pairs(), bundled_real_candidates())
 
 
 def load_dev_set(name: str = BUNDLED_DEV_SET, split: str = "train") -> Dataset:
@@ -196,9 +258,14 @@ def calibration_metrics(
     the filter lets through."""
     eligible = eligible if eligible is not None else [True] * len(scores)
     good = [i for i, label in enumerate(labels) if label]
+    # A corruption kind is measured against the good rows it corrupts (kind "good"; every good row where none is).
+    reference = [i for i in good if kinds[i] == GOOD] or good
     auc_by_kind = {}
     for kind in sorted(set(kinds) - {GOOD}):
-        rows = good + [i for i, k in enumerate(kinds) if k == kind and not labels[i]]
+        own = [i for i, k in enumerate(kinds) if k == kind]
+        # A kind with good rows of its own (real candidates) is measured on its rows alone: its good and bad
+        # instructions were written for the same segments.
+        rows = own if any(labels[i] for i in own) else reference + own
         auc_by_kind[kind] = _round(roc_auc([scores[i] for i in rows], [labels[i] for i in rows]))
     precision, recall, passed = {}, {}, {}
     for name, threshold in thresholds.items():

@@ -164,7 +164,10 @@ class MagpieArguments:
     near_dedup_threshold: float | None = field(
         default=0.8, metadata={"help": "MinHash-LSH Jaccard threshold for near-duplicate instructions."}
     )
-    curate: bool = field(default=False, metadata={"help": "Score the kept pairs with the rubric and write A4/A5."})
+    curate: bool = field(
+        default=False,
+        metadata={"help": "Score the kept pairs (curation_mode: the rubric, or likelihood) and write A4/A5."},
+    )
     seed: int = field(
         default=42,
         metadata={

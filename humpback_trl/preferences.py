@@ -89,7 +89,13 @@ class PreferenceArguments:
     scorer_adapter: str | None = field(
         default=None, metadata={"help": "dpo: adapter (on the same base) that scores the answers; default M_k itself."}
     )
-    scoring_mode: str = field(default="logits", metadata={"help": "logits or generate (see `humpback curate`)."})
+    scoring_mode: str = field(
+        default="logits",
+        metadata={
+            "help": "logits, generate or likelihood (see `humpback curate`); likelihood scores are log-probability "
+            "differences, not 1-5: set margin, a5_threshold and low_threshold on that scale."
+        },
+    )
     scoring_prompt: str = field(
         default="score-only",
         metadata={"help": "verbatim | score-only rubric in logits mode, as `curation_prompt` (same default)."},

@@ -10,7 +10,12 @@ output appended. Two modes:
   a score, and ranks pairs instead of tying them on five values. The rubric is the same for every pair, so its KV
   cache is computed once and shared by every batch.
 
-A5 keeps score >= 4.5 (the paper's definition; 5 in generate mode where scores are integers) and A4 keeps >= 4.
+- "likelihood": no rubric; the forward model's own likelihoods of the output with and without the instruction
+  (`humpback_trl.likelihood`: PMI, the end-of-turn term, IFD), combined into one score with no 1-5 scale.
+
+A5 keeps score >= 4.5 (the paper's definition; 5 in generate mode where scores are integers) and A4 keeps >= 4. In
+likelihood mode the score is a log-probability difference: curation selects by fractions of the pool there, and 0
+(the instruction makes its output no more likely) is the absolute default.
 
 Prompt styles (`prompt_style`): "verbatim" is the paper's rubric; "score-only" drops its last sentence ("first
 provide a brief reasoning ... then write Score: <rating>"), which contradicts logits mode's cue: there the rating is
@@ -31,11 +36,12 @@ from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render
 from humpback_trl.generation import CACHE_ARGUMENT, SamplingConfig, generate
+from humpback_trl.likelihood import LIKELIHOOD_COLUMNS, LikelihoodWeights, PairLikelihood, likelihood_features
 from humpback_trl.padding import pad_batch
 from humpback_trl.tagging import INFERENCE_SOURCES, Tagging
 
-Mode = Literal["logits", "generate"]
-MODES: tuple[str, ...] = ("logits", "generate")
+Mode = Literal["logits", "generate", "likelihood"]
+MODES: tuple[str, ...] = ("logits", "generate", "likelihood")
 PromptStyle = Literal["verbatim", "score-only"]
 PROMPT_STYLES: tuple[str, ...] = ("verbatim", "score-only")
 
@@ -75,7 +81,7 @@ RUBRICS: dict[str, str] = {"verbatim": RUBRIC, "score-only": RUBRIC_SCORE_ONLY}
 
 SCORE_CUE = "Score:"
 DIGITS = ("1", "2", "3", "4", "5")
-DEFAULT_THRESHOLDS: dict[str, float] = {"logits": 4.5, "generate": 5}
+DEFAULT_THRESHOLDS: dict[str, float] = {"logits": 4.5, "generate": 5, "likelihood": 0.0}
 A4_THRESHOLD = 4.0
 GENERATE_SAMPLING = SamplingConfig(do_sample=False, max_new_tokens=256)
 # Instruction openings that differ in their first character's class (letter, digit, punctuation, space, newline).
@@ -126,18 +132,34 @@ def parse_score(text: str) -> int | None:
 
 @dataclass
 class ScoreResult:
-    """`score` in [1, 5] (None when generate mode found no parseable score); `argmax` the most likely (logits) or
-    stated (generate) rating; `mass` the probability the model put on the five digit tokens (logits mode only);
-    `reasoning` the generated reply (generate mode only)."""
+    """`score` in [1, 5] (None when generate mode found no parseable score, or the pair failed an instruction
+    check); `argmax` the most likely (logits) or stated (generate) rating; `mass` the probability the model put on
+    the five digit tokens (logits mode only); `reasoning` the generated reply (generate mode only); `likelihood` the
+    likelihood features (likelihood mode only: `score` is their combination)."""
 
     score: float | None
     argmax: int | None
     mass: float | None
     reasoning: str | None
+    likelihood: PairLikelihood | None = None
 
     def as_fields(self) -> dict[str, float | int | str | None]:
         """The curation columns of the pair schema (`pairs.PAIR_FEATURES`) this result fills."""
         return {"score": self.score, "score_argmax": self.argmax, "score_mass": self.mass, "reasoning": self.reasoning}
+
+    def likelihood_fields(self) -> dict[str, float | None]:
+        """The likelihood columns of a scored pool (`LIKELIHOOD_FIELDS`; None outside likelihood mode)."""
+        values = self.likelihood.as_fields() if self.likelihood is not None else {}
+        return {name: values.get(name) for name in LIKELIHOOD_FIELDS}
+
+
+# The scored pool's likelihood columns beside `score` (which holds their combination in likelihood mode).
+LIKELIHOOD_FIELDS: tuple[str, ...] = tuple(name for name in LIKELIHOOD_COLUMNS if name != "score")
+DEFAULT_WEIGHTS = LikelihoodWeights()
+
+
+def result_from_likelihood(features: PairLikelihood) -> ScoreResult:
+    return ScoreResult(score=features.score, argmax=None, mass=None, reasoning=None, likelihood=features)
 
 
 @dataclass(frozen=True)
@@ -386,6 +408,26 @@ def score_generate(
     return results_from_replies(replies)
 
 
+def score_likelihood(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 8,
+    prefix_cache: bool = True,
+    show_progress: bool = False,
+    tagging: Tagging | None = None,
+    weights: LikelihoodWeights = DEFAULT_WEIGHTS,
+) -> list[ScoreResult]:
+    """Likelihood mode: the instruction is the user turn as the forward model is prompted (with the inference tags
+    when `tagging` is on, as in `humpback chat`)."""
+    instructions = [tagging.apply(i, INFERENCE_SOURCES) if tagging is not None else i for i, _ in pairs]
+    features = likelihood_features(
+        model, tokenizer, instructions, [o for _, o in pairs], weights=weights, batch_size=batch_size,
+        prefix_cache=prefix_cache, show_progress=show_progress,
+    )  # fmt: skip
+    return [result_from_likelihood(f) for f in features]
+
+
 def score_pairs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -398,12 +440,18 @@ def score_pairs(
     show_progress: bool = False,
     tagging: Tagging | None = None,
     prompt_style: PromptStyle = "verbatim",
+    likelihood_weights: LikelihoodWeights = DEFAULT_WEIGHTS,
 ) -> list[ScoreResult]:
-    """Dispatch on `mode`: `batch_size`, `prefix_cache` and `prompt_style` apply to logits mode, `sampling` and
-    `token_budget` to generate mode (which always uses the verbatim rubric: it does write a reasoning first)."""
+    """Dispatch on `mode`: `batch_size` and `prefix_cache` apply to logits and likelihood mode, `prompt_style` to
+    logits mode, `sampling` and `token_budget` to generate mode (which always uses the verbatim rubric: it does write
+    a reasoning first), `likelihood_weights` to likelihood mode."""
     check_prompt_style(prompt_style)
     if mode == "logits":
         return score_logits(model, tokenizer, pairs, batch_size, prefix_cache, show_progress, tagging, prompt_style)
     if mode == "generate":
         return score_generate(model, tokenizer, pairs, sampling, token_budget, show_progress, tagging)
+    if mode == "likelihood":
+        return score_likelihood(
+            model, tokenizer, pairs, batch_size, prefix_cache, show_progress, tagging, likelihood_weights
+        )
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

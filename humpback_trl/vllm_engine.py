@@ -12,6 +12,8 @@ tokenizer (so BOS, stop ids and the template are the ones training used) and han
 - Logits-mode curation asks for one token after the score cue with the log-probabilities of the five digit tokens
   (`logprob_token_ids`), read by the same `result_from_digit_logprobs` as the transformers path; automatic prefix
   caching computes the shared rubric once.
+- Likelihood-mode curation asks for the log-probability of every prompt token (`prompt_logprobs=0`) of the rows
+  `likelihood.encode_rows` builds, so the same tokens are scored as on the transformers path.
 - A LoRA adapter is served as a LoRARequest on the base model (curate-k scores with M_{k-1}'s adapter).
 """
 
@@ -31,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from humpback_trl import chat_template
 from humpback_trl.generation import SamplingConfig
+from humpback_trl.likelihood import EncodedOutput, LikelihoodWeights, OutputLogprob, encode_rows, features_from, summary
 from humpback_trl.modeling import InferenceModelArguments, base_model_name
 from humpback_trl.scoring import (
     GENERATE_SAMPLING,
@@ -39,6 +42,7 @@ from humpback_trl.scoring import (
     generate_prompts,
     logits_prompt,
     result_from_digit_logprobs,
+    result_from_likelihood,
     results_from_replies,
     score_cue,
 )
@@ -220,3 +224,58 @@ def score_generate(
     """`scoring.score_generate` on vLLM."""
     replies = generate(model, tokenizer, generate_prompts(tokenizer, pairs, tagging), sampling, None, 0, show_progress)
     return results_from_replies(replies)
+
+
+def encoded_logprobs(
+    model: VllmModel, encoded: Sequence[EncodedOutput], show_progress: bool = False
+) -> list[OutputLogprob]:
+    """`likelihood.logprobs_of_encoded` on vLLM: each row's prompt log-probabilities (one greedy token generated and
+    ignored), read at the output and end tokens."""
+    vllm = _vllm()
+    if not encoded:
+        return []
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    rows = [row.prompt + row.output + row.end for row in encoded]
+    outputs = engine(model).generate(
+        [{"prompt_token_ids": ids} for ids in rows], params, lora_request=_lora(model), use_tqdm=show_progress
+    )
+    results = []
+    for row, ids, output in zip(encoded, rows, outputs, strict=True):
+        # prompt_logprobs[p] maps token ids to Logprob at position p (None at 0); the prompt's own token is included.
+        values = [output.prompt_logprobs[p][ids[p]].logprob for p in range(len(row.prompt), len(ids))]
+        results.append(summary(torch.tensor(values, dtype=torch.float64), len(row.output), bool(row.end)))
+    return results
+
+
+def output_logprobs(
+    model: VllmModel,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str | None],
+    outputs: Sequence[str],
+    *,
+    template_kwargs: dict | None = None,
+    with_end: bool = False,
+    system_prompt: str | None = None,
+    show_progress: bool = False,
+) -> list[OutputLogprob]:
+    """`likelihood.output_logprobs` on vLLM (its automatic prefix caching shares the template header)."""
+    encoded = encode_rows(
+        tokenizer, contexts, outputs, with_end=with_end, template_kwargs=template_kwargs, system_prompt=system_prompt
+    )
+    return encoded_logprobs(model, encoded, show_progress)
+
+
+def score_likelihood(
+    model: VllmModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    weights: LikelihoodWeights,
+    show_progress: bool = False,
+) -> list[ScoreResult]:
+    """`scoring.score_likelihood` on vLLM."""
+
+    def passes(contexts: list[str | None], texts: list[str], with_end: bool) -> list[OutputLogprob]:
+        return output_logprobs(model, tokenizer, contexts, texts, with_end=with_end, show_progress=show_progress)
+
+    features = features_from(passes, [i for i, _ in pairs], [o for _, o in pairs], weights)
+    return [result_from_likelihood(f) for f in features]

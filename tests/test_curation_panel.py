@@ -6,7 +6,7 @@ import pytest
 from conftest import TEXTS
 from datasets import Dataset
 
-from humpback_trl.curation import CurationSettings, at_least, curate, panel_score
+from humpback_trl.curation import CurationSettings, curate, panel_score, select
 from humpback_trl.pairs import PAIR_FEATURES, make_pair
 from humpback_trl.scoring import RUBRIC
 from humpback_trl.tiny import build_model, build_tokenizer
@@ -75,14 +75,12 @@ def test_settings_defaults_and_errors() -> None:
             CurationSettings(**bad)
 
 
-def test_at_least_leaves_out_low_digit_mass() -> None:
-    rows = [
-        {**make_pair("q", "a", "augmented", str(n)), "score": score, "score_mass": mass}
-        for n, (score, mass) in enumerate([(4.8, 0.9), (4.8, 0.001), (4.8, None), (3.0, 0.9), (None, None)])
-    ]
-    pairs = Dataset.from_list(rows, features=PAIR_FEATURES)
-    assert at_least(pairs, 4.5, min_mass=0.5)["source_id"] == ["0", "2"]
-    assert at_least(pairs, 4.5)["source_id"] == ["0", "1", "2"]
+def test_selection_leaves_out_low_digit_mass() -> None:
+    settings = CurationSettings(min_score_mass=0.5, calibration_dev_set=None)
+    scores, masses = [4.8, 4.8, 4.8, 3.0, None], [0.9, 0.001, None, 0.9, None]
+    floor = select(scores, [settings.enough_mass(m) for m in masses], settings.rules)
+    assert floor.indices == {"a4": [0, 2], "a5": [0, 2]}
+    assert select(scores, [True] * 5, settings.rules).indices == {"a4": [0, 1, 2], "a5": [0, 1, 2]}
 
 
 @pytest.mark.parametrize(("panel", "expected"), [("mean", 3.0), ("min", 2.0)])

@@ -123,7 +123,8 @@ def test_curation_messages_layout() -> None:
 
 
 def test_thresholds_follow_the_paper() -> None:
-    assert DEFAULT_THRESHOLDS == {"logits": 4.5, "generate": 5}
+    # Likelihood mode has no 1-5 scale: 0 (the instruction makes its output no more likely) is its absolute default.
+    assert DEFAULT_THRESHOLDS == {"logits": 4.5, "generate": 5, "likelihood": 0.0}
     assert scoring.A4_THRESHOLD == 4
 
 
@@ -260,6 +261,11 @@ def test_score_pairs_dispatch(rubric_tokenizer, rubric_model) -> None:
     logits = score_pairs(rubric_model, rubric_tokenizer, PAIRS[:1], mode="logits", show_progress=False)
     assert logits[0].mass is not None
     assert logits[0].as_fields()["score_argmax"] == logits[0].argmax
+    likelihood = score_pairs(rubric_model, rubric_tokenizer, PAIRS[:2], mode="likelihood", show_progress=False)
+    assert [r.mass for r in likelihood] == [None, None] and all(r.likelihood is not None for r in likelihood)
+    assert [r.score for r in likelihood] == [r.likelihood.score for r in likelihood]
+    assert set(likelihood[0].likelihood_fields()) == {"lp_cond", "lp_uncond", "lp_prior", "lp_end", "pmi", "ifd"}
+    assert logits[0].likelihood_fields() == dict.fromkeys(("lp_cond", "lp_uncond", "lp_prior", "lp_end", "pmi", "ifd"))
     with pytest.raises(ValueError, match="mode"):
         score_pairs(rubric_model, rubric_tokenizer, PAIRS[:1], mode="vibes")
 

@@ -1,0 +1,80 @@
+"""Likelihood-mode curation on vLLM (`prompt_logprobs`) against transformers, on SmolLM2-135M-Instruct with a LoRA
+adapter. Runs where vLLM is installed (CI's vLLM environment) and skips elsewhere, unless HUMPBACK_REQUIRE_VLLM=1.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+from humpback_trl.builtin_models import GGUF_MODELS, SMOLLM2  # noqa: E402
+
+REQUIRED = os.environ.get("HUMPBACK_REQUIRE_VLLM") == "1"
+for package in ("vllm", GGUF_MODELS[SMOLLM2].package):
+    if importlib.util.find_spec(package) is None:
+        if REQUIRED:
+            pytest.fail(f"HUMPBACK_REQUIRE_VLLM=1 but {package} is not installed", pytrace=False)
+        pytest.skip(f"{package} is not installed", allow_module_level=True)
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from humpback_trl import vllm_engine  # noqa: E402
+from humpback_trl.curation import CurationSettings, curate, load_scorer  # noqa: E402
+from humpback_trl.likelihood import LIKELIHOOD_COLUMNS, likelihood_features  # noqa: E402
+from humpback_trl.modeling import InferenceModelArguments, load_model  # noqa: E402
+from humpback_trl.pairs import PAIR_FEATURES, make_pair  # noqa: E402
+
+# The issue's bound: vLLM's prompt log-probabilities equal transformers' within 1e-3 (both fp32).
+TOLERANCE = 1e-3
+OUTPUT = "Use the list's reverse() method: `numbers.reverse()`. For a reversed copy, slice: `numbers[::-1]`."
+PAIRS = [
+    ("How do I reverse a list in Python?", OUTPUT),
+    ("Provide a more specific answer.", OUTPUT),
+    ("Give me a tip for sleeping better.", "Keep a regular bedtime and avoid screens for an hour before it."),
+    ("Write a haiku about rain.", "Soft rain on the roof\nthe garden drinks in silence\nclouds drift to the east"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_args(smollm2_dir, tmp_path_factory) -> InferenceModelArguments:
+    """A LoRA adapter on SmolLM2 with small random B weights (peft starts B at zero), saved with its tokenizer."""
+    path = tmp_path_factory.mktemp("lora")
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    for name, weight in peft_model.named_parameters():
+        if "lora_B" in name:
+            weight.data = torch.randn(weight.shape, generator=generator) * 0.02
+    peft_model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(path)
+    return InferenceModelArguments(adapter=str(path))
+
+
+def test_likelihood_curation_matches_transformers(model_args, tmp_path) -> None:
+    settings = CurationSettings(
+        curation_engine="vllm", curation_mode="likelihood", a4_fraction=1.0, a5_fraction=0.5,
+        one_pair_per_segment=False, calibration_dev_set=None,
+    )  # fmt: skip
+    scorer, tokenizer = load_scorer(model_args, settings)
+    assert isinstance(scorer, vllm_engine.VllmModel)
+    rows = [make_pair(i, o, "augmented", str(n)) for n, (i, o) in enumerate(PAIRS)]
+    curated, _ = curate(
+        scorer, tokenizer, Dataset.from_list(rows, features=PAIR_FEATURES), settings, iteration=1, scorer="m0",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    model, tokenizer = load_model(model_args)
+    expected = likelihood_features(model, tokenizer, [i for i, _ in PAIRS], [o for _, o in PAIRS], batch_size=2)
+    for row, features in zip(curated["scored"], expected, strict=True):
+        for name in LIKELIHOOD_COLUMNS:
+            assert abs(row[name] - getattr(features, name)) < TOLERANCE, name
+    # The per-output passes are shared: the two instructions of one output have the same lp_uncond and lp_prior.
+    first, second = curated["scored"].select([0, 1])
+    assert (first["lp_uncond"], first["lp_prior"]) == (second["lp_uncond"], second["lp_prior"])
+    assert len(curated["a5"]) == 2
