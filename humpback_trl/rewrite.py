@@ -1,0 +1,683 @@
+"""Back-and-forth translation (Nguyen et al., EMNLP Findings 2024, arXiv 2408.04614): after backtranslation and
+curation, an aligned model rewrites each kept output as an assistant's answer to its instruction, given the original
+output as its source; the rewrites are checked against that source before any of them trains a model.
+
+    humpback rewrite --config recipes/quickstart/rewrite.yaml --pairs outputs/quickstart/curate-1 \
+        --adapter outputs/quickstart/m0 --rewrite_model builtin:smollm2-135m-instruct
+
+A rewrite is the writer's own text, and a model over-trusts high-probability text of its own, so a self-judge will
+like it: every rewrite is checked against its source, not only scored.
+- likelihood (`pmi`): the mean log-probability per token of the rewrite under the scorer with the instruction and the
+  source as the user turn, minus the same with the instruction alone: how much the source explains the rewrite;
+- lexical (`lexical`): the share of the rewrite's numbers and content words found in the source (or the instruction,
+  whose words an answer may repeat); a number found in neither is an invented fact (`new_numbers`).
+A rewrite under a floor is rejected, counted and kept with its reason in rewrites.jsonl; `on_unfaithful` then keeps
+the original pair or drops it. The rewritten pairs are scored by the curation method (`curation.score_rows`) like
+any candidate, on transformers (`curation_engine` auto means transformers here): the likelihood check reads the
+scorer's logits, so one model in memory serves both.
+
+Two resumable sharded phases (`shards.run_sharded`): `generation/` (the writer's rewrites) and `checks/` (the
+scorer's figures); the floors apply after both, so changing a floor recomputes nothing. Outputs: rewrites.jsonl
+(per pair: instruction, original output, rewrite, both figures, the decision and its reason), rewritten.jsonl (the
+pairs that replace the input: accepted rewrites, plus the originals of rejected ones under keep_original),
+accepted.jsonl (the accepted rewrites alone, which `rewrite: add` trains on beside the input), report and card.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, Features, List, Value
+from huggingface_hub import DatasetCard
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from humpback_trl import vllm_engine
+from humpback_trl.chat_template import Message, render
+from humpback_trl.curation import CurationSettings, score_rows
+from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
+from humpback_trl.hub import candidates_repo_id, curated_repo_id, dataset_card
+from humpback_trl.likelihood import output_logprobs
+from humpback_trl.model_specs import model_arguments, release_memory
+from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
+from humpback_trl.pairs import PAIR_FEATURES, load_pairs, make_pair
+from humpback_trl.reports import EXCERPT_CHARS, length_stats
+from humpback_trl.scoring import ScoreResult
+from humpback_trl.shards import run_sharded
+from humpback_trl.stage import StageOutputs, finish_stage
+
+logger = logging.getLogger(__name__)
+
+# After the paper's rewriting step ("as similar as possible to the original, no new facts"), with what web text
+# carries and an answer does not named, so the writer knows what to drop.
+DEFAULT_REWRITE_PROMPT = (
+    "Below is an instruction from a user and a source text taken from the web that answers it. Rewrite the source "
+    "as the answer an AI assistant would give to the instruction. Keep every fact, number, name and step of the "
+    "source that answers the instruction, keep it as close to the source as you can, and add no fact that is not "
+    "in the source. Leave out what is not part of an answer: the web page's voice and personal asides, navigation "
+    "text, links, advertising, comments and calls to share.\n\n"
+    "Instruction:\n{instruction}\n\nSource:\n{source}\n\nWrite only the answer."
+)
+PLACEHOLDERS = ("{instruction}", "{source}")
+# The user turn the likelihood check conditions on: the instruction, then the source. Without the source it is the
+# instruction alone, the user turn every forward model is trained and prompted with.
+SOURCE_CONTEXT = "{instruction}\n\n{source}"
+POLICIES = ("keep_original", "drop")
+# Why a rewrite was rejected, in the order the checks run: the first failed one is the pair's reason.
+REASONS = ("empty_rewrite", "new_numbers", "lexical", "pmi", "score")
+UNFAITHFUL = REASONS[:-1]  # a rewrite rejected for its curation score alone may be faithful
+REWRITE_SUFFIX = "#rewrite"  # appended to a rewritten pair's source_id, so it and its original can train together
+EXAMPLES = 3
+
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+WORD = re.compile(r"[^\W\d_]+")
+# Function words carry no fact: a rewrite may use any of them without them counting for or against it.
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being below between
+    both but by can could did do does doing down during each either else even ever every few for from further had has
+    have having he her here hers herself him himself his how however i if in into is it its itself just let like may
+    me might more most much must my myself no nor not now of off often on once one only or other our ours ourselves
+    out over own per rather same shall she should since so some such than that the their theirs them themselves then
+    there these they this those though through thus to too under until up upon us very was we were what when where
+    whether which while who whom whose why will with within without would yet you your yours yourself yourselves
+    here's it's that's there's what's let's""".split()
+)
+
+GENERATED_FEATURES = Features({**PAIR_FEATURES, "rewrite": Value("string")})
+CHECK_FEATURES = Features(
+    {
+        **GENERATED_FEATURES,
+        "lp_with_source": Value("float64"),
+        "lp_without_source": Value("float64"),
+        "pmi": Value("float64"),
+        "lexical": Value("float64"),
+        "new_numbers": List(Value("string")),
+        "rewrite_score": Value("float64"),
+        "rewrite_score_mass": Value("float64"),
+        "rewrite_reasoning": Value("string"),
+    }
+)
+REWRITE_FEATURES = Features(
+    {
+        "instruction": Value("string"),
+        "original_output": Value("string"),
+        "rewrite": Value("string"),
+        "source": Value("string"),
+        "source_id": Value("string"),
+        "original_score": Value("float64"),
+        "lp_with_source": Value("float64"),
+        "lp_without_source": Value("float64"),
+        "pmi": Value("float64"),
+        "lexical": Value("float64"),
+        "new_numbers": List(Value("string")),
+        "rewrite_score": Value("float64"),
+        "rewrite_score_mass": Value("float64"),
+        "decision": Value("string"),
+        "reason": Value("string"),
+    }
+)
+
+
+@dataclass
+class RewriteArguments:
+    pairs: str = field(
+        metadata={
+            "help": "Pairs to rewrite: a curate output folder (its <curated_split>.jsonl), a curated/ folder or a "
+            "Hub dataset id (its split curated_split), or a pair file (jsonl/json/parquet/csv)."
+        }
+    )
+    curated_split: str = field(
+        default="a5",
+        metadata={"help": "Split of a curated data set to rewrite: a5 (the paper's training data) | a4 | scored."},
+    )
+    max_pairs: int | None = field(default=None, metadata={"help": "Rewrite only the first N pairs."})
+    rewrite_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The aligned chat model that rewrites (a model, an adapter folder or a Hub id); default: the "
+            "scoring model (model_name_or_path / adapter). The loop passes the run's base chat model."
+        },
+    )
+    rewrite_prompt: str = field(
+        default=DEFAULT_REWRITE_PROMPT,
+        metadata={"help": "The writer's user turn, with the placeholders {instruction} and {source}."},
+    )
+    rewrite_system_prompt: str | None = field(
+        default=None, metadata={"help": "A system turn before the prompt; none keeps the template's default."}
+    )
+    engine: str = field(
+        default="auto",
+        metadata={"help": "The writer's engine: auto (vllm where installed, else transformers) | transformers | vllm."},
+    )
+    temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature of the rewrites; 0 is greedy (the most faithful)."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus top-p when temperature > 0."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Rewrite length cap in tokens."})
+    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
+    min_pmi: float = field(
+        default=0.0,
+        metadata={
+            "help": "Floor of the likelihood check: mean log-probability per rewrite token with the source in the "
+            "user turn minus without it (nats/token). Below it the rewrite is not explained by its source."
+        },
+    )
+    min_lexical: float = field(
+        default=0.6,
+        metadata={"help": "Floor of the share of the rewrite's numbers and content words found in its source."},
+    )
+    max_new_numbers: int = field(
+        default=0,
+        metadata={"help": "Most distinct numbers a rewrite may hold that are in neither its source nor instruction."},
+    )
+    min_rewrite_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "Reject rewrites the curation method scores below this; none keeps every faithful rewrite "
+            "(its score is still recorded and reported)."
+        },
+    )
+    on_unfaithful: str = field(
+        default="keep_original",
+        metadata={"help": "What a rejected rewrite leaves in rewritten.jsonl: keep_original (the input pair) | drop."},
+    )
+    likelihood_batch_size: int = field(
+        default=8, metadata={"help": "Rewrites per forward pass of the likelihood check."}
+    )
+    shard_size: int = field(default=64, metadata={"help": "Pairs per resumable shard (both phases)."})
+    seed: int = field(default=42, metadata={"help": "Sampling seed (temperature > 0); each shard seeds from it."})
+    iteration: int | None = field(
+        default=None, metadata={"help": "The loop iteration whose curated split this rewrites (names and cards)."}
+    )
+    output_dir: str = field(
+        default="outputs/rewrite",
+        metadata={"help": "rewrites.jsonl, rewritten.jsonl, accepted.jsonl, generation/ and checks/ shards, report."},
+    )
+    hub_prefix: str | None = field(default=None, metadata={"help": "Push to <hub_prefix>-rewritten[-<iteration>]."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push rewritten.jsonl and the card (with hub_prefix)."})
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the dataset repository private (as the models' hub_private_repo)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
+        missing = [name for name in PLACEHOLDERS if name not in self.rewrite_prompt]
+        if missing:
+            raise ValueError(f"rewrite_prompt must hold {' and '.join(PLACEHOLDERS)}; it lacks {' and '.join(missing)}")
+        if self.on_unfaithful not in POLICIES:
+            raise ValueError(f"on_unfaithful must be one of {POLICIES}, got {self.on_unfaithful!r}")
+        if not 0 <= self.min_lexical <= 1:
+            raise ValueError(f"min_lexical must be within [0, 1], got {self.min_lexical}")
+        if self.max_new_numbers < 0:
+            raise ValueError(f"max_new_numbers must be at least 0, got {self.max_new_numbers}")
+        if self.push_to_hub and not self.hub_prefix:
+            raise ValueError("push_to_hub needs --hub_prefix (the rewritten pairs go to <hub_prefix>-rewritten-<k>).")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.temperature > 0,
+        )
+
+
+# ---- The lexical check ---------------------------------------------------------------------------------------------
+
+
+def numbers(text: str) -> list[str]:
+    """Every number of `text` as written, thousands separators removed ("1,024" and "1024" are one number)."""
+    return [match.replace(",", "") for match in NUMBER.findall(text)]
+
+
+def content_words(text: str) -> list[str]:
+    """Every word of `text` in lower case, function words and single letters left out."""
+    return [word for word in (match.lower() for match in WORD.findall(text)) if len(word) > 1 and word not in STOPWORDS]
+
+
+@dataclass(frozen=True)
+class LexicalCheck:
+    share: float | None  # None: the rewrite holds no number and no content word
+    new_numbers: list[str]  # distinct, in order of appearance
+
+
+def lexical_check(rewrite: str, source: str, instruction: str) -> LexicalCheck:
+    """The share of the rewrite's numbers and content words (each occurrence) found in the source or the
+    instruction, and the distinct numbers found in neither."""
+    known_numbers = set(numbers(source)) | set(numbers(instruction))
+    known_words = set(content_words(source)) | set(content_words(instruction))
+    rewrite_numbers, rewrite_words = numbers(rewrite), content_words(rewrite)
+    found = sum(n in known_numbers for n in rewrite_numbers) + sum(w in known_words for w in rewrite_words)
+    total = len(rewrite_numbers) + len(rewrite_words)
+    new = list(dict.fromkeys(n for n in rewrite_numbers if n not in known_numbers))
+    return LexicalCheck(found / total if total else None, new)
+
+
+# ---- The likelihood check ------------------------------------------------------------------------------------------
+
+
+def source_context(instruction: str, source: str) -> str:
+    return SOURCE_CONTEXT.replace("{instruction}", instruction).replace("{source}", source)
+
+
+def likelihood_figures(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, Any]], batch_size: int
+) -> list[dict[str, float | None]]:
+    """Per row `lp_with_source`, `lp_without_source` and `pmi` (their difference) of the rewrite under `model`;
+    None for an empty rewrite, which has no token to measure."""
+    measured = [i for i, row in enumerate(rows) if row["rewrite"].strip()]
+    rewrites = [rows[i]["rewrite"] for i in measured]
+    with_source = output_logprobs(
+        model,
+        tokenizer,
+        [source_context(rows[i]["instruction"], rows[i]["output"]) for i in measured],
+        rewrites,
+        batch_size=batch_size,
+    )
+    without = output_logprobs(
+        model, tokenizer, [rows[i]["instruction"] for i in measured], rewrites, batch_size=batch_size
+    )
+    figures: list[dict[str, float | None]] = [dict.fromkeys(("lp_with_source", "lp_without_source", "pmi"))] * len(rows)
+    for index, a, b in zip(measured, with_source, without, strict=True):
+        figures[index] = {"lp_with_source": a.mean, "lp_without_source": b.mean, "pmi": a.mean - b.mean}
+    return figures
+
+
+# ---- Decisions -----------------------------------------------------------------------------------------------------
+
+
+def rejection_reason(row: dict[str, Any], args: RewriteArguments) -> str:
+    """The first check a rewrite fails (REASONS order), or "" when it passes them all."""
+    if not row["rewrite"].strip():
+        return "empty_rewrite"
+    if len(row["new_numbers"]) > args.max_new_numbers:
+        return "new_numbers"
+    if row["lexical"] is not None and row["lexical"] < args.min_lexical:
+        return "lexical"
+    if row["pmi"] < args.min_pmi:
+        return "pmi"
+    if args.min_rewrite_score is not None and (
+        row["rewrite_score"] is None or row["rewrite_score"] < args.min_rewrite_score
+    ):
+        return "score"
+    return ""
+
+
+def decide(checked: Dataset, args: RewriteArguments) -> Dataset:
+    """The rewrites table: per pair the instruction, original output, rewrite, figures, decision and reason."""
+
+    def row_decision(row: dict[str, Any]) -> dict[str, Any]:
+        reason = rejection_reason(row, args)
+        decision = (
+            "rewritten" if not reason else ("kept_original" if args.on_unfaithful == "keep_original" else "dropped")
+        )
+        return {
+            "instruction": row["instruction"],
+            "original_output": row["output"],
+            "rewrite": row["rewrite"],
+            "source": row["source"],
+            "source_id": row["source_id"],
+            "original_score": row["score"],
+            **{name: row[name] for name in ("lp_with_source", "lp_without_source", "pmi", "lexical", "new_numbers")},
+            "rewrite_score": row["rewrite_score"],
+            "rewrite_score_mass": row["rewrite_score_mass"],
+            "decision": decision,
+            "reason": reason,
+        }
+
+    return table([row_decision(row) for row in checked.to_list()], REWRITE_FEATURES)
+
+
+def rewritten_pair(row: dict[str, Any], scorer: str, iteration: int | None) -> dict[str, Any]:
+    pair = make_pair(row["instruction"], row["rewrite"], row["source"], row["source_id"] + REWRITE_SUFFIX)
+    return {**pair, "score": row["rewrite_score"], "score_mass": row["rewrite_score_mass"], "scorer": scorer,
+            "iteration": iteration}  # fmt: skip
+
+
+def pair_files(rewrites: Dataset, originals: Dataset, scorer: str, iteration: int | None) -> tuple[Dataset, Dataset]:
+    """rewritten (each input pair's replacement, in input order: its accepted rewrite or, under keep_original, the
+    pair itself) and accepted (the accepted rewrites alone), both in the pair schema."""
+    rewritten, accepted = [], []
+    for row, original in zip(rewrites.to_list(), originals.to_list(), strict=True):
+        if row["decision"] == "rewritten":
+            pair = rewritten_pair(row, scorer, iteration)
+            rewritten.append(pair)
+            accepted.append(pair)
+        elif row["decision"] == "kept_original":
+            rewritten.append(original)
+    return table(rewritten, PAIR_FEATURES), table(accepted, PAIR_FEATURES)
+
+
+def table(rows: list[dict[str, Any]], features: Features) -> Dataset:
+    # from_list of no rows would have no columns at all: an empty file must still have the schema.
+    return Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
+
+
+# ---- Report --------------------------------------------------------------------------------------------------------
+
+
+def distribution(values: Sequence[float | None]) -> dict[str, float | int]:
+    """Count, mean and quantiles of the values that exist."""
+    given = sorted(value for value in values if value is not None)
+    if not given:
+        return {"n": 0}
+
+    def quantile(q: float) -> float:
+        return round(given[min(len(given) - 1, int(q * len(given)))], 3)
+
+    return {
+        "n": len(given),
+        "mean": round(statistics.fmean(given), 3),
+        "min": round(given[0], 3),
+        "p10": quantile(0.1),
+        "median": round(statistics.median(given), 3),
+        "p90": quantile(0.9),
+        "max": round(given[-1], 3),
+    }
+
+
+def describe(stats: dict[str, float | int]) -> str:
+    if not stats["n"]:
+        return "none measured"
+    return ", ".join(f"{name} {value}" for name, value in stats.items())
+
+
+def funnel(rewrites: Dataset, rewritten: Dataset, accepted: Dataset) -> dict[str, int]:
+    decisions, reasons = Counter(rewrites["decision"]), Counter(rewrites["reason"])
+    return {
+        "pairs in": len(rewrites),
+        "rewritten": sum(bool(text.strip()) for text in rewrites["rewrite"]),
+        "rejected as unfaithful": sum(reasons[reason] for reason in UNFAITHFUL),
+        **{f"rejected: {reason}": reasons[reason] for reason in REASONS},
+        "kept (rewrites)": len(accepted),
+        "kept (originals of rejected rewrites)": decisions["kept_original"],
+        "dropped": decisions["dropped"],
+        "pairs out": len(rewritten),
+    }
+
+
+def examples(rewrites: Dataset, n: int = EXAMPLES) -> list[dict[str, str]]:
+    """Up to n pairs, accepted rewrites first, each as the start of its source and of its rewrite."""
+    order = sorted(range(len(rewrites)), key=lambda i: rewrites[i]["decision"] != "rewritten")[:n]
+    return [
+        {
+            "instruction": rewrites[i]["instruction"],
+            "source (start)": rewrites[i]["original_output"][:EXCERPT_CHARS],
+            "rewrite (start)": rewrites[i]["rewrite"][:EXCERPT_CHARS],
+            "decision": rewrites[i]["decision"] + (f" ({rewrites[i]['reason']})" if rewrites[i]["reason"] else ""),
+        }
+        for i in order
+    ]
+
+
+def rewrite_report(
+    rewrites: Dataset, rewritten: Dataset, accepted: Dataset, args: RewriteArguments, writer: str, scorer: str
+) -> dict[str, Any]:
+    """The funnel, lengths before and after, both figures' distributions and examples. Summary lines are strings so
+    that report.md shows them; the same figures are structured under `distributions` and `lengths`."""
+    counts = funnel(rewrites, rewritten, accepted)
+    kept = rewrites.filter(
+        lambda decisions: [d == "rewritten" for d in decisions], input_columns="decision", batched=True
+    )
+    lengths = {
+        "original outputs (chars)": length_stats(rewrites["original_output"]),
+        "rewrites (chars)": length_stats(rewrites["rewrite"]),
+        "kept rewrites (chars)": length_stats(kept["rewrite"]),
+        "their originals (chars)": length_stats(kept["original_output"]),
+    }
+    distributions = {
+        "pmi": distribution(rewrites["pmi"]),
+        "lexical": distribution(rewrites["lexical"]),
+        "rewrite_score": distribution(rewrites["rewrite_score"]),
+        "original_score": distribution(rewrites["original_score"]),
+    }
+    report: dict[str, Any] = {
+        **counts,
+        "writer": writer,
+        "scorer": scorer,
+        "on_unfaithful": args.on_unfaithful,
+        "floors": f"pmi >= {args.min_pmi}, lexical >= {args.min_lexical}, new numbers <= {args.max_new_numbers}"
+        + (f", rewrite score >= {args.min_rewrite_score}" if args.min_rewrite_score is not None else ""),
+        "length before -> after (kept rewrites, chars)": f"{lengths['their originals (chars)']['mean']:.0f} -> "
+        f"{lengths['kept rewrites (chars)']['mean']:.0f}",
+        "pmi per token (nats)": describe(distributions["pmi"]),
+        "lexical share": describe(distributions["lexical"]),
+        "curation score of the rewrites": describe(distributions["rewrite_score"]),
+        "curation score of the originals": describe(distributions["original_score"]),
+    }
+    shown = examples(rewrites)
+    for index, example in enumerate(shown, start=1):
+        report[f"example {index}"] = " | ".join(f"{name}: {' '.join(text.split())}" for name, text in example.items())
+    return {**report, "lengths": lengths, "distributions": distributions, "examples": shown}
+
+
+def funnel_line(report: dict[str, Any]) -> str:
+    """One line of a rewrite stage's funnel, for the loop's report."""
+    reasons = ", ".join(f"{r} {report['rejected: ' + r]}" for r in UNFAITHFUL if report["rejected: " + r])
+    score = f", {report['rejected: score']} rejected for their score" if report["rejected: score"] else ""
+    return (
+        f"{report['pairs in']} pairs in, {report['rewritten']} rewritten, {report['rejected as unfaithful']} rejected "
+        f"as unfaithful ({reasons or 'none'}){score}, {report['kept (rewrites)']} rewrites kept, "
+        f"{report['kept (originals of rejected rewrites)']} originals kept, {report['dropped']} dropped -> "
+        f"{report['pairs out']} pairs"
+    )
+
+
+# ---- Stage ---------------------------------------------------------------------------------------------------------
+
+
+def rewritten_repo_id(prefix: str, iteration: int | None) -> str:
+    return f"{prefix}-rewritten" + (f"-{iteration}" if iteration is not None else "")
+
+
+def load_input_pairs(args: RewriteArguments) -> Dataset:
+    """The pairs to rewrite: a curate stage's folder (its <curated_split>.jsonl), a curated/ folder or Hub data set
+    (its split curated_split), else any pair file."""
+    split_file = Path(args.pairs) / f"{args.curated_split}.jsonl"
+    # The jsonl, not curated/: an empty split (a weak scorer's A5) reads back from save_to_disk as an error.
+    name = str(split_file) if split_file.is_file() else args.pairs
+    pairs, _ = load_pairs(name, default_source="augmented", split=args.curated_split)
+    if args.max_pairs is not None:
+        pairs = pairs.select(range(min(args.max_pairs, len(pairs))))
+    return pairs
+
+
+def writer_arguments(args: RewriteArguments, model_args: InferenceModelArguments) -> InferenceModelArguments:
+    if args.rewrite_model is None:
+        return model_args
+    return model_arguments(args.rewrite_model, dtype=model_args.dtype, load_in_4bit=model_args.load_in_4bit)
+
+
+def writer_messages(row: dict[str, Any], args: RewriteArguments) -> list[Message]:
+    prompt = args.rewrite_prompt.replace("{instruction}", row["instruction"]).replace("{source}", row["output"])
+    system = [{"role": "system", "content": args.rewrite_system_prompt}] if args.rewrite_system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
+
+
+def writer_job(args: RewriteArguments, writer_args: InferenceModelArguments) -> dict[str, Any]:
+    """What shapes the rewrites: shards written for another writer, prompt or sampling are never reused."""
+    return {
+        "writer": vars(writer_args),
+        "engine": resolve_engine(args.engine),
+        "sampling": vars(args.sampling),
+        "seed": args.seed,
+        "prompt": args.rewrite_prompt,
+        "system": args.rewrite_system_prompt,
+    }
+
+
+def write_rewrites(pairs: Dataset, args: RewriteArguments, writer_args: InferenceModelArguments) -> Dataset:
+    """Phase 1: the writer rewrites every pair's output, shard by shard (resumable)."""
+    tokenizer = load_tokenizer(writer_args)
+    if resolve_engine(args.engine) == "transformers":
+        model: PreTrainedModel | vllm_engine.VllmModel = load_model(writer_args)[0]
+    else:
+        model = vllm_engine.from_arguments(writer_args)
+    sampling = args.sampling
+
+    def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Seeded by the shard's first key: a resumed shard samples what an uninterrupted run would have.
+        seed = args.seed + zlib.crc32(rows[0]["source_id"].encode())
+        set_seed(seed)
+        prompts = [render(tokenizer, writer_messages(row, args), True) for row in rows]
+        if isinstance(model, vllm_engine.VllmModel):
+            texts = vllm_engine.generate(model, tokenizer, prompts, sampling, seed=seed)
+        else:
+            texts = generate(model, tokenizer, prompts, sampling, args.token_budget)
+        return [{**row, "rewrite": text} for row, text in zip(rows, texts, strict=True)]
+
+    return run_sharded(
+        pairs,
+        work,
+        Path(args.output_dir) / "generation",
+        shard_size=args.shard_size,
+        key="source_id",
+        desc="Rewriting",
+        features=GENERATED_FEATURES,
+        job=writer_job(args, writer_args),
+    )
+
+
+def checked_row(row: dict[str, Any], figures: dict[str, float | None], score: ScoreResult | None) -> dict[str, Any]:
+    lexical = lexical_check(row["rewrite"], row["output"], row["instruction"])
+    return {
+        **row,
+        **figures,
+        "lexical": lexical.share,
+        "new_numbers": lexical.new_numbers,
+        "rewrite_score": score.score if score else None,
+        "rewrite_score_mass": score.mass if score else None,
+        "rewrite_reasoning": score.reasoning if score else None,
+    }
+
+
+def check_rewrites(
+    generated: Dataset,
+    args: RewriteArguments,
+    model_args: InferenceModelArguments,
+    settings: CurationSettings,
+    job: dict[str, Any],
+) -> Dataset:
+    """Phase 2: the scorer measures each rewrite against its source and scores the rewritten pair with the curation
+    method, shard by shard (resumable)."""
+    model, tokenizer = load_model(model_args)
+
+    def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        figures = likelihood_figures(model, tokenizer, rows, args.likelihood_batch_size)
+        written = [i for i, row in enumerate(rows) if row["rewrite"].strip()]
+        results = score_rows(
+            model, tokenizer, [(rows[i]["instruction"], rows[i]["rewrite"]) for i in written], settings
+        )
+        scores: list[ScoreResult | None] = [None] * len(rows)
+        for index, result in zip(written, results, strict=True):
+            scores[index] = result
+        return [checked_row(*item) for item in zip(rows, figures, scores, strict=True)]
+
+    name = model_args.adapter or model_args.model_name_or_path
+    return run_sharded(
+        generated,
+        work,
+        Path(args.output_dir) / "checks",
+        shard_size=args.shard_size,
+        key="source_id",
+        desc=f"Checking rewrites with {str(name).split('/')[-1]}",
+        features=CHECK_FEATURES,
+        job={
+            "scorer": vars(model_args),
+            "context": SOURCE_CONTEXT,
+            "mode": settings.curation_mode,
+            "prompt": settings.curation_prompt,
+            "max_new_tokens": settings.curation_max_new_tokens,
+            "rewrites": job,
+        },
+    )
+
+
+def free_models() -> None:
+    """Return the memory of the phase's models (dropped with its frame) before the next phase loads its own."""
+    vllm_engine.release_engines()
+    release_memory()
+
+
+def rewrite(args: RewriteArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
+    """Rewrite, check, decide and write the stage's outputs; returns the rewrites table on every process."""
+    if settings.curation_judges:
+        raise ValueError("rewrite scores with one model (model_name_or_path / adapter); leave curation_judges empty")
+    if settings.curation_engine == "vllm":
+        # The likelihood check needs the scorer's logits, so one transformers model serves both checks and the score.
+        raise ValueError(
+            "rewrite scores with transformers (the likelihood check reads the scorer's logits): set curation_engine "
+            "to transformers or auto"
+        )
+    pairs = load_input_pairs(args)
+    writer_args = writer_arguments(args, model_args)
+    if len(pairs):
+        generated = write_rewrites(pairs, args, writer_args)
+        free_models()
+        checked = check_rewrites(generated, args, model_args, settings, writer_job(args, writer_args))
+        free_models()
+    else:
+        # An empty A5 (a weak scorer) is a legitimate input in the loop: the stage writes empty files and says so.
+        logger.warning("%s holds no pairs (split %r): nothing to rewrite", args.pairs, args.curated_split)
+        checked = table([], CHECK_FEATURES)
+    rewrites = decide(checked, args)
+    writer = writer_args.adapter or writer_args.model_name_or_path
+    scorer = model_args.adapter or model_args.model_name_or_path
+    rewritten, accepted = pair_files(rewrites, pairs, scorer, args.iteration)
+    report = rewrite_report(rewrites, rewritten, accepted, args, writer, scorer)
+    finish_stage(rewrite_outputs(rewrites, rewritten, accepted, report, args), args.output_dir)
+    logger.info("Rewrite: %s -> %s", funnel_line(report), args.output_dir)
+    return rewrites
+
+
+def rewrite_card(report: dict[str, Any], args: RewriteArguments) -> DatasetCard:
+    prefix = args.hub_prefix
+    links = {
+        "rewriting model": report["writer"],
+        "scoring model (faithfulness, curation score)": report["scorer"],
+        "rewritten pairs (input)": args.pairs + f" (split {args.curated_split})",
+    }
+    if prefix:
+        links["candidates"] = candidates_repo_id(prefix)
+        if args.iteration is not None:
+            links["curated split"] = f"{curated_repo_id(prefix, args.iteration)} (split {args.curated_split})"
+    summary = (
+        "Back-and-forth translation (Nguyen et al. 2024, arXiv 2408.04614): each curated pair's output rewritten by "
+        f"`{report['writer']}` as an assistant's answer to its instruction, given the original as its source. Every "
+        f"rewrite was checked against its source under `{report['scorer']}`: the likelihood check (mean log-"
+        "probability per token with the source in the user turn minus without it) and the lexical check (share of "
+        f"its numbers and content words found in the source or instruction). Floors: {report['floors']}; a rejected "
+        f"rewrite's pair was {'kept as it was' if args.on_unfaithful == 'keep_original' else 'dropped'} "
+        f"(on_unfaithful: {args.on_unfaithful}). `score` is the curation method's score of the rewritten pair.\n\n"
+        f"The writer's prompt:\n\n```text\n{args.rewrite_prompt}\n```"
+    )
+    counts = {name: value for name, value in report.items() if isinstance(value, int) and not isinstance(value, bool)}
+    return dataset_card(
+        title=rewritten_repo_id(prefix, args.iteration) if prefix else "humpback rewritten pairs",
+        summary=summary,
+        counts=counts,
+        links=links,
+        private=args.hub_private_repo,
+    )
+
+
+def rewrite_outputs(
+    rewrites: Dataset, rewritten: Dataset, accepted: Dataset, report: dict[str, Any], args: RewriteArguments
+) -> StageOutputs:
+    return StageOutputs(
+        report=report,
+        title="Rewrite" + (f", iteration {args.iteration}" if args.iteration is not None else ""),
+        card=rewrite_card(report, args),
+        files={"rewrites": rewrites, "rewritten": rewritten, "accepted": accepted},
+        push=rewritten,
+        hub_repo=rewritten_repo_id(args.hub_prefix, args.iteration) if args.push_to_hub and args.hub_prefix else None,
+        private=args.hub_private_repo,
+    )
