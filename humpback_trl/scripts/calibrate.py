@@ -4,9 +4,21 @@
     humpback calibrate --scorer MODEL --prompt_styles verbatim score-only
     humpback calibrate --scorer MODEL --dev oasst_export.jsonl --dev_format oasst --save_dev oasst_dev.jsonl
 
+    humpback calibrate --scorer builtin:smollm2-135m-instruct --curation_mode logits likelihood --output_dir out/cal
+
 Each scorer (adapter folder, model folder or Hub id) scores the labelled dev set with the curation settings
-(mode, prompt, thresholds, digit-mass floor); OUTPUT_DIR/calibration.json holds the first scorer's `auc`,
-`auc_by_kind`, `precision` / `recall` per threshold and `scorer`, and every (scorer, prompt) row under `scorers`.
+(instruction checks, mode, prompt, thresholds or fractions, digit-mass floor), once per curation mode listed (and per
+rubric variant in logits mode); a pair rejected by the instruction checks ranks below every scored pair, so the AUC
+measures checks and score together. OUTPUT_DIR/calibration.json holds the first row's `auc`, `auc_by_kind`,
+`precision` / `recall` per threshold and `scorer`, and every (scorer, mode, prompt) row under `scorers`;
+scores.jsonl every dev row with each row's score, check and likelihood features.
+
+    humpback calibrate --judge builtin:smollm2-135m-instruct --pairwise_dev builtin:pairwise_dev \
+        --judge_method pairwise rubric likelihood --output_dir out/judge
+
+With --judge, each evaluation judge compares labelled pairs (TRL's preference format) with each method;
+calibration.json holds the first method's `pairwise_accuracy`, `accuracy_by_kind`, `position_consistency` (pairwise
+cue) and `method`, and every (judge, method) under `methods` (humpback_trl/judges.py).
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,17 +37,50 @@ from trl import TrlParser
 from humpback_trl.calibration import (
     BUNDLED_DEV_SET,
     calibration_markdown,
-    calibration_metrics,
     load_dev_set,
     load_oasst_dev_set,
 )
-from humpback_trl.curation import CurationSettings, score_rows
+from humpback_trl.curation import CurationSettings, dev_metrics, dev_thresholds, score_checked, side_mode_settings
+from humpback_trl.judges import (
+    BUNDLED_PAIRWISE_DEV,
+    MIN_JUDGE_ACCURACY,
+    Judge,
+    JudgeOptions,
+    calibrate_judge,
+    calibration_lines,
+    check_methods,
+    load_pairwise_dev,
+    write_calibration,
+)
 from humpback_trl.logs import configure_logging
 from humpback_trl.model_specs import model_arguments, release_memory
 from humpback_trl.modeling import load_model
-from humpback_trl.scoring import PROMPT_STYLES
+from humpback_trl.scoring import MODES, PROMPT_STYLES
 
 DEV_FORMATS = ("labelled", "oasst")
+
+
+@dataclass
+class CalibrationSettings(CurationSettings):
+    """The curation settings with a list of modes: each scores the dev set, one row each. Modes after the first take
+    their own default selection rules unless they share its scale (`curation.side_mode_settings`)."""
+
+    curation_mode: list[str] = field(
+        default_factory=lambda: ["logits"],
+        metadata={"help": f"Curation modes to calibrate, one row each: any of {list(MODES)}."},
+    )
+
+    def __post_init__(self) -> None:
+        self.curation_mode = [self.curation_mode] if isinstance(self.curation_mode, str) else list(self.curation_mode)
+        if not self.curation_mode:
+            raise ValueError(f"curation_mode needs at least one of {MODES}")
+        for mode in self.curation_mode:
+            self.for_mode(mode)
+
+    def for_mode(self, mode: str) -> CurationSettings:
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(CurationSettings)}
+        first = CurationSettings(**{**values, "curation_mode": self.curation_mode[0]})
+        return first if mode == first.curation_mode else side_mode_settings(first, mode)
 
 
 @dataclass
@@ -60,11 +106,28 @@ class CalibrateArguments:
         default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."}
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the scorer in 4-bit nf4 (bitsandbytes)."})
+    judge: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Instead of --scorer: evaluation judges (models) whose pairwise accuracy is measured."},
+    )
+    pairwise_dev: str = field(
+        default=BUNDLED_PAIRWISE_DEV,
+        metadata={"help": "With --judge: pairs (prompt, chosen, rejected[, kind]): builtin:pairwise_dev or a file."},
+    )
+    judge_method: list[str] = field(
+        default_factory=lambda: ["pairwise"],
+        metadata={"help": "With --judge: pairwise | rubric | likelihood, one table row each."},
+    )
 
     def __post_init__(self) -> None:
         self.scorer = [self.scorer] if isinstance(self.scorer, str) else list(self.scorer)
-        if not self.scorer:
-            raise ValueError("humpback calibrate needs --scorer (an adapter folder, model folder or Hub id)")
+        self.judge = [self.judge] if isinstance(self.judge, str) else list(self.judge)
+        if bool(self.scorer) == bool(self.judge):
+            raise ValueError(
+                "humpback calibrate needs --scorer (curation: a scorer's AUC on --dev) or --judge (evaluation: a "
+                "judge's pairwise accuracy on --pairwise_dev), one of the two"
+            )
+        self.judge_method = check_methods(self.judge_method)
         if self.dev_format not in DEV_FORMATS:
             raise ValueError(f"dev_format must be one of {DEV_FORMATS}, got {self.dev_format!r}")
         unknown = [style for style in self.prompt_styles if style not in PROMPT_STYLES]
@@ -72,7 +135,7 @@ class CalibrateArguments:
             raise ValueError(f"prompt_styles: {unknown} not among {PROMPT_STYLES}")
 
 
-def calibrate(args: CalibrateArguments, settings: CurationSettings) -> dict[str, Any]:
+def calibrate(args: CalibrateArguments, settings: CalibrationSettings) -> dict[str, Any]:
     if args.dev_format == "oasst":
         dev = load_oasst_dev_set(args.dev, split=args.dev_split, limit=args.oasst_limit)
     else:
@@ -80,53 +143,98 @@ def calibrate(args: CalibrateArguments, settings: CurationSettings) -> dict[str,
     if args.save_dev:
         dev.to_json(args.save_dev, lines=True, force_ascii=False)
     pairs = list(zip(dev["instruction"], dev["output"], strict=True))
-    styles = args.prompt_styles or [settings.curation_prompt]
-    scorers, scores, masses = [], {}, {}
+    labels, kinds = list(dev["label"]), list(dev["kind"])
+    variants = calibration_variants(settings, args.prompt_styles)
+    scorers, records = [], {}
     for name in args.scorer:
         model, tokenizer = load_model(model_arguments(name, args.dtype, args.load_in_4bit))
-        for style in styles:
-            styled = dataclasses.replace(settings, curation_prompt=style)
-            label = f"{name} [{style}]" if len(styles) > 1 else name
-            results = score_rows(model, tokenizer, pairs, styled, show_progress=True)
-            scores[label] = [result.score for result in results]
-            masses[label] = [result.mass for result in results]
-            scorers.append(
-                calibration_metrics(
-                    scores[label], list(dev["label"]), list(dev["kind"]), settings.thresholds, scorer=label,
-                    eligible=[settings.enough_mass(result.mass) for result in results],
-                )
-            )  # fmt: skip
+        for suffix, variant in variants:
+            label = f"{name}{suffix}"
+            results, reasons = score_checked(model, tokenizer, pairs, variant, show_progress=True)
+            scores, masses = [r.score for r in results], [r.mass for r in results]
+            thresholds = dev_thresholds(scores, masses, variant)
+            metrics = dev_metrics(label, scores, masses, labels, kinds, variant, thresholds)
+            scorers.append({**metrics, "rejected_by_checks": sum(reason is not None for reason in reasons)})
+            records[label] = [
+                {"score": r.score, "mass": r.mass, "check": reason, **r.likelihood_fields()}
+                for r, reason in zip(results, reasons, strict=True)
+            ]
         del model
         release_memory()
     report = {**scorers[0], "dev_set": args.dev, "scorers": scorers}
     if args.output_dir:
-        write(report, dev, scores, masses, Path(args.output_dir))
+        write(report, dev, records, Path(args.output_dir))
     return report
 
 
-def write(
-    report: dict[str, Any],
-    dev: Dataset,
-    scores: dict[str, list[float | None]],
-    masses: dict[str, list[float | None]],
-    output_dir: Path,
-) -> None:
-    """calibration.json / .md, and scores.jsonl: every dev row with each scorer's score and digit mass."""
+def calibration_variants(settings: CalibrationSettings, styles: list[str]) -> list[tuple[str, CurationSettings]]:
+    """(label suffix, settings) per mode, and per rubric variant in logits mode; the suffix names the mode where
+    several are listed and the variant where several are."""
+    variants = []
+    for mode in settings.curation_mode:
+        for_mode = settings.for_mode(mode)
+        mode_part = [mode] if len(settings.curation_mode) > 1 else []
+        if mode != "logits" or not styles:
+            variants.append((mode_part, for_mode))
+            continue
+        for style in styles:
+            style_part = [style] if len(styles) > 1 else []
+            variants.append((mode_part + style_part, dataclasses.replace(for_mode, curation_prompt=style)))
+    return [(f" [{', '.join(parts)}]" if parts else "", variant) for parts, variant in variants]
+
+
+def write(report: dict[str, Any], dev: Dataset, records: dict[str, list[dict[str, Any]]], output_dir: Path) -> None:
+    """calibration.json / .md, and scores.jsonl: every dev row with each row's score, digit mass, check and
+    likelihood features (the last two where they apply)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (output_dir / "calibration.md").write_text("\n".join(calibration_markdown(report)) + "\n", encoding="utf-8")
     with (output_dir / "scores.jsonl").open("w", encoding="utf-8") as handle:
         for index, row in enumerate(dev):
             by_scorer = {
-                "scores": {name: values[index] for name, values in scores.items()},
-                "masses": {name: values[index] for name, values in masses.items()},
+                "scores": {name: values[index]["score"] for name, values in records.items()},
+                "masses": {name: values[index]["mass"] for name, values in records.items()},
+                "checks": {name: values[index]["check"] for name, values in records.items()},
+                "features": {
+                    name: {key: value for key, value in values[index].items() if key not in ("score", "mass", "check")}
+                    for name, values in records.items()
+                    if values[index].get("pmi") is not None
+                },
             }
             handle.write(json.dumps({**row, **by_scorer}) + "\n")
+
+
+def calibrate_judges(args: CalibrateArguments) -> dict[str, Any]:
+    """Each judge's pairwise accuracy with each method on the labelled pairs (the eval stage's defaults: margins,
+    undecided below MIN_JUDGE_ACCURACY) and the seconds it took; calibration.json holds the first (judge, method)'s
+    metrics and `methods`."""
+    dev = load_pairwise_dev(args.pairwise_dev)
+    methods, records = [], {}
+    for name in args.judge:
+        model, tokenizer = load_model(model_arguments(name, args.dtype, args.load_in_4bit))
+        for method in args.judge_method:
+            judge = Judge(model, tokenizer, method, JudgeOptions())
+            start = time.perf_counter()
+            metrics, rows = calibrate_judge(
+                judge, dev, judge_name=name, dev_set=args.pairwise_dev, min_accuracy=MIN_JUDGE_ACCURACY
+            )
+            methods.append({**metrics, "seconds": round(time.perf_counter() - start, 1)})
+            records[f"{name} [{method}]" if len(args.judge) > 1 else method] = rows
+        del model
+        release_memory()
+    report = {**methods[0], "methods": methods}
+    print("\n".join(calibration_lines(methods)))
+    if args.output_dir:
+        write_calibration(report, records, Path(args.output_dir))
+        print(f"-> {args.output_dir}/calibration.json")
+    return report
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     configure_logging(logging.INFO)
     args, settings = make_parser().parse_args_and_config(argv)
+    if args.judge:
+        return calibrate_judges(args)
     report = calibrate(args, settings)
     print("\n".join(calibration_markdown(report)))
     if args.output_dir:
@@ -135,7 +243,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((CalibrateArguments, CurationSettings))
+    return TrlParser((CalibrateArguments, CalibrationSettings))
 
 
 if __name__ == "__main__":
