@@ -1,20 +1,23 @@
-"""Did it work? Every model (base, M0..MK, any adapter or Hub id) answers one instruction set, and a local judge
-compares every two models' answers to each instruction.
+"""Did it work? Every model (base, M0..MK, any adapter or Hub id) answers one instruction set, and a judge that is
+not one of them compares every two models' answers to each instruction, with its accuracy measured first.
 
 - Answers: greedy by default, through the project's generation engine; adapters get their training prompt format
   and both source tags (as `humpback chat`, the paper's best inference setting), base models their chat template.
   Each model's answers are written in AlpacaEval's `model_outputs` format (a JSON list of
   `{instruction, output, generator, dataset}`), so `alpaca_eval --model_outputs FILE` runs on them unchanged.
-- Verdicts: the judge sees the instruction and two answers and is cued to name the better one; its preference is
-  read from the next-token probabilities of "A" and "B" (no parsing), in both orders. A model wins an instruction
-  only when both orders prefer it; otherwise it is a tie (Balanced Position Calibration, Wang et al. 2023). The raw
-  probabilities are kept in `judgments.jsonl`; the share of consistent verdicts is the judge's position
-  consistency. Identical answers tie without a verdict. The judging instructions every prompt starts with run
-  once per shard and their KV cache is reused.
-- Report: per model, win / tie / loss against the reference (the first model by default: M0 in the loop) with the
-  win rate (wins + ties / 2) and its 95% interval, and the mean answer length (a judge's length bias shows there).
+- Judge: by default the base model the compared adapters were trained from (never one of them: a model favours its
+  own answers); a judge that is one of the compared models is flagged in the report. Each method of
+  `judge_method` (`judges.py`: the pairwise A/B cue in both orders, the rubric or the likelihood signals scoring
+  each answer alone) first judges the labelled pairs of `pairwise_dev`; its accuracy there stands beside its table,
+  and a judge below `min_judge_accuracy` is reported as undecided.
+- Outcomes: per pair of models and instruction a win, tie or loss (identical answers tie without a verdict); per
+  pair of models win / tie / loss and the mean preference (win 1, tie 0.5, loss 0) with a bootstrap 95% interval
+  over instructions (fixed seed); with more than two models a Copeland ranking over all pairs. The headline method
+  is the most accurate one listed. The mean answer length stands beside each row (a judge's length bias shows
+  there).
 
-Both steps run shard by shard on every accelerate process (`shards.run_sharded`), so a killed evaluation resumes.
+Answers, calibration and judgments run shard by shard on every accelerate process (`shards.run_sharded`), so a
+killed evaluation resumes.
 """
 
 from __future__ import annotations
@@ -23,38 +26,44 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from accelerate import PartialState
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat import TAG_CHOICES, load_humpback
-from humpback_trl.chat_template import encode, render
-from humpback_trl.generation import CACHE_ARGUMENT, SamplingConfig, generate
-from humpback_trl.model_specs import model_arguments, release_memory, short_name
-from humpback_trl.modeling import load_model
+from humpback_trl.chat_template import render
+from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.judges import (
+    BUNDLED_PAIRWISE_DEV,
+    LIKELIHOOD_MARGIN,
+    MIN_JUDGE_ACCURACY,
+    RUBRIC_MARGIN,
+    Judge,
+    JudgeOptions,
+    accuracy_note,
+    calibration_from_raw,
+    calibration_lines,
+    check_methods,
+    check_options,
+    load_pairwise_dev,
+    position_stats,
+    read_judgment,
+)
+from humpback_trl.model_specs import is_adapter, model_arguments, release_memory, short_name
+from humpback_trl.modeling import adapter_base_name, load_model
 from humpback_trl.pairs import load_table
-from humpback_trl.scoring import ScoreCue, last_logits, option_cue, split_at_prefix
 from humpback_trl.shards import run_sharded
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_EVAL_SET = "builtin:eval"
-OPTIONS = ("A", "B")
-JUDGE_CUE = "Better response:"
-JUDGE_PROMPT = (
-    "You are comparing two responses to the same instruction. Decide which response is the more helpful, accurate, "
-    "complete and clearly written answer to the instruction. The order of the responses and their length must not "
-    "affect your decision. Reply with the letter of the better response: A or B.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response A:\n{a}\n\n### Response B:\n{b}"
-)
-Z_95 = 1.959964
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_RESAMPLES = 1000
 
 
 @dataclass
@@ -71,8 +80,33 @@ class EvalArguments:
     )
     judge: str | None = field(
         default=None,
-        metadata={"help": "Judge model (adapter, folder or Hub id); default the last model given (the strongest)."},
+        metadata={
+            "help": "Judge model; default the base model of the compared adapters (never one of them). A compared "
+            "model as judge is flagged in the report."
+        },
     )
+    judge_method: list[str] = field(
+        default_factory=lambda: ["likelihood"],
+        metadata={"help": "pairwise | rubric | likelihood, several allowed (one table each; the most accurate leads)."},
+    )
+    pairwise_dev: str = field(
+        default=BUNDLED_PAIRWISE_DEV,
+        metadata={"help": "Labelled pairs (prompt, chosen, rejected[, kind]) measuring the judge's accuracy."},
+    )
+    min_judge_accuracy: float = field(
+        default=MIN_JUDGE_ACCURACY,
+        metadata={"help": "A judge less accurate than this on pairwise_dev is undecided: its verdicts are no result."},
+    )
+    rubric_prompt: str = field(
+        default="verbatim", metadata={"help": "Rubric of the rubric method: verbatim | score-only."}
+    )
+    rubric_margin: float = field(
+        default=RUBRIC_MARGIN, metadata={"help": "Rubric method: a win needs a score this much above the other's."}
+    )
+    likelihood_margin: float = field(
+        default=LIKELIHOOD_MARGIN, metadata={"help": "Likelihood method: a win needs a score this much higher."}
+    )
+    bootstrap_seed: int = field(default=BOOTSTRAP_SEED, metadata={"help": "Seed of the bootstrap intervals."})
     instructions: str = field(
         default=BUNDLED_EVAL_SET,
         metadata={"help": "builtin:eval (bundled), a local file or a Hub dataset with an `instruction` column."},
@@ -115,6 +149,10 @@ class EvalArguments:
             raise ValueError(f"tags must be one of {sorted(TAG_CHOICES)}, got {self.tags!r}")
         if self.reference is not None and self.reference not in (*self.model_names, *self.models):
             raise ValueError(f"--reference {self.reference!r} is none of the models {self.model_names}")
+        self.judge_method = check_methods(self.judge_method)
+        if not 0 <= self.min_judge_accuracy <= 1:
+            raise ValueError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
+        check_options(self.rubric_prompt, self.rubric_margin, self.likelihood_margin)
 
     @property
     def reference_name(self) -> str:
@@ -127,12 +165,35 @@ class EvalArguments:
         )
 
     @property
-    def judge_model(self) -> str:
-        return self.judge or self.models[-1]
+    def judge_options(self) -> JudgeOptions:
+        return JudgeOptions(self.judge_batch_size, self.rubric_prompt, self.rubric_margin, self.likelihood_margin)
 
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, do_sample=not self.greedy)
+
+
+def default_judge(models: Sequence[str]) -> str:
+    """The base model every compared adapter was trained from: a judge that wrote none of the answers."""
+    # The built-in name an adapter keeps in its prompt settings: the judge loads the weights training used.
+    bases = {adapter_base_name(model) for model in models if is_adapter(model)}
+    if len(bases) != 1 or not all(is_adapter(model) for model in models):
+        raise ValueError(
+            f"No default judge for --models {list(models)}: it is the one base model of the compared adapters, and "
+            f"these are not all adapters of one base (bases found: {sorted(bases)}). Set --judge to a model."
+        )
+    return bases.pop()
+
+
+def resolve_judge(args: EvalArguments) -> tuple[str, str | None]:
+    """The judge model, and the display name of the compared model it is (None when it is none of them)."""
+    judge = args.judge or default_judge(args.models)
+    same = [display for name, display in zip(args.models, args.model_names, strict=True) if _same(name, judge)]
+    return judge, (same[0] if same else None)
+
+
+def _same(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
 def load_instructions(args: EvalArguments) -> list[dict[str, str]]:
@@ -202,193 +263,123 @@ def alpaca_eval_outputs(
     ]
 
 
-def judge_cue(tokenizer: PreTrainedTokenizerBase) -> ScoreCue:
-    context = render(tokenizer, [{"role": "user", "content": JUDGE_PROMPT}], add_generation_prompt=True)
-    return option_cue(tokenizer, context, JUDGE_CUE, OPTIONS)
-
-
-def judge_prompt(tokenizer: PreTrainedTokenizerBase, cue: ScoreCue, instruction: str, a: str, b: str) -> str:
-    content = JUDGE_PROMPT.format(instruction=instruction, a=a, b=b)
-    return render(tokenizer, [{"role": "user", "content": content}], add_generation_prompt=True) + cue.text
-
-
-def judge_prefix_ids(tokenizer: PreTrainedTokenizerBase, cue: ScoreCue) -> list[int]:
-    """The tokens every judge prompt starts with (system block, user header, the judging instructions): the longest
-    common token prefix of two prompts whose instructions differ, since the tokens before the instruction can merge
-    with it (as for the rubric, `scoring.rubric_prefix_ids`)."""
-    first, second = (encode(tokenizer, judge_prompt(tokenizer, cue, text, "x", "y")) for text in ("Alpha", "Zulu"))
-    length = 0
-    while length < min(len(first), len(second)) and first[length] == second[length]:
-        length += 1
-    return first[:length]
-
-
-def option_probabilities(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    cue: ScoreCue,
-    batch_size: int,
-    prefix_cache: bool = True,
-) -> list[tuple[float, float]]:
-    """p("A") and p("B") under the judge's full next-token distribution after each prompt, in input order.
-
-    With `prefix_cache`, the judging instructions every prompt starts with are run once and their KV cache reused:
-    with short answers they are about half of each prompt's tokens."""
-    encoded = [encode(tokenizer, prompt) for prompt in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    option_ids = list(cue.digit_ids)
-    found: list[tuple[float, float]] = [(0.0, 0.0)] * len(encoded)
-    prefix_ids = judge_prefix_ids(tokenizer, cue) if prefix_cache else []
-    suffixes = split_at_prefix(prefix_ids, encoded) if prefix_ids else [None] * len(encoded)
-    with torch.inference_mode():
-        prefix = None
-        if any(suffix is not None for suffix in suffixes):
-            # use_cache explicitly: a model fresh from training with gradient checkpointing has it off.
-            output = model(input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1)
-            prefix = (prefix_ids, getattr(output, CACHE_ARGUMENT))
-        cached = [i for i, suffix in enumerate(suffixes) if suffix is not None]
-        plain = [i for i, suffix in enumerate(suffixes) if suffix is None]
-        for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
-            # Similar lengths share a batch, so little of each forward pass is padding.
-            order = sorted(indices, key=lambda i: len(rows[i]), reverse=True)
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
-                probs = torch.softmax(logits, dim=-1)[:, option_ids].tolist()
-                for index, (p_a, p_b) in zip(batch, probs, strict=True):
-                    found[index] = (p_a, p_b)
-    return found
-
-
 def comparisons(
     instructions: Sequence[Mapping[str, str]], answers: Mapping[str, Sequence[str]]
 ) -> list[dict[str, Any]]:
-    """One row per (instruction, model pair, order) whose answers differ: A is `first`, B is `second`."""
+    """One row per (model pair, instruction) whose answers differ: `a` is the first model's answer, `b` the
+    second's."""
     rows = []
     for a, b in itertools.combinations(answers, 2):
         for index, row in enumerate(instructions):
-            if answers[a][index] == answers[b][index]:
-                continue
-            for first, second in ((a, b), (b, a)):
+            if answers[a][index] != answers[b][index]:
                 rows.append(
-                    {"id": f"{index}|{a}|{b}|{first}", "index": index, "first": first, "second": second,
-                     "instruction": row["instruction"]}
+                    {"id": f"{index}|{a}|{b}", "instruction": row["instruction"], "a": answers[a][index],
+                     "b": answers[b][index]}
                 )  # fmt: skip
     return rows
 
 
-def judge(
-    name: str, rows: Sequence[dict[str, Any]], answers: Mapping[str, Sequence[str]], args: EvalArguments
-) -> dict[str, tuple[float, float]]:
-    """Judge probabilities (p_A, p_B) per comparison id (resumable under `output_dir/judgments`)."""
+def run_judge(
+    judge: Judge, rows: Sequence[dict[str, Any]], work_dir: Path, args: EvalArguments, job: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """The judge's raw judgments per row id (`Judge.judge`), resumable under `work_dir`."""
     if not rows:
         return {}
-    model, tokenizer = load_model(model_arguments(name, args.dtype, args.load_in_4bit))
-    cue = judge_cue(tokenizer)
 
     def work(shard: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        prompts = [
-            judge_prompt(tokenizer, cue, row["instruction"], answers[row["first"]][row["index"]],
-                         answers[row["second"]][row["index"]])
-            for row in shard
-        ]  # fmt: skip
-        probs = option_probabilities(model, tokenizer, prompts, cue, args.judge_batch_size)
-        return [{"id": row["id"], "p_a": p_a, "p_b": p_b} for row, (p_a, p_b) in zip(shard, probs, strict=True)]
+        return [{"id": row["id"], **raw} for row, raw in zip(shard, judge.judge(shard), strict=True)]
 
     done = run_sharded(
-        rows,
-        work,
-        Path(args.output_dir) / "judgments",
-        shard_size=args.shard_size,
-        key="id",
-        desc=f"Judging with {short_name(name)}",
-        # The answers' digest: judgments of other answers (another max_new_tokens) are never taken as finished.
-        job={"judge": name, "answers_sha256": hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]},
-    )
-    return {row["id"]: (row["p_a"], row["p_b"]) for row in done}
+        rows, work, work_dir, shard_size=args.shard_size, key="id", desc=f"Judging ({judge.method})",
+        job={**job, "method": judge.method, "rubric_prompt": args.rubric_prompt},
+    )  # fmt: skip
+    return {row["id"]: {key: value for key, value in row.items() if key != "id"} for row in done}
 
 
-def preference(p_a: float, p_b: float) -> float:
-    """p(first is better) renormalised over the two options; 0.5 when the judge put no mass on either."""
-    total = p_a + p_b
-    return p_a / total if total > 0 else 0.5
-
-
-def verdict(prefer_a_first: float, prefer_a_second: float) -> int:
-    """+1: model a wins (both orders prefer it), -1: model b wins, 0: tie (the orders disagree or are undecided).
-
-    `prefer_a_first` is p(a better) with a shown as A; `prefer_a_second` the same with a shown as B."""
-    if prefer_a_first > 0.5 and prefer_a_second > 0.5:
-        return 1
-    if prefer_a_first < 0.5 and prefer_a_second < 0.5:
-        return -1
-    return 0
+def calibrate(judge: Judge, judge_name: str, args: EvalArguments) -> dict[str, Any]:
+    """The judge's accuracy on the labelled pairs (resumable under `output_dir/calibration/<method>`)."""
+    dev = load_pairwise_dev(args.pairwise_dev)
+    rows = [
+        {"id": row["pair_id"], "instruction": row["prompt"], "a": row["chosen"], "b": row["rejected"]} for row in dev
+    ]
+    job = {"judge": judge_name, "pairwise_dev": args.pairwise_dev}
+    raw = run_judge(judge, rows, Path(args.output_dir) / "calibration" / judge.method, args, job)
+    metrics, _ = calibration_from_raw(
+        judge, dev, [raw[row["id"]] for row in rows], judge_name=judge_name, dev_set=args.pairwise_dev,
+        min_accuracy=args.min_judge_accuracy,
+    )  # fmt: skip
+    return metrics
 
 
 def outcomes(
     instructions: Sequence[Mapping[str, str]],
     answers: Mapping[str, Sequence[str]],
-    probabilities: Mapping[str, tuple[float, float]],
+    raw: Mapping[str, Mapping[str, float]],
+    margin: float,
 ) -> list[dict[str, Any]]:
-    """One record per (model pair, instruction): both orders' raw probabilities and the verdict for `model_a`."""
+    """One record per (model pair, instruction): the read judgment (`judges.read_judgment`) and the verdict for
+    `model_a`; identical answers tie without a judgment."""
     records = []
     for a, b in itertools.combinations(answers, 2):
         for index, row in enumerate(instructions):
             record: dict[str, Any] = {"index": index, "instruction": row["instruction"], "model_a": a, "model_b": b}
             if answers[a][index] == answers[b][index]:
                 records.append({**record, "identical": True, "verdict": 0})
-                continue
-            first = probabilities[f"{index}|{a}|{b}|{a}"]
-            second = probabilities[f"{index}|{a}|{b}|{b}"]
-            prefer_first, prefer_second = preference(*first), 1 - preference(*second)
-            records.append(
-                {**record, "identical": False, "a_first": {"p_a": first[0], "p_b": first[1]},
-                 "b_first": {"p_a": second[0], "p_b": second[1]}, "prefer_a_when_first": prefer_first,
-                 "prefer_a_when_second": prefer_second, "verdict": verdict(prefer_first, prefer_second)}
-            )  # fmt: skip
+            else:
+                records.append({**record, "identical": False, **read_judgment(raw[f"{index}|{a}|{b}"], margin)})
     return records
 
 
-def win_rate(wins: int, ties: int, losses: int) -> dict[str, float]:
-    """(wins + ties / 2) / n with a 95% normal interval of the mean per-instruction outcome (1, 0.5, 0), clipped
-    to [0, 1]."""
-    n = wins + ties + losses
-    if not n:
-        return {"win_rate": 0.0, "ci_low": 0.0, "ci_high": 0.0}
-    rate = (wins + ties / 2) / n
-    variance = (wins * (1 - rate) ** 2 + ties * (0.5 - rate) ** 2 + losses * rate**2) / n
-    half = Z_95 * math.sqrt(variance / n)
+def bootstrap_interval(
+    values: Sequence[float], seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the mean over `resamples` resamples of `values` with replacement."""
+    if not values:
+        return 0.0, 0.0
+    data = np.asarray(values, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(data), size=(resamples, len(data)))
+    low, high = np.percentile(data[draws].mean(axis=1), [2.5, 97.5])
+    return round(float(low), 4), round(float(high), 4)
+
+
+def pair_outcomes(records: Sequence[Mapping[str, Any]], model: str, other: str) -> list[float]:
+    """`model`'s outcome against `other` per instruction: 1 win, 0.5 tie, 0 loss."""
+    signed = [
+        record["verdict"] if record["model_a"] == model else -record["verdict"]
+        for record in records
+        if {record["model_a"], record["model_b"]} == {model, other}
+    ]
+    return [(value + 1) / 2 for value in signed]
+
+
+def pair_summary(records: Sequence[Mapping[str, Any]], model: str, other: str, seed: int) -> dict[str, Any]:
+    """Wins / ties / losses of `model` against `other`, its mean preference and the bootstrap 95% interval."""
+    values = pair_outcomes(records, model, other)
+    low, high = bootstrap_interval(values, seed)
     return {
-        "win_rate": round(rate, 4),
-        "ci_low": round(max(0.0, rate - half), 4),
-        "ci_high": round(min(1.0, rate + half), 4),
+        "wins": values.count(1.0),
+        "ties": values.count(0.5),
+        "losses": values.count(0.0),
+        "n": len(values),
+        "preference": round(statistics.fmean(values), 4) if values else 0.0,
+        "ci_low": low,
+        "ci_high": high,
     }
 
 
-def pair_counts(records: Sequence[Mapping[str, Any]], model: str, other: str) -> dict[str, int]:
-    """Wins / ties / losses of `model` against `other` over the records of that pair."""
-    counts = {"wins": 0, "ties": 0, "losses": 0}
-    for record in records:
-        if {record["model_a"], record["model_b"]} != {model, other}:
-            continue
-        signed = record["verdict"] if record["model_a"] == model else -record["verdict"]
-        counts[{1: "wins", 0: "ties", -1: "losses"}[signed]] += 1
-    return counts
-
-
-def consistency(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """Position consistency (both orders pick the same answer) and how often the first-shown answer is preferred,
-    over the judged (non-identical) records."""
-    judged = [r for r in records if not r["identical"]]
-    if not judged:
-        return {"position_consistency": None, "first_position_rate": None}
-    consistent = sum(1 for r in judged if r["verdict"] != 0)
-    first = sum((r["prefer_a_when_first"] > 0.5) + (r["prefer_a_when_second"] < 0.5) for r in judged)
-    return {
-        "position_consistency": round(consistent / len(judged), 4),
-        "first_position_rate": round(first / (2 * len(judged)), 4),
-    }
+def copeland_ranking(models: Sequence[str], preference: Mapping[tuple[str, str], float]) -> list[dict[str, Any]]:
+    """Models by Copeland score (opponents beaten minus opponents lost to: a mean preference above or below 0.5),
+    then by mean preference over all opponents; `preference[(a, b)]` is a's over b for every ordered pair."""
+    rows = []
+    for model in models:
+        against = [preference[(model, other)] for other in models if other != model]
+        beaten, lost = sum(p > 0.5 for p in against), sum(p < 0.5 for p in against)
+        rows.append(
+            {"model": model, "copeland": beaten - lost, "beaten": beaten, "lost_to": lost,
+             "mean_preference": round(statistics.fmean(against), 4)}
+        )  # fmt: skip
+    rows.sort(key=lambda row: (-row["copeland"], -row["mean_preference"]))
+    return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
 
 
 def mean_length(texts: Sequence[str]) -> float:
@@ -396,31 +387,37 @@ def mean_length(texts: Sequence[str]) -> float:
 
 
 def summarize(
-    records: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[str]], reference: str
+    records: Sequence[Mapping[str, Any]], answers: Mapping[str, Sequence[str]], reference: str, seed: int
 ) -> dict[str, Any]:
-    """The table (each model against the reference) and every pair's counts and position consistency."""
-    table = []
-    for model in answers:
-        if model == reference:
-            continue
-        counts = pair_counts(records, model, reference)
-        pair = [r for r in records if {r["model_a"], r["model_b"]} == {model, reference}]
-        table.append(
-            {"model": model, "reference": reference, **counts, "n": sum(counts.values()),
-             **win_rate(**counts), **consistency(pair), "mean_length": mean_length(answers[model]),
-             "reference_mean_length": mean_length(answers[reference])}
-        )  # fmt: skip
-    pairs = [
-        {"model_a": a, "model_b": b, **pair_counts(records, a, b),
-         **consistency([r for r in records if (r["model_a"], r["model_b"]) == (a, b)])}
-        for a, b in itertools.combinations(answers, 2)
+    """The table (each model against the reference), every pair's outcome, and with more than two models the
+    Copeland ranking over all pairs."""
+
+    def position(a: str, b: str) -> dict[str, float | None]:
+        return position_stats([r for r in records if {r["model_a"], r["model_b"]} == {a, b} and not r["identical"]])
+
+    table = [
+        {"model": model, "reference": reference, **pair_summary(records, model, reference, seed),
+         **position(model, reference), "mean_length": mean_length(answers[model]),
+         "reference_mean_length": mean_length(answers[reference])}
+        for model in answers if model != reference
     ]  # fmt: skip
-    return {
-        "table": table,
-        "pairs": pairs,
-        **consistency(records),
-        "mean_length": {model: mean_length(texts) for model, texts in answers.items()},
-    }
+    pairs = [
+        {"model_a": a, "model_b": b, **pair_summary(records, a, b, seed), **position(a, b)}
+        for a, b in itertools.combinations(answers, 2)
+    ]
+    summary = {"table": table, "pairs": pairs, **position_stats([r for r in records if not r["identical"]])}
+    if len(answers) > 2:
+        preference = {}
+        for pair in pairs:
+            preference[(pair["model_a"], pair["model_b"])] = pair["preference"] if pair["n"] else 0.5
+            preference[(pair["model_b"], pair["model_a"])] = 1 - preference[(pair["model_a"], pair["model_b"])]
+        summary["ranking"] = copeland_ranking(list(answers), preference)
+    return summary
+
+
+def headline_method(methods: Mapping[str, Mapping[str, Any]]) -> str:
+    """The listed method with the best accuracy on the labelled pairs (the first listed among equals)."""
+    return max(methods, key=lambda method: methods[method]["calibration"]["pairwise_accuracy"])
 
 
 def _fmt(value: float | None) -> str:
@@ -430,30 +427,46 @@ def _fmt(value: float | None) -> str:
 def table_markdown(table: Sequence[Mapping[str, Any]]) -> list[str]:
     """The win / tie / loss table (report.md lines; the loop's report embeds it)."""
     lines = [
-        "| model | vs | win | tie | loss | win rate (95% CI) | consistency | mean length (chars) |",
+        "| model | vs | win | tie | loss | preference (95% CI) | consistency | mean length (chars) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         lines.append(
             f"| {row['model']} | {row['reference']} | {row['wins']} | {row['ties']} | {row['losses']} | "
-            f"{row['win_rate']:.2f} ({row['ci_low']:.2f}-{row['ci_high']:.2f}) | {_fmt(row['position_consistency'])} "
-            f"| {row['mean_length']:.0f} (ref {row['reference_mean_length']:.0f}) |"
+            f"{row['preference']:.2f} ({row['ci_low']:.2f}-{row['ci_high']:.2f}) | "
+            f"{_fmt(row['position_consistency'])} | {row['mean_length']:.0f} (ref {row['reference_mean_length']:.0f}) |"
         )
     return lines
 
 
+def method_lines(method: str, result: Mapping[str, Any]) -> list[str]:
+    """One method's section: the judge's accuracy, then its table and ranking (marked as no result when the judge
+    is undecided)."""
+    undecided = result["calibration"]["undecided"]
+    lines = ["", f"### Judge method: {method}", "", accuracy_note(result["calibration"]), ""]
+    if undecided:
+        lines += ["Raw verdicts of an undecided judge (no result):", ""]
+    lines += table_markdown(result["table"])
+    if "ranking" in result and not undecided:
+        order = ", ".join(f"{row['model']} ({row['copeland']:+d})" for row in result["ranking"])
+        lines += ["", f"Ranking (Copeland over all pairs, mean preference 95% intervals in report.json): {order}"]
+    return lines
+
+
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
-    """What was compared and how, the judge's position bias, and the table (the loop's report embeds these)."""
-    return [
-        f"{report['instructions_count']} instructions from `{report['instructions']}`; judge `{report['judge']}` "
-        f"(both orders, a win only when both agree); reference `{report['reference']}`.",
-        f"Position consistency of the judge: {_fmt(report['position_consistency'])}; first-shown answer preferred "
-        f"in {_fmt(report['first_position_rate'])} of verdicts.",
-        *([f"Note: the judge is one of the compared models ({report['judge_is_compared']}): expect it to favour "
-           "its own answers."] if report.get("judge_is_compared") else []),
+    """What was compared and how, the judge's calibration, and each method's table (the loop's report embeds these)."""
+    flagged = report.get("judge_is_compared")
+    lines = [
+        f"{report['instructions_count']} instructions from `{report['instructions']}`; judge `{report['judge']}`; "
+        f"reference `{report['reference']}`; headline method: {report['headline_method']}.",
+        *([f"Note: the judge is one of the compared models ({flagged}): expect it to favour its own answers."]
+          if flagged else []),
         "",
-        *table_markdown(report["table"]),
+        *calibration_lines([result["calibration"] for result in report["methods"].values()]),
     ]  # fmt: skip
+    for method, result in report["methods"].items():
+        lines += method_lines(method, result)
+    return lines
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -491,7 +504,7 @@ def plot(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def write_files(
     report: dict[str, Any],
-    records: Sequence[Mapping[str, Any]],
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
     instructions: Sequence[Mapping[str, str]],
     answers: Mapping[str, Sequence[str]],
     output_dir: Path,
@@ -504,7 +517,8 @@ def write_files(
             json.dumps(records_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
     with (output_dir / "judgments.jsonl").open("w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        for method, rows in records.items():
+            handle.writelines(json.dumps({"method": method, **row}, ensure_ascii=False) + "\n" for row in rows)
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (output_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     if report["table"]:
@@ -512,8 +526,9 @@ def write_files(
 
 
 def evaluate(args: EvalArguments) -> dict[str, Any]:
-    """Answer, judge, and write `output_dir`: report.json (its "table" one row per model against the reference),
-    report.md, winrate.png, judgments.jsonl and model_outputs/<name>.json. Returns the report on every process."""
+    """Answer, calibrate the judge, judge, and write `output_dir`: report.json (per method its calibration, table,
+    pairs and ranking; "table" is the headline method's), report.md, winrate.png, judgments.jsonl and
+    model_outputs/<name>.json. Returns the report on every process."""
     output_dir = Path(args.output_dir)
     instructions = load_instructions(args)
     texts = [row["instruction"] for row in instructions]
@@ -521,20 +536,40 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
     for name, display in zip(args.models, args.model_names, strict=True):
         answers[display] = answer(name, display, texts, args)
         release_memory()  # the model `answer` loaded, before the next one loads
-    probabilities = judge(args.judge_model, comparisons(instructions, answers), answers, args)
+    judge_name, compared = resolve_judge(args)
+    model, tokenizer = load_judge(judge_name, args)
+    rows = comparisons(instructions, answers)
+    # The answers' digest: judgments of other answers (another max_new_tokens) are never taken as finished.
+    job = {"judge": judge_name, "answers_sha256": hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]}
+    methods: dict[str, dict[str, Any]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
+    for method in args.judge_method:
+        judge = Judge(model, tokenizer, method, args.judge_options)
+        calibration = calibrate(judge, judge_name, args)
+        raw = run_judge(judge, rows, output_dir / "judgments" / method, args, job)
+        records[method] = outcomes(instructions, answers, raw, judge.margin)
+        methods[method] = {
+            "calibration": calibration,
+            **summarize(records[method], answers, args.reference_name, args.bootstrap_seed),
+        }
+    del model
     release_memory()
-    records = outcomes(instructions, answers, probabilities)
-    compared = [d for n, d in zip(args.models, args.model_names, strict=True) if n == args.judge_model]
+    headline = headline_method(methods)
     report = {
         "instructions": args.instructions,
         "instructions_count": len(instructions),
-        "judge": args.judge_model,
-        "judge_is_compared": compared[0] if compared else None,
+        "judge": judge_name,
+        "judge_is_compared": compared,
         "reference": args.reference_name,
         "models": dict(zip(args.model_names, args.models, strict=True)),
         "sampling": vars(args.sampling),
         "tags": args.tags,
-        **summarize(records, answers, args.reference_name),
+        "headline_method": headline,
+        "judge_accuracy": methods[headline]["calibration"]["pairwise_accuracy"],
+        "judge_undecided": methods[headline]["calibration"]["undecided"],
+        "table": methods[headline]["table"],
+        "methods": methods,
+        "mean_length": {name: mean_length(texts) for name, texts in answers.items()},
         "model_outputs": {name: str(output_dir / "model_outputs" / f"{name}.json") for name in answers},
     }
     state = PartialState()
@@ -542,3 +577,8 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
         write_files(report, records, instructions, answers, output_dir)
     state.wait_for_everyone()
     return report
+
+
+def load_judge(name: str, args: EvalArguments):
+    """The judge model and tokenizer (an adapter is merged into its base, as for any inference)."""
+    return load_model(model_arguments(name, args.dtype, args.load_in_4bit))

@@ -1,11 +1,14 @@
-"""`humpback eval`: every model answers one instruction set, a local judge compares each two in both orders.
+"""`humpback eval`: every model answers one instruction set; a judge that is none of them, its accuracy measured on
+labelled pairs first, compares every two answers.
 
     humpback eval --models outputs/quickstart/m0 outputs/quickstart/m1 outputs/quickstart/m2
-    humpback eval --config recipes/quickstart/eval.yaml
+    humpback eval --config recipes/quickstart/eval.yaml --judge_method likelihood pairwise
     accelerate launch -m humpback_trl.scripts.eval --config recipes/quickstart/eval.yaml
 
-Writes OUTPUT_DIR/report.json (its "table": win / tie / loss of each model against the reference), report.md,
-winrate.png, judgments.jsonl and model_outputs/<name>.json (AlpacaEval's format).
+The judge defaults to the base model of the compared adapters. Writes OUTPUT_DIR/report.json (per judge method its
+calibration, table, pairs and ranking; "table": win / tie / loss and mean preference of each model against the
+reference under the most accurate method), report.md, winrate.png, judgments.jsonl and model_outputs/<name>.json
+(AlpacaEval's format).
 """
 
 from __future__ import annotations
