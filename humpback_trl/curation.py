@@ -10,15 +10,24 @@ Beyond the paper, because a model that grades its own data trusts its own style 
 - a calibration block: every judge and the panel also score a labelled dev set (`calibration_dev_set`), and the
   report gives their ROC AUC and A4 / A5 precision / recall, with each judge's Spearman agreement with M_k;
 - in logits mode a pair whose digit mass (the probability the model put on "1".."5" at all) is below
-  `min_score_mass` stays out of A4 / A5 and is counted as `low_mass`: its score is a renormalisation of noise.
+  `min_score_mass` stays out of A4 / A5 and is counted as `low_mass`: its score is a renormalisation of noise;
+- instruction checks before any scoring (`humpback_trl.instruction_checks`): a pair whose instruction is too short,
+  too long for its output, a loop, the backward prompt's wording or a copy of its output is not scored, stays in the
+  scored pool with its `check` reason and is counted in the funnel;
+- `curation_mode: likelihood`: the forward model's likelihood signals (`humpback_trl.likelihood`) instead of the
+  rubric, kept as columns of the scored pool; A4 / A5 by fractions of the pool (`a4_fraction`, `a5_fraction`) or
+  absolute thresholds, in any mode;
+- at most one pair per segment (output) in A4 / A5, the best scored, when a segment has several instructions
+  (`instructions_per_segment` in augmentation); the others are counted as `same_segment`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +35,13 @@ from datasets import Dataset, DatasetDict, Features, Value
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl import vllm_engine
+from humpback_trl.ablation import ablation_splits
 from humpback_trl.calibration import BUNDLED_DEV_SET, calibration_metrics, load_dev_set, spearman
+from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT
 from humpback_trl.generation import SamplingConfig, check_engine, resolve_engine
 from humpback_trl.hub import dataset_card
+from humpback_trl.instruction_checks import CHECKS, DEFAULT_CHECKS, InstructionChecks, check_counts
+from humpback_trl.likelihood import LikelihoodWeights
 from humpback_trl.model_specs import model_arguments, release_memory
 from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES
@@ -37,6 +50,7 @@ from humpback_trl.scoring import (
     A4_THRESHOLD,
     DEFAULT_THRESHOLDS,
     GENERATE_SAMPLING,
+    LIKELIHOOD_FIELDS,
     MODES,
     PROMPT_STYLES,
     ScoreResult,
@@ -51,7 +65,18 @@ CURATED_FOLDER = "curated"
 PANELS = ("mean", "min")
 # The scored pool of a panel keeps each judge's own score and digit mass beside the panel's.
 JUDGE_FEATURES = [{"judge": Value("string"), "score": Value("float64"), "mass": Value("float64")}]
-PANEL_FEATURES = Features({**PAIR_FEATURES, "judge_scores": JUDGE_FEATURES})
+# The scored pool: the pair schema, the instruction check that rejected a pair (null when it passed) and the
+# likelihood features (null outside likelihood mode).
+SCORED_FEATURES = Features(
+    {**PAIR_FEATURES, "check": Value("string"), **{name: Value("float64") for name in LIKELIHOOD_FIELDS}}
+)
+PANEL_FEATURES = Features({**SCORED_FEATURES, "judge_scores": JUDGE_FEATURES})
+# The paper's A5 and A4 shares of its ~502k candidates (41,821 and 195,043; Li et al. 2024, Table 2): likelihood
+# mode's defaults, as its score has no 1-5 scale to put a threshold on.
+PAPER_A5_SHARE = 0.083
+PAPER_A4_SHARE = 0.388
+SPLITS = ("a4", "a5")
+_WEIGHTS = LikelihoodWeights()
 OFF = ("", "none", "null")
 # What scores: a transformers model in memory, or a model served by vLLM.
 Scorer = PreTrainedModel | vllm_engine.VllmModel
@@ -62,8 +87,9 @@ class CurationSettings:
     curation_mode: str = field(
         default="logits",
         metadata={
-            "help": "logits (one forward pass, probability-weighted score) or generate (the paper's reasoning "
-            "+ Score: N)."
+            "help": "logits (one forward pass, probability-weighted rubric score), generate (the paper's reasoning "
+            "+ Score: N) or likelihood (the forward model's likelihoods of the output with and without the "
+            "instruction: PMI, end-of-turn, IFD; no rubric)."
         },
     )
     curation_engine: str = field(
@@ -74,17 +100,89 @@ class CurationSettings:
             "memory)."
         },
     )
-    curation_batch_size: int = field(default=8, metadata={"help": "Pairs per forward pass in logits mode."})
+    curation_batch_size: int = field(
+        default=8, metadata={"help": "Pairs per forward pass in logits and likelihood mode."}
+    )
     curation_prefix_cache: bool = field(
-        default=True, metadata={"help": "Encode the shared rubric prefix once (logits mode)."}
+        default=True,
+        metadata={
+            "help": "Encode the shared prompt prefix once (the rubric in logits mode, the chat header in "
+            "likelihood mode)."
+        },
     )
     curation_token_budget: int = field(default=16384, metadata={"help": "Tokens per generation batch (generate mode)."})
     curation_max_new_tokens: int = field(default=256, metadata={"help": "Reasoning length (generate mode)."})
-    a4_threshold: float = field(
-        default=A4_THRESHOLD, metadata={"help": "A4 threshold: pairs scoring at least this (4)."}
+    a4_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "A4 threshold: pairs scoring at least this; default 4 in logits and generate mode (the "
+            "paper's), a4_fraction in likelihood mode."
+        },
     )
     a5_threshold: float | None = field(
-        default=None, metadata={"help": "A5 threshold; default 4.5 in logits mode, 5 in generate mode (the paper's)."}
+        default=None,
+        metadata={
+            "help": "A5 threshold; default 4.5 in logits mode, 5 in generate mode (the paper's), a5_fraction in "
+            "likelihood mode."
+        },
+    )
+    a4_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of a4_threshold: A4 is this share of the pool, the best scored (default 0.388 in "
+            "likelihood mode: the paper's 195,043 of ~502k)."
+        },
+    )
+    a5_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of a5_threshold: A5 is this share of the pool, the best scored (default 0.083 in "
+            "likelihood mode: the paper's 41,821 of ~502k)."
+        },
+    )
+    one_pair_per_segment: bool = field(
+        default=True,
+        metadata={
+            "help": "A4 / A5 keep at most one pair per segment (output), the best scored; the others are "
+            "counted as same_segment."
+        },
+    )
+    instruction_checks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_CHECKS),
+        metadata={
+            "help": f"Checks on each instruction before scoring, any of {list(CHECKS)} (default all but unrelated), "
+            "or none: a pair that fails one is not scored and stays in the scored pool with its check reason."
+        },
+    )
+    check_min_chars: int = field(
+        default=10, metadata={"help": "Check too_short: instructions shorter than this many characters."}
+    )
+    check_max_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "Check too_long: instructions longer than this share of their output (and than 200 "
+            "characters): a restatement, which likelihood signals would reward."
+        },
+    )
+    check_max_copied_share: float = field(
+        default=0.5,
+        metadata={"help": "Check copied: instructions with at least this share of their word trigrams in the output."},
+    )
+    check_backward_prompt: str = field(
+        default=DEFAULT_BACKWARD_PROMPT,
+        metadata={"help": "Check prompt_echo: the backward prompt whose wording a failed instruction repeats."},
+    )
+    likelihood_pmi_weight: float = field(
+        default=_WEIGHTS.pmi, metadata={"help": "Likelihood score: weight of PMI (lp_cond - lp_uncond)."}
+    )
+    likelihood_end_weight: float = field(
+        default=_WEIGHTS.end, metadata={"help": "Likelihood score: weight of lp_end (the end-of-turn token)."}
+    )
+    likelihood_cond_weight: float = field(
+        default=_WEIGHTS.cond, metadata={"help": "Likelihood score: weight of lp_cond (mean log-prob per token)."}
+    )
+    likelihood_ifd_weight: float = field(
+        default=_WEIGHTS.ifd, metadata={"help": "Likelihood score: weight of IFD (subtracted: low IFD is better)."}
     )
     curation_shard_size: int = field(default=256, metadata={"help": "Pairs per resumable shard."})
     # Default verbatim (the paper's text): measured with SmolLM2-135M-Instruct on builtin:dev (logits mode), ROC AUC
@@ -123,6 +221,13 @@ class CurationSettings:
             "calibration block of the report: builtin:dev, a file or a Hub id; none to skip."
         },
     )
+    calibration_modes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Modes the scoring model also calibrates in on the dev set, beside curation_mode, shown "
+            "side by side (e.g. logits likelihood)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.curation_mode not in MODES:
@@ -138,12 +243,67 @@ class CurationSettings:
             self.curation_judges = [self.curation_judges]
         if self.calibration_dev_set is not None and self.calibration_dev_set.strip().lower() in OFF:
             self.calibration_dev_set = None
-        if self.a5_threshold is None:
-            self.a5_threshold = float(DEFAULT_THRESHOLDS[self.curation_mode])
+        self.instruction_checks = off_to_empty(self.instruction_checks)
+        self.calibration_modes = off_to_empty(self.calibration_modes)
+        unknown = [mode for mode in self.calibration_modes if mode not in MODES]
+        if unknown:
+            raise ValueError(f"calibration_modes: {unknown} not among {MODES}")
+        self.checks  # noqa: B018 - builds InstructionChecks, which validates the check names and limits
+        self._resolve_selection()
+
+    def _resolve_selection(self) -> None:
+        """Each split's rule: the fraction or threshold set, else the mode's default (a threshold on the rubric's
+        1-5 scale, the paper's share in likelihood mode)."""
+        defaults = {
+            "a4": (PAPER_A4_SHARE, A4_THRESHOLD),
+            "a5": (PAPER_A5_SHARE, DEFAULT_THRESHOLDS[self.curation_mode]),
+        }
+        for split in SPLITS:
+            fraction, threshold = getattr(self, f"{split}_fraction"), getattr(self, f"{split}_threshold")
+            if fraction is not None and threshold is not None:
+                raise ValueError(f"Set {split}_fraction or {split}_threshold, not both")
+            if fraction is not None and not 0 < fraction <= 1:
+                raise ValueError(f"{split}_fraction must be within (0, 1], got {fraction}")
+            if fraction is None and threshold is None:
+                share, value = defaults[split]
+                if self.curation_mode == "likelihood":
+                    setattr(self, f"{split}_fraction", share)
+                else:
+                    setattr(self, f"{split}_threshold", float(value))
+
+    @property
+    def rules(self) -> dict[str, tuple[str, float]]:
+        """Per split: ("fraction", share of the pool) or ("threshold", minimum score)."""
+        return {
+            split: ("fraction", getattr(self, f"{split}_fraction"))
+            if getattr(self, f"{split}_fraction") is not None
+            else ("threshold", getattr(self, f"{split}_threshold"))
+            for split in SPLITS
+        }
 
     @property
     def thresholds(self) -> dict[str, float]:
-        return {"a4": self.a4_threshold, "a5": self.a5_threshold}
+        """The absolute thresholds (splits selected by a fraction have theirs from the pool: `selection`)."""
+        return {split: value for split, (rule, value) in self.rules.items() if rule == "threshold"}
+
+    @property
+    def checks(self) -> InstructionChecks:
+        return InstructionChecks(
+            enabled=tuple(self.instruction_checks),
+            min_chars=self.check_min_chars,
+            max_share=self.check_max_share,
+            max_copied_share=self.check_max_copied_share,
+            backward_prompt=self.check_backward_prompt,
+        )
+
+    @property
+    def likelihood_weights(self) -> LikelihoodWeights:
+        return LikelihoodWeights(
+            pmi=self.likelihood_pmi_weight,
+            end=self.likelihood_end_weight,
+            cond=self.likelihood_cond_weight,
+            ifd=self.likelihood_ifd_weight,
+        )
 
     @property
     def mass_floor(self) -> float:
@@ -154,16 +314,86 @@ class CurationSettings:
         return mass is None or mass >= self.mass_floor
 
 
-def at_least(pairs: Dataset, threshold: float, min_mass: float = 0.0) -> Dataset:
-    """Pairs scoring at least `threshold` whose digit mass (where recorded) is at least `min_mass`."""
+def off_to_empty(values: list[str] | str) -> list[str]:
+    """A list option where `none` (or an empty value) means no entries."""
+    values = [values] if isinstance(values, str) else list(values)
+    return [] if all(value.strip().lower() in OFF for value in values) else values
+
+
+def nearest_count(fraction: float, pool: int) -> int:
+    """`fraction` of `pool` rounded to the nearest count (halves up)."""
+    return math.floor(fraction * pool + 0.5)
+
+
+@dataclass
+class Selection:
+    """The pool indices each split keeps (in pool order), each split's rule and the score of its last pair, and how
+    many eligible pairs lost to a better-scored pair of the same segment."""
+
+    indices: dict[str, list[int]]
+    rules: dict[str, dict[str, Any]]
+    same_segment: int
+
+
+def ranked_candidates(
+    scores: Sequence[float | None],
+    eligible: Sequence[bool],
+    segments: Sequence[str] | None,
+) -> tuple[list[int], int]:
+    """Eligible scored indices, best first (ties in pool order); with `segments`, only each segment's best.
+    Returns them and the number left out as another pair of their segment."""
+    order = sorted((i for i, s in enumerate(scores) if s is not None and eligible[i]), key=lambda i: -scores[i])
+    if segments is None:
+        return order, 0
+    seen: set[str] = set()
+    best = []
+    for index in order:
+        if segments[index] not in seen:
+            seen.add(segments[index])
+            best.append(index)
+    return best, len(order) - len(best)
+
+
+def select(
+    scores: Sequence[float | None],
+    eligible: Sequence[bool],
+    rules: dict[str, tuple[str, float]],
+    segments: Sequence[str] | None = None,
+) -> Selection:
+    """A4 / A5: a fraction keeps the exact top-k of the pool (k = fraction x pool size, rounded), a threshold every
+    pair scoring at least it; only eligible scored pairs, at most one per segment when `segments` is given."""
+    ranked, same_segment = ranked_candidates(scores, eligible, segments)
+    indices, described = {}, {}
+    for split, (rule, value) in rules.items():
+        if rule == "fraction":
+            k = nearest_count(value, len(scores))
+            chosen = ranked[:k]
+            described[split] = {"rule": "fraction", "fraction": value, "k": k}
+        else:
+            chosen = [i for i in ranked if scores[i] >= value]
+            described[split] = {"rule": "threshold", "threshold": value}
+        described[split]["min_score"] = min((scores[i] for i in chosen), default=None)
+        indices[split] = sorted(chosen)
+    return Selection(indices, described, same_segment)
+
+
+def effective_thresholds(selection: Selection) -> dict[str, float]:
+    """The threshold each split applied: its own, or for a fraction the score of its last pair (nothing passes
+    when it kept none)."""
+    return {
+        split: rule["threshold"] if rule["rule"] == "threshold" else (
+            rule["min_score"] if rule["min_score"] is not None else math.inf
+        )
+        for split, rule in selection.rules.items()
+    }  # fmt: skip
+
+
+def subset(pairs: Dataset, indices: list[int]) -> Dataset:
+    """The rows at `indices`, as a filter: `select` keeps an indices mapping, and an empty selection so saved does
+    not load back."""
+    keep = set(indices)
     return pairs.filter(
-        lambda scores, masses: [
-            s is not None and s >= threshold and (m is None or m >= min_mass)
-            for s, m in zip(scores, masses, strict=True)
-        ],
-        input_columns=["score", "score_mass"],
-        batched=True,
-        desc=f"Selecting score >= {threshold}" + (f", digit mass >= {min_mass}" if min_mass else ""),
+        lambda _, rows: [row in keep for row in rows], with_indices=True, batched=True, desc="Selecting A4 / A5"
     )
 
 
@@ -189,6 +419,8 @@ def score_rows(
     if isinstance(model, vllm_engine.VllmModel):
         if settings.curation_mode == "generate":
             return vllm_engine.score_generate(model, tokenizer, pairs, sampling, show_progress)
+        if settings.curation_mode == "likelihood":
+            return vllm_engine.score_likelihood(model, tokenizer, pairs, settings.likelihood_weights, show_progress)
         return vllm_engine.score_logits(model, tokenizer, pairs, show_progress, prompt_style=settings.curation_prompt)
     return score_pairs(
         model,
@@ -201,7 +433,42 @@ def score_rows(
         token_budget=settings.curation_token_budget,
         show_progress=show_progress,
         prompt_style=settings.curation_prompt,
+        likelihood_weights=settings.likelihood_weights,
     )
+
+
+UNSCORED = ScoreResult(score=None, argmax=None, mass=None, reasoning=None)
+
+
+def score_checked(
+    model: Scorer,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    settings: CurationSettings,
+    show_progress: bool = False,
+) -> tuple[list[ScoreResult], list[str | None]]:
+    """The instruction checks, then `score_rows` on the pairs that passed; a rejected pair gets no score (it ranks
+    below every scored pair) and its check's name."""
+    checks = settings.checks
+    reasons = [checks.reason(instruction, output) for instruction, output in pairs]
+    passed = [i for i, reason in enumerate(reasons) if reason is None]
+    results = [UNSCORED] * len(pairs)
+    scored = score_rows(model, tokenizer, [pairs[i] for i in passed], settings, show_progress) if passed else []
+    for index, result in zip(passed, scored, strict=True):
+        results[index] = result
+    return results, reasons
+
+
+def scoring_job(settings: CurationSettings) -> dict[str, Any]:
+    """What a shard's scores depend on beyond the scorer: a resumed run with other settings starts afresh."""
+    job: dict[str, Any] = {"mode": settings.curation_mode, "checks": asdict(settings.checks)}
+    if settings.curation_mode == "logits":
+        job["prompt"] = settings.curation_prompt
+    elif settings.curation_mode == "generate":
+        job |= {"prompt": "verbatim", "max_new_tokens": settings.curation_max_new_tokens}
+    else:
+        job["weights"] = asdict(settings.likelihood_weights)
+    return job
 
 
 def score_candidates(
@@ -217,11 +484,13 @@ def score_candidates(
     """Score every candidate once, shard by shard; a rerun resumes where a killed run stopped."""
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        results = score_rows(model, tokenizer, [(row["instruction"], row["output"]) for row in rows], settings)
+        pairs = [(row["instruction"], row["output"]) for row in rows]
+        results, reasons = score_checked(model, tokenizer, pairs, settings)
         return [
-            {**row, **result.as_fields(), "scorer": scorer, "iteration": iteration}
-            for row, result in zip(rows, results, strict=True)
-        ]
+            {**row, **result.as_fields(), **result.likelihood_fields(), "check": reason, "scorer": scorer,
+             "iteration": iteration}
+            for row, result, reason in zip(rows, results, reasons, strict=True)
+        ]  # fmt: skip
 
     return run_sharded(
         candidates,
@@ -230,14 +499,8 @@ def score_candidates(
         shard_size=settings.curation_shard_size,
         key="source_id",
         desc=f"Curating with {scorer.split('/')[-1]} (iteration {iteration})",
-        features=PAIR_FEATURES,
-        job={
-            "scorer": scorer,
-            "iteration": iteration,
-            "mode": settings.curation_mode,
-            "max_new_tokens": settings.curation_max_new_tokens,
-            "prompt": settings.curation_prompt if settings.curation_mode == "logits" else "verbatim",
-        },
+        features=SCORED_FEATURES,
+        job={"scorer": scorer, "iteration": iteration, **scoring_job(settings)},
     )
 
 
@@ -260,7 +523,7 @@ def judge_run(
     name: str,
 ) -> JudgeRun:
     dev_pairs = list(zip(dev["instruction"], dev["output"], strict=True)) if dev is not None else None
-    dev_results = score_rows(model, tokenizer, dev_pairs, settings) if dev_pairs is not None else None
+    dev_results = score_checked(model, tokenizer, dev_pairs, settings)[0] if dev_pairs is not None else None
     return JudgeRun(name, list(scored["score"]), list(scored["score_mass"]), dev_results)
 
 
@@ -313,10 +576,17 @@ def with_panel(scored: Dataset, judges: Sequence[JudgeRun], panel: str) -> Datas
 
 
 def calibration_block(
-    judges: Sequence[JudgeRun], dev: Dataset, settings: CurationSettings, dev_name: str
+    judges: Sequence[JudgeRun],
+    dev: Dataset,
+    settings: CurationSettings,
+    dev_name: str,
+    thresholds: dict[str, float],
+    side_modes: Sequence[tuple[str, list[ScoreResult], CurationSettings]] = (),
 ) -> dict[str, Any]:
-    """Each judge's (and with several, the panel's) calibration on the dev set, and each extra judge's Spearman
-    agreement with M_k on the pool."""
+    """Each judge's (and with several, the panel's) calibration on the dev set at the `thresholds` that selected
+    A4 / A5, the scoring model's calibration in each of the `side_modes` (label, dev results, their settings: at the
+    thresholds their own rules give on the dev set), and each extra judge's Spearman agreement with M_k on the pool.
+    Pairs rejected by the instruction checks have no score: they rank below every scored pair."""
     labels, kinds = list(dev["label"]), list(dev["kind"])
     runs = [(judge.name, [r.score for r in judge.dev], [r.mass for r in judge.dev]) for judge in judges]
     if len(judges) > 1:
@@ -328,19 +598,61 @@ def calibration_block(
                 [panel_mass([mass for _, mass in row]) for row in columns],
             )
         )
-    scorers = [
-        calibration_metrics(
-            scores,
-            labels,
-            kinds,
-            settings.thresholds,
-            scorer=name,
-            eligible=[settings.enough_mass(mass) for mass in masses],
-        )
-        for name, scores, masses in runs
-    ]
+    scorers = [dev_metrics(name, scores, masses, labels, kinds, settings, thresholds) for name, scores, masses in runs]
+    for label, results, side in side_modes:
+        scores, masses = [r.score for r in results], [r.mass for r in results]
+        scorers.append(dev_metrics(label, scores, masses, labels, kinds, side, dev_thresholds(scores, masses, side)))
     agreement = {judge.name: spearman(judges[0].scores, judge.scores) for judge in judges[1:]}
     return {"dev_set": dev_name, "scorers": scorers, "agreement": agreement}
+
+
+def dev_metrics(
+    name: str,
+    scores: Sequence[float | None],
+    masses: Sequence[float | None],
+    labels: Sequence[int],
+    kinds: Sequence[str],
+    settings: CurationSettings,
+    thresholds: dict[str, float],
+) -> dict[str, Any]:
+    metrics = calibration_metrics(
+        scores, labels, kinds, thresholds, scorer=name, eligible=[settings.enough_mass(mass) for mass in masses]
+    )
+    rules = {split: {"rule": rule, "value": value} for split, (rule, value) in settings.rules.items()}
+    return {**metrics, "mode": settings.curation_mode, "rules": rules}
+
+
+def dev_thresholds(
+    scores: Sequence[float | None], masses: Sequence[float | None], settings: CurationSettings
+) -> dict[str, float]:
+    """The thresholds the settings' rules give on a dev set by itself (a fraction: the dev set's own top-k)."""
+    eligible = [settings.enough_mass(mass) for mass in masses]
+    return effective_thresholds(select(scores, eligible, settings.rules))
+
+
+def side_mode_settings(settings: CurationSettings, mode: str) -> CurationSettings:
+    """The settings of a calibration mode beside the curation mode: the same, with that mode's default rules
+    unless the curation's own mode is the same scale (logits and generate share the rubric's)."""
+    rubric = {"logits", "generate"}
+    same_scale = mode == settings.curation_mode or {mode, settings.curation_mode} <= rubric
+    selection = {} if same_scale else dict.fromkeys(
+        ("a4_threshold", "a5_threshold", "a4_fraction", "a5_fraction")
+    )  # fmt: skip
+    return replace(settings, curation_mode=mode, calibration_modes=[], **selection)
+
+
+def side_mode_runs(
+    model: Scorer, tokenizer: PreTrainedTokenizerBase, dev: Dataset, settings: CurationSettings, scorer: str
+) -> list[tuple[str, list[ScoreResult], CurationSettings]]:
+    """The scoring model on the dev set in every `calibration_modes` entry other than the curation mode."""
+    pairs = list(zip(dev["instruction"], dev["output"], strict=True))
+    runs = []
+    for mode in settings.calibration_modes:
+        if mode == settings.curation_mode:
+            continue
+        side = side_mode_settings(settings, mode)
+        runs.append((f"{scorer} [{mode}]", score_checked(model, tokenizer, pairs, side)[0], side))
+    return runs
 
 
 def curate(
@@ -355,26 +667,28 @@ def curate(
     hub_repo: str | None = None,
     private: bool | None = None,
 ) -> tuple[DatasetDict, dict[str, Any]]:
-    """Score (with M_k and any extra judges), select A4/A5 and write `output_dir/curated` (splits scored, a4, a5),
-    jsonl files and the report, with the calibration block when a dev set is configured; the splits are pushed to
-    `hub_repo` (private when `private`)."""
+    """Check and score (with M_k and any extra judges), select A4/A5 and write `output_dir/curated` (splits scored,
+    a4, a5), jsonl files and the report, with the calibration block when a dev set is configured; the splits are
+    pushed to `hub_repo` (private when `private`)."""
     output_dir = Path(output_dir)
     dev = load_dev_set(settings.calibration_dev_set) if settings.calibration_dev_set else None
     scored = score_candidates(
         model, tokenizer, candidates, settings, iteration=iteration, scorer=scorer, work_dir=output_dir / "scoring"
     )
     judges = [judge_run(model, tokenizer, scored, dev, settings, scorer)]
+    side_modes = side_mode_runs(model, tokenizer, dev, settings, scorer) if dev is not None else []
     for index, name in enumerate(settings.curation_judges, start=1):
         judges.append(
             score_with_judge(name, candidates, dev, settings, iteration, output_dir / f"scoring-judge-{index}")
         )
     if len(judges) > 1:
         scored = with_panel(scored, judges, settings.curation_panel)
-    floor = settings.mass_floor
+    eligible = [settings.enough_mass(mass) for mass in scored["score_mass"]]
+    segments = list(scored["output"]) if settings.one_pair_per_segment else None
+    selection = select(list(scored["score"]), eligible, settings.rules, segments)
+    thresholds = effective_thresholds(selection)
     curated = DatasetDict(
-        scored=scored,
-        a4=at_least(scored, settings.a4_threshold, floor),
-        a5=at_least(scored, settings.a5_threshold, floor),
+        scored=scored, a4=subset(scored, selection.indices["a4"]), a5=subset(scored, selection.indices["a5"])
     )
     summary = curation_summary(
         scored,
@@ -383,10 +697,14 @@ def curate(
         iteration=iteration,
         scorer=scorer,
         mode=settings.curation_mode,
-        thresholds=settings.thresholds,
+        thresholds=thresholds,
     )
+    summary["selection"] = selection.rules
+    summary["same_segment"] = selection.same_segment
+    summary["checks"] = check_counts(list(scored["check"]), settings.checks)
+    summary["passed_checks_share"] = _share(summary["checks"]["passed"], len(scored))
     summary["prompt"] = settings.curation_prompt if settings.curation_mode == "logits" else "verbatim"
-    summary["min_score_mass"] = floor
+    summary["min_score_mass"] = settings.mass_floor
     summary["low_mass"] = sum(1 for mass in scored["score_mass"] if not settings.enough_mass(mass))
     if summary["low_mass"] * 2 > len(scored):
         logger.warning(
@@ -396,18 +714,21 @@ def curate(
             summary["low_mass"],
             len(scored),
             scorer,
-            floor,
+            settings.mass_floor,
         )
     if len(judges) > 1:
         summary["judges"] = [judge.name for judge in judges]
         summary["panel"] = settings.curation_panel
     if dev is not None:
-        summary["calibration"] = calibration_block(judges, dev, settings, settings.calibration_dev_set)
+        summary["calibration"] = calibration_block(
+            judges, dev, settings, settings.calibration_dev_set, thresholds, side_modes
+        )
     outputs = StageOutputs(
         report={"candidates": len(candidates), "iterations": [summary]},
         title=f"Curation, iteration {iteration}",
         card=curation_card(summary, hub_repo, private),
-        files=dict(curated),
+        # The ablation's baselines (ablation.py): a random sample of A5's size, and every checked, scored pair.
+        files={**curated, **ablation_splits(scored, len(curated["a5"]))},
         folders={CURATED_FOLDER: curated},
         push=curated,
         hub_repo=hub_repo,
@@ -417,26 +738,46 @@ def curate(
     return curated, summary
 
 
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    """ "top 8.3% (k=3, score >= 0.41)" or "score >= 4.5": how a split was selected."""
+    if rule["rule"] == "threshold":
+        return f"score >= {rule['threshold']}"
+    reached = "" if rule["min_score"] is None else f", score >= {rule['min_score']:.3g}"
+    return f"top {rule['fraction']:.1%} (k={rule['k']}{reached})"
+
+
 def curation_card(summary: dict[str, Any], hub_repo: str | None, private: bool | None = None):
+    rules = summary["selection"]
     counts = {
         "candidates": summary["candidates"],
-        **{f"score {score}": n for score, n in summary["per_score"].items()},
-        "unparsed": summary["unparsed"],
+        **{f"instruction check {name}": n for name, n in summary["checks"].items() if name != "passed"},
+        "passed the instruction checks": summary["checks"]["passed"],
+        "unscored (failed a check, or no parseable score)": summary["unparsed"],
         f"low_mass (digit mass < {summary['min_score_mass']})": summary["low_mass"],
-        f"A4 (score >= {summary['thresholds']['a4']})": summary["a4"],
-        f"A5 (score >= {summary['thresholds']['a5']})": summary["a5"],
+        "same_segment (another pair of the segment scored higher)": summary["same_segment"],
+        f"A4 ({rule_text(rules['a4'])})": summary["a4"],
+        f"A5 ({rule_text(rules['a5'])})": summary["a5"],
     }
     scorers = " and ".join(f"`{name}`" for name in summary.get("judges", [summary["scorer"]]))
     panel = f" (panel score: the {summary['panel']} of the judges)" if "panel" in summary else ""
+    method = (
+        "with its likelihood signals (PMI, end-of-turn, IFD)"
+        if summary["mode"] == "likelihood"
+        else f"on the paper's 5-point rubric in {summary['mode']} mode ({summary['prompt']} prompt)"
+    )
     text = (
-        f"Self-curated instruction backtranslation data, iteration {summary['iteration']}: every candidate scored by "
-        f"{scorers}{panel} on the paper's 5-point rubric in {summary['mode']} mode ({summary['prompt']} prompt). "
-        "Splits: `scored` (the whole pool with score, argmax, probability mass on the digits or the reasoning), "
-        "`a4` and `a5` (the subsets at or above the thresholds, leaving out pairs whose digit mass is below "
-        f"{summary['min_score_mass']}; A5 trains the next forward model)."
+        f"Self-curated instruction backtranslation data, iteration {summary['iteration']}: every candidate whose "
+        f"instruction passed the checks scored by {scorers}{panel} {method}. "
+        "Splits: `scored` (the whole pool with score, the check that rejected a pair, the digit mass or reasoning, "
+        "the likelihood features), `a4` and `a5` (the selected subsets, at most one pair per segment, leaving out "
+        f"pairs whose digit mass is below {summary['min_score_mass']}; A5 trains the next forward model)."
     )
     if "calibration" in summary:
-        judged = summary["calibration"]["scorers"][-1]
+        judged = curation_scorer(summary["calibration"])
         text += (
             f" On the labelled dev set `{summary['calibration']['dev_set']}`, `{judged['scorer']}` had ROC AUC "
             f"{judged['auc']} and A5 precision / recall {judged['precision']['a5']} / {judged['recall']['a5']}."
@@ -448,3 +789,9 @@ def curation_card(summary: dict[str, Any], hub_repo: str | None, private: bool |
         links={"scoring model": summary["scorer"]},
         private=private,
     )
+
+
+def curation_scorer(block: dict[str, Any]) -> dict[str, Any]:
+    """The calibration row of the score that selected A4 / A5: the panel's, or the scoring model's in the curation
+    mode (the side modes' rows come after them)."""
+    return next(row for row in reversed(block["scorers"]) if row["mode"] == block["scorers"][0]["mode"])

@@ -2,9 +2,12 @@
 
 A report is a dict: top-level counts (seed pairs, documents, candidates, filters...) and a list of curation
 iterations, each with its scoring model, the count per score (bucket k = scores in [k, k + 1)), the unparsed count,
-A4, A5, mean lengths, a histogram in bins of 0.25 and the top-scored pairs. Per-score counts plus unparsed always
-add up to the candidates scored; a curation iteration also counts the pairs kept out of A4 / A5 for low digit mass
-(`low_mass`) and may hold the judges' calibration on a labelled dev set (`calibration`). The loop's report
+A4, A5, mean lengths, a histogram in bins of 0.25 and the top-scored pairs. Per-score counts, unparsed and the pairs
+rejected by the instruction checks always add up to the candidates; a curation iteration also counts the pairs kept
+out of A4 / A5 for low digit mass (`low_mass`) or as a segment's second pair (`same_segment`), says how each split
+was selected (`selection`: a threshold, or a fraction of the pool) and may hold the judges' calibration on a
+labelled dev set (`calibration`). Likelihood-mode scores have no 1-5 scale: their histogram spans the scores seen,
+in `LIKELIHOOD_BINS` bins, and no per-score counts are kept. The loop's report
 (pipeline.loop_report) adds the corpus funnel, the backward model's output with examples, the preference data's
 counts (`preferences`), the evaluation (`evaluation`: the content of `humpback eval`'s report.json) and each stage's
 wall time; scores.png draws each histogram with the A4/A5 thresholds.
@@ -26,6 +29,7 @@ SCORES = (1, 2, 3, 4, 5)
 
 
 HISTOGRAM_BIN = 0.25  # fine enough to show where the A4 (4) and A5 (4.5) thresholds cut
+LIKELIHOOD_BINS = 16
 TOP_PAIRS = 3
 EXCERPT_CHARS = 300
 
@@ -50,14 +54,29 @@ def score_histogram(scores: Sequence[float | None], width: float = HISTOGRAM_BIN
     return {"edges": [1 + i * width for i in range(bins + 1)], "counts": counts}
 
 
-def top_pairs(scored: Dataset, threshold: float, n: int = TOP_PAIRS) -> list[dict[str, Any]]:
-    """The n best-scored pairs (A5 when A5 has them), with an excerpt of each output, to show what curation keeps."""
+def range_histogram(scores: Sequence[float | None], bins: int = LIKELIHOOD_BINS) -> dict[str, list[float]]:
+    """Counts of the scores in `bins` equal bins from the lowest to the highest score seen."""
+    given = [value for value in scores if value is not None]
+    if not given:
+        return {"edges": [], "counts": []}
+    low, high = min(given), max(given)
+    width = (high - low) / bins or 1.0
+    counts = [0] * bins
+    for value in given:
+        counts[min(int((value - low) / width), bins - 1)] += 1
+    return {"edges": [low + i * width for i in range(bins + 1)], "counts": counts}
+
+
+def top_pairs(scored: Dataset, a5: Dataset, n: int = TOP_PAIRS) -> list[dict[str, Any]]:
+    """The n best-scored pairs (A5 when A5 has them), with an excerpt of each output, to show what curation keeps;
+    `a5` marks membership (a pair above A5's threshold may have lost to a better pair of its segment)."""
+    kept = set(zip(a5["instruction"], a5["output"], strict=True))
     scores = scored["score"]
     ranked = sorted((i for i, value in enumerate(scores) if value is not None), key=lambda i: -scores[i])[:n]
     return [
         {
             "score": round(scores[i], 3),
-            "a5": scores[i] >= threshold,
+            "a5": (scored[i]["instruction"], scored[i]["output"]) in kept,
             "instruction": scored[i]["instruction"],
             "output": scored[i]["output"][:EXCERPT_CHARS],
         }
@@ -83,24 +102,31 @@ def curation_summary(
     mode: str,
     thresholds: Mapping[str, float],
 ) -> dict[str, Any]:
-    # Bucket k holds scores in [k, k + 1), so A_k (score >= k) is exactly the sum of the buckets from k up, in both
-    # modes (logits scores are probability-weighted means, generate scores integers).
     scores = scored["score"]
-    per_score = {str(k): sum(1 for value in scores if value is not None and k <= value < k + 1) for k in SCORES[:-1]}
-    per_score["5"] = sum(1 for value in scores if value is not None and value >= 5)
-    return {
+    checks = scored["check"] if "check" in scored.column_names else [None] * len(scored)
+    summary: dict[str, Any] = {
         "iteration": iteration,
         "scorer": scorer,
         "mode": mode,
-        "thresholds": dict(thresholds),
+        # A fraction that kept no pair has no score to show as its threshold.
+        "thresholds": {name: (None if value == float("inf") else value) for name, value in thresholds.items()},
         "candidates": len(scored),
-        "per_score": per_score,
-        "unparsed": sum(1 for value in scores if value is None),
+    }
+    if mode != "likelihood":
+        # Bucket k holds scores in [k, k + 1), so A_k (score >= k) is exactly the sum of the buckets from k up, in
+        # both rubric modes (logits scores are probability-weighted means, generate scores integers).
+        per_score = {str(k): sum(1 for v in scores if v is not None and k <= v < k + 1) for k in SCORES[:-1]}
+        per_score["5"] = sum(1 for value in scores if value is not None and value >= 5)
+        summary["per_score"] = per_score
+    return {
+        **summary,
+        "unparsed": sum(1 for value, check in zip(scores, checks, strict=True) if value is None and check is None),
+        "rejected_by_checks": sum(1 for check in checks if check is not None),
         "a4": len(a4),
         "a5": len(a5),
         "lengths": {"candidates": subset_stats(scored), "A4": subset_stats(a4), "A5": subset_stats(a5)},
-        "histogram": score_histogram(scores),
-        "top_pairs": top_pairs(scored, thresholds["a5"]),
+        "histogram": range_histogram(scores) if mode == "likelihood" else score_histogram(scores),
+        "top_pairs": top_pairs(scored, a5),
     }
 
 
@@ -122,16 +148,50 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     ]
 
 
+def _rule(it: Mapping[str, Any], split: str) -> str:
+    """How a split was selected: "A5 >= 4.5", or "A5 = top 8.3% (k=3, score >= 0.41)"."""
+    rule = it.get("selection", {}).get(split)
+    if rule is None or rule["rule"] == "threshold":
+        return f"{split.upper()} >= {it['thresholds'][split]}"
+    reached = "" if rule["min_score"] is None else f", score >= {rule['min_score']:.3g}"
+    return f"{split.upper()} = top {rule['fraction']:.1%} of the pool (k={rule['k']}{reached})"
+
+
+def _count_lines(it: Mapping[str, Any]) -> list[str]:
+    if "per_score" in it:
+        return _table(
+            ["score", *map(str, SCORES), "unparsed", "candidates"],
+            [["count", *(it["per_score"][str(s)] for s in SCORES), it["unparsed"], it["candidates"]]],
+        )
+    edges = it["histogram"]["edges"]
+    span = f"scores from {edges[0]:.3g} to {edges[-1]:.3g}" if edges else "no scores"
+    return [f"{it['candidates'] - it['unparsed'] - it.get('rejected_by_checks', 0)} pairs scored ({span})."]
+
+
+def _check_lines(it: Mapping[str, Any]) -> list[str]:
+    """The instruction checks' funnel and the pairs left out as a segment's second pair."""
+    lines = []
+    if "checks" in it:
+        failed = ", ".join(f"{name} {n}" for name, n in it["checks"].items() if name != "passed") or "none enabled"
+        lines.append(
+            f"Instruction checks: {it['checks']['passed']} of {it['candidates']} candidates passed "
+            f"({it['passed_checks_share']:.0%}); rejected before scoring: {failed}."
+            if it["candidates"]
+            else "Instruction checks: no candidates."
+        )
+    if it.get("same_segment"):
+        lines.append(f"Kept out of A4 / A5 as a segment's second pair: {it['same_segment']}.")
+    return ["", *lines] if lines else []
+
+
 def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
     lines = [
         "",
         f"## Iteration {it['iteration']}: scored by `{it['scorer']}` ({it['mode']} mode, "
-        f"A4 >= {it['thresholds']['a4']}, A5 >= {it['thresholds']['a5']})",
+        f"{_rule(it, 'a4')}, {_rule(it, 'a5')})",
         *([f"{it['trains']} trained on {it['training_pairs']} pairs (seed + A5)", ""] if "trains" in it else [""]),
-        *_table(
-            ["score", *map(str, SCORES), "unparsed", "candidates"],
-            [["count", *(it["per_score"][str(s)] for s in SCORES), it["unparsed"], it["candidates"]]],
-        ),
+        *_count_lines(it),
+        *_check_lines(it),
         *_low_mass_lines(it),
         "",
         *_table(
@@ -155,8 +215,8 @@ def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
 
 def _low_mass_lines(it: Mapping[str, Any]) -> list[str]:
     """The scored pairs A4 / A5 leave out whatever their score: the scorer put too little mass on the digits."""
-    if "low_mass" not in it:
-        return []
+    if "low_mass" not in it or it["mode"] != "logits":
+        return []  # only logits mode reads a digit mass
     floor = it["min_score_mass"]
     rule = f"digit mass < {floor:g}" if floor else "floor off: min_score_mass 0"
     return ["", f"Kept out of A4 / A5 for low digit mass ({rule}): {it['low_mass']} of {it['candidates']} pairs."]
@@ -216,14 +276,18 @@ def _histogram_bars(axis: Any, it: Mapping[str, Any]) -> None:
     """The fine histogram where the report has one, else the per-score buckets; A4/A5 thresholds as lines."""
     if "histogram" in it:
         edges, counts = it["histogram"]["edges"], it["histogram"]["counts"]
-        axis.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4472c4", edgecolor="white")
+        if counts:
+            axis.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4472c4", edgecolor="white")
     else:
         axis.bar([s + 0.5 for s in SCORES[:-1]] + [5.0], [it["per_score"][str(s)] for s in SCORES], width=0.9)
     for name, color in (("a4", "#ed7d31"), ("a5", "#c00000")):
         value = it["thresholds"][name]
-        axis.axvline(value, color=color, linestyle="--", label=f"{name.upper()} >= {value:g} ({it[name]} pairs)")
-    axis.set_xlim(1, 5.25)
-    axis.legend(fontsize=7, loc="upper left")
+        if value is not None:
+            axis.axvline(value, color=color, linestyle="--", label=f"{name.upper()} >= {value:.3g} ({it[name]} pairs)")
+    if it["mode"] != "likelihood":
+        axis.set_xlim(1, 5.25)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="upper left")
 
 
 def plot_scores(iterations: Sequence[Mapping[str, Any]], path: Path) -> Path:
