@@ -5,22 +5,28 @@ whose `__main__` goes through `run_command` too, so errors read the same either 
 
 - `humpback --help` and `humpback <command> --help` print without importing torch (cli_help reads the options from
   the source); `--help-all` prints the full argparse help, trainer options included.
-- A user error (a bad recipe or value, a missing file, column or model) prints one line naming it and exits 2;
-  HUMPBACK_DEBUG=1 shows the traceback instead.
+- A user error prints one line naming it and exits 2: a `UserError` (humpback_trl/errors.py: a missing file, column
+  or model, a malformed data file), an error the parser raised while reading the recipe and the command line (an
+  unknown key, a value of the wrong type: argparse's whole usage is replaced by a pointer to --help), or a missing
+  local model found before the command loads. Anything else is a bug and keeps its traceback (exit 1);
+  HUMPBACK_DEBUG=1 shows the traceback of a user error too.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from humpback_trl.cli_help import Command, render_help
+from humpback_trl.cli_help import Command, Option, render_help
+from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.paths import MODEL_OPTIONS, check_local
 
 MODEL_ARGS = "humpback_trl.modeling:InferenceModelArguments"
@@ -30,7 +36,7 @@ COMMANDS: dict[str, Command] = {
     "sft": Command(
         "humpback_trl.scripts.sft",
         "Train a forward or backward model on pair data with TRL's SFTTrainer (QLoRA in the recipes).",
-        ("humpback_trl.training:HumpbackSFTArguments", CURATION),
+        ("humpback_trl.training:HumpbackSFTArguments",),
         ("trl SFTConfig", "trl ModelConfig"),
     ),
     "corpus": Command(
@@ -53,6 +59,11 @@ COMMANDS: dict[str, Command] = {
         "An aligned chat model writes instructions and answers from its pre-query template (MAGPIE).",
         ("humpback_trl.magpie:MagpieArguments", MODEL_ARGS, CURATION),
     ),
+    "rewrite": Command(
+        "humpback_trl.scripts.rewrite",
+        "An aligned model rewrites curated outputs as answers grounded in their source, checked for faithfulness.",
+        ("humpback_trl.rewrite:RewriteArguments", MODEL_ARGS, CURATION),
+    ),
     "run": Command(
         "humpback_trl.scripts.run",
         "The whole loop from a recipe folder (its loop.yaml and one recipe per stage).",
@@ -66,7 +77,24 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         "humpback_trl.scripts.demo",
         "The whole loop on CPU on SmolLM2-135M-Instruct with bundled data (no Hub).",
-        usage="[--output-dir DIR] [--iterations K] [--magpie none|candidates|seed] [--from STAGE]",
+        usage="[--output_dir DIR] [--iterations K] [--magpie none|candidates|seed] [--model NAME] [--from STAGE]",
+        options=(
+            Option("output_dir", "DIR", "outputs/demo", "Where every stage and the report go (also --output-dir)."),
+            Option("iterations", "int", "2", "Forward iterations K; the paper's Humpback is M2."),
+            Option(
+                "magpie",
+                "none|candidates|seed",
+                "none",
+                "none | candidates (MAGPIE pairs join the pool and are curated) | seed (added to the seed).",
+            ),
+            Option(
+                "model",
+                "str",
+                "None",
+                "Model of every stage instead of the recipes' builtin:smollm2-135m-instruct, e.g. builtin:tiny-llama.",
+            ),
+            Option("from", "STAGE", "None", "Force a restart from this stage."),
+        ),
     ),
     "eval": Command(
         "humpback_trl.scripts.eval",
@@ -95,6 +123,12 @@ COMMANDS: dict[str, Command] = {
         ("humpback_trl.preference_training:PreferenceTrainingArguments",),
         ("trl KTOConfig", "trl ModelConfig"),
     ),
+    "grpo": Command(
+        "humpback_trl.scripts.grpo",
+        "Train an SFT adapter (M_k) further online with TRL's GRPOTrainer, a calibrated fixed judge as reward.",
+        ("humpback_trl.grpo_training:GRPOArguments",),
+        ("trl GRPOConfig", "trl ModelConfig"),
+    ),
     "chat": Command(
         "humpback_trl.scripts.chat",
         "Answer prompts with a published (or local) Humpback adapter.",
@@ -103,9 +137,14 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 
-# What a user can get wrong: a recipe key or value, a path, a column, a model name, an optional dependency.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, LookupError, OSError, ImportError)
+# What the parser raises about a recipe or the command line (its own errors and the dataclasses' checks, which it
+# runs): a bad value, an unknown key, a missing local path.
+PARSE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 DEBUG_ENV = "HUMPBACK_DEBUG"
+
+
+class UsageError(UserError):
+    """argparse's own error (an unknown option, a value of the wrong type), raised instead of printing the usage."""
 
 
 def usage() -> str:
@@ -113,6 +152,37 @@ def usage() -> str:
     lines += [f"  {name:<10} {command.summary}" for name, command in COMMANDS.items()]
     lines += ["", "`humpback <command> --help` lists a command's options; HUMPBACK_DEBUG=1 shows tracebacks."]
     return "\n".join(lines)
+
+
+def raised_while_parsing(error: BaseException) -> bool:
+    """Whether `error` was raised inside an argument parser (TrlParser, argparse), by its own checks or by the
+    dataclasses it builds: then it is about the recipe or the command line, whatever its type."""
+    frame = error.__traceback__
+    while frame is not None:
+        if isinstance(frame.tb_frame.f_locals.get("self"), argparse.ArgumentParser):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def is_user_error(error: BaseException) -> bool:
+    return isinstance(error, UserError) or (isinstance(error, PARSE_ERRORS) and raised_while_parsing(error))
+
+
+@contextmanager
+def usage_errors_raised() -> Iterator[None]:
+    """argparse prints the whole usage (hundreds of trainer options) before its one-line error; within the block
+    its error is raised instead, to be printed as one line with a pointer to --help."""
+
+    def error(parser: argparse.ArgumentParser, message: str) -> None:
+        raise UsageError(message)
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
 
 
 def error_line(error: BaseException) -> str:
@@ -150,7 +220,10 @@ def model_paths(argv: Sequence[str]) -> dict[str, str]:
 def check_model_paths(argv: list[str]) -> None:
     """Fail on a missing local model before importing the command: torch and TRL alone take seconds to load."""
     for option, value in model_paths(argv).items():
-        check_local(value, option)
+        try:
+            check_local(value, option)
+        except FileNotFoundError as error:
+            raise MissingFileError(str(error)) from None
 
 
 def run_command(name: str, argv: list[str] | None = None) -> None:
@@ -166,11 +239,13 @@ def run_command(name: str, argv: list[str] | None = None) -> None:
     sys.argv[0] = f"humpback {name}"
     try:
         check_model_paths(argv)
-        importlib.import_module(command.module).run(argv)
-    except USER_ERRORS as error:
-        if os.environ.get(DEBUG_ENV) == "1":
+        with usage_errors_raised():
+            importlib.import_module(command.module).run(argv)
+    except Exception as error:
+        if not is_user_error(error) or os.environ.get(DEBUG_ENV) == "1":
             raise
-        print(f"humpback {name}: error: {error_line(error)}", file=sys.stderr)
+        hint = f" (see `humpback {name} --help`)" if isinstance(error, UsageError) else ""
+        print(f"humpback {name}: error: {error_line(error)}{hint}", file=sys.stderr)
         sys.exit(2)
 
 

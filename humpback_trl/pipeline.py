@@ -1,8 +1,9 @@
 """The whole Humpback loop from one recipe folder (Li et al. 2024, Algorithm 1):
 
     corpus -> myx (backward model) -> augment (M_yx writes instructions) -> m0 (seed model) -> curate-1 (M0 scores
-    the candidates) -> m1 (seed + A5 of iteration 1) -> curate-2 (M1 scores) -> ... -> mK
-    [-> preferences -> mK-dpo | mK-kto] [-> eval (every model answers one instruction set, a judge compares them)]
+    the candidates) -> m1 (seed + A5 of iteration 1) -> curate-2 (M1 scores) -> ... [-> m1-random | m1-all] -> mK
+    [-> preferences -> mK-dpo | mK-kto] [-> eval (every model answers one instruction set; a judge that is none of
+    them, the run's base model by default, compares them with its accuracy on labelled pairs)]
 
     humpback run recipes/quickstart/ [--from STAGE] [--key value ...]
     humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml
@@ -41,16 +42,19 @@ from typing import Any
 
 import yaml
 
+from humpback_trl.ablation import ABLATION_FILES, ABLATIONS, BASELINE_NAMES, ablation_verdict
 from humpback_trl.builtin_models import BUILTIN_PREFIX, resolve_model
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 from humpback_trl.shards import write_atomic
+from humpback_trl.tiny import TINY_MODEL
 
 MARKERS = ".stages"
 LOCK_FILE = ".humpback.lock"
 INPUT_DIGESTS = ".input_digests.json"  # content hashes of input files by path, size and mtime
 MAGPIE_USES = ("none", "candidates", "seed")
-PREFERENCES = ("none", "dpo", "kto")
+PREFERENCES = ("none", "dpo", "kto", "grpo")
+REWRITES = ("none", "replace", "add")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Settings that change where results go or how a run is watched, not the results: they stay out of the stage hash,
 # so publishing a finished run, or watching it differently, redoes nothing.
@@ -62,7 +66,7 @@ VOLATILE_KEYS = frozenset(
 INPUT_KEYS = frozenset(
     {"data", "source", "oasst_seed", "corpus", "candidates", "instructions", "scored_pool", "model_name_or_path",
      "adapter", "sft_adapter", "scorer_adapter", "calibration_dev_set", "curation_judges", "judge", "reference",
-     "tokenizer_name_or_path"}
+     "tokenizer_name_or_path", "rewrite_model", "judge_model"}
 )  # fmt: skip
 # Keys of an accelerate config that say how many processes run where, not what they compute.
 LAUNCH_KEYS = frozenset(
@@ -115,6 +119,31 @@ class LoopArguments:
             "help": "A fixed judge for the curate stages instead of self-curation by M_{k-1} (a model, not an adapter)."
         },
     )
+    ablation: str = field(
+        default="none",
+        metadata={
+            "help": "none | random | all: M1-random trains on the seed + a random sample of iteration 1's candidates "
+            "of A5's size (M1-all: + every candidate that passed the checks); the eval stage compares them with M1."
+        },
+    )
+    rewrite: str = field(
+        default="none",
+        metadata={
+            "help": "none | replace | add: rewrite-k (rewrite.yaml) after curate-k rewrites A5 as grounded answers; "
+            "M_k trains on the rewritten pairs (replace) or on A5 and the accepted rewrites (add)."
+        },
+    )
+    rewrite_model: str | None = field(
+        default=None,
+        metadata={"help": "Aligned chat model of the rewrite stages; default rewrite.yaml's, else the run's model."},
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Check every stage's recipe, the accelerate config and the inputs offline, print the commands, "
+            "run nothing (humpback_trl.dry_run)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -123,6 +152,10 @@ class LoopArguments:
             raise ValueError(f"magpie must be one of {MAGPIE_USES}, got {self.magpie!r}")
         if self.preference not in PREFERENCES:
             raise ValueError(f"preference must be one of {PREFERENCES}, got {self.preference!r}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
+        if self.rewrite not in REWRITES:
+            raise ValueError(f"rewrite must be one of {REWRITES}, got {self.rewrite!r}")
 
 
 @dataclass
@@ -222,19 +255,28 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     for k in range(loop.iterations + 1):
         if k:
             stages.append(curate_stage(folder, out, k, candidates, pool_upstream, loop, forward_model))
-        data = seed_data + ([str(out / f"curate-{k}" / "a5.jsonl")] if k else [])
+        if k and loop.rewrite != "none":
+            stages.append(rewrite_stage(folder, out, k, loop, forward_model))
+        # The ablation's M1-random / M1-all needs curate-1 only; it trains just before M_K, so the stages after M_K
+        # (preferences, eval) still follow the loop's last model.
+        if k == loop.iterations and loop.ablation != "none":
+            stages.append(ablation_stage(seed_recipe, out, seed_data, seed_upstream, loop.ablation, forward_model))
+        data = seed_data + (curated_data(folder, out, k, loop.rewrite) if k else [])
+        upstream = [f"curate-{k}"] + ([f"rewrite-{k}"] if loop.rewrite != "none" else []) if k else []
         stages.append(
             Stage(
                 f"m{k}", "humpback_trl.scripts.sft", seed_recipe,
                 ["--output_dir", str(out / f"m{k}"), "--iteration", str(k), *(["--data", *data] if data else []),
                  *forward_model],
-                seed_upstream + ([f"curate-{k}"] if k else []), pushes=True, evaluated=True,
+                seed_upstream + upstream, pushes=True, evaluated=True,
             )
         )  # fmt: skip
     if loop.preference != "none":
         stages += preference_stages(folder, out, loop, forward_model)
     if loop.evaluate:
-        stages.append(eval_stage(folder, out, [stage.name for stage in stages if stage.evaluated]))
+        stages.append(eval_stage(folder, out, [stage.name for stage in stages if stage.evaluated], loop))
+        if loop.preference == "grpo":
+            stages[-1].overrides += independent_eval_methods(folder, loop)
     return stages
 
 
@@ -250,8 +292,38 @@ def curate_stage(
     )  # fmt: skip
 
 
+def rewrite_stage(folder: Path, out: Path, k: int, loop: LoopArguments, model: list[str]) -> Stage:
+    """rewrite-k: an aligned chat model rewrites curate-k's curated split; M_{k-1} (or the fixed judge), the scorer of
+    curate-k, checks each rewrite against its source and scores it."""
+    recipe = folder / "rewrite.yaml"
+    writer = loop.rewrite_model or read_recipe(recipe).get("rewrite_model") or loop.model
+    writer = writer or read_recipe(folder / "seed.yaml").get("model_name_or_path")
+    scorer = model_override(loop.judge_model) if loop.judge_model else ["--adapter", str(out / f"m{k - 1}"), *model]
+    return Stage(
+        f"rewrite-{k}", "humpback_trl.scripts.rewrite", recipe,
+        ["--pairs", str(out / f"curate-{k}"), "--iteration", str(k), "--output_dir",
+         str(out / f"rewrite-{k}"), *(["--rewrite_model", writer] if writer else []), *scorer],
+        [f"curate-{k}"] + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True,
+    )  # fmt: skip
+
+
+def curated_data(folder: Path, out: Path, k: int, rewrite: str) -> list[str]:
+    """What M_k adds to the seed: curate-k's A5; with `rewrite: replace` the rewritten pairs instead (accepted
+    rewrites, and per on_unfaithful the originals of rejected ones); with `add` the curated split and the accepted
+    rewrites."""
+    if rewrite == "none":
+        return [str(out / f"curate-{k}" / "a5.jsonl")]
+    if rewrite == "replace":
+        return [str(out / f"rewrite-{k}" / "rewritten.jsonl")]
+    split = read_recipe(folder / "rewrite.yaml").get("curated_split", "a5")
+    return [str(out / f"curate-{k}" / f"{split}.jsonl"), str(out / f"rewrite-{k}" / "accepted.jsonl")]
+
+
 def preference_stages(folder: Path, out: Path, loop: LoopArguments, model: list[str]) -> list[Stage]:
-    """preferences (M_K answers and scores: DPO pairs, or KTO rows from the last scored pool) -> mK-dpo | mK-kto."""
+    """preferences (M_K answers and scores: DPO pairs, or KTO rows from the last scored pool) -> mK-dpo | mK-kto;
+    or mK-grpo alone (online: M_K answers the last scored pool's instructions during training)."""
+    if loop.preference == "grpo":
+        return [grpo_stage(folder, out, loop, model)]
     kind, last = loop.preference, f"m{loop.iterations}"
     scored = str(out / f"curate-{loop.iterations}" / "scored.jsonl")
     source = ["--instructions", scored] if kind == "dpo" else ["--scored_pool", scored]
@@ -270,11 +342,69 @@ def preference_stages(folder: Path, out: Path, loop: LoopArguments, model: list[
     ]  # fmt: skip
 
 
-def eval_stage(folder: Path, out: Path, models: list[str]) -> Stage:
+def grpo_stage(folder: Path, out: Path, loop: LoopArguments, model: list[str]) -> Stage:
+    """mK-grpo: M_K trained online with GRPO on the instructions of the last scored pool, rewarded by a fixed judge
+    (grpo.yaml's judge_model, the loop's judge_model, else the base model) whose accuracy gates the stage."""
+    last, scored = f"m{loop.iterations}", str(out / f"curate-{loop.iterations}" / "scored.jsonl")
+    judge = ["--judge_model", loop.judge_model] if loop.judge_model else []
+    # The tiny random model is plumbing: as a judge it is at chance by construction, so the gate would refuse every
+    # reward; the stage trains anyway and its card and report say the judge was weak.
+    weak = ["--allow_weak_judge", "true"] if loop.model == TINY_MODEL else []
+    return Stage(
+        f"{last}-grpo", "humpback_trl.scripts.grpo", folder / "grpo.yaml",
+        ["--sft_adapter", str(out / last), "--sft_stage", last, "--prompts", scored,
+         "--output_dir", str(out / f"{last}-grpo"), *judge, *weak, *model],
+        [last, f"curate-{loop.iterations}"], pushes=True, evaluated=True,
+    )  # fmt: skip
+
+
+def independent_eval_methods(folder: Path, loop: LoopArguments) -> list[str]:
+    """`--judge_method` for the eval stage of a GRPO loop: where the eval judge is the GRPO reward judge, none of
+    the methods that rewarded the policy (it would grade the GRPO model by the score it was trained to raise)."""
+    from humpback_trl.grpo_training import GRPOArguments  # loads torch; only a GRPO loop needs it
+    from humpback_trl.judges import JUDGE_METHODS
+
+    grpo, evaluation = read_recipe(folder / "grpo.yaml"), read_recipe(folder / "eval.yaml")
+    base = loop.model or read_recipe(folder / "seed.yaml").get("model_name_or_path")
+    reward_judge = loop.judge_model or grpo.get("judge_model") or base
+    eval_judge = evaluation.get("judge") or loop.judge_model or base
+    if reward_judge != eval_judge:
+        return []
+    rewards = _listed(grpo.get("rewards")) or GRPOArguments.__dataclass_fields__["rewards"].default_factory()
+    methods = _listed(evaluation.get("judge_method")) or ["likelihood"]
+    kept = [method for method in methods if method not in rewards]
+    return ["--judge_method", *(kept or [method for method in JUDGE_METHODS if method not in rewards])]
+
+
+def ablation_stage(
+    seed_recipe: Path, out: Path, seed_data: list[str], upstream: list[str], kind: str, model: list[str]
+) -> Stage:
+    """m1-random | m1-all: M1's recipe on the seed plus curate-1's random sample of A5's size, or every candidate
+    that passed the checks (ablation.py)."""
+    name = f"m1-{kind}"
+    data = [*seed_data, str(out / "curate-1" / f"{ABLATION_FILES[kind]}.jsonl")]
+    return Stage(
+        name, "humpback_trl.scripts.sft", seed_recipe,
+        ["--output_dir", str(out / name), "--iteration", "1", "--stage", name, "--data", *data, *model],
+        [*upstream, "curate-1"], pushes=True, evaluated=True,
+    )  # fmt: skip
+
+
+def eval_judge(folder: Path, loop: LoopArguments) -> list[str]:
+    """`--judge` for the eval stage: eval.yaml's own `judge` where it names one, else the loop's judge_model, else
+    the run's base model (the model the compared adapters were trained from), never one of the compared models."""
+    if read_recipe(folder / "eval.yaml").get("judge"):
+        return []
+    base = loop.judge_model or loop.model or read_recipe(folder / "seed.yaml").get("model_name_or_path")
+    return ["--judge", base] if base else []
+
+
+def eval_stage(folder: Path, out: Path, models: list[str], loop: LoopArguments) -> Stage:
     names = [name.upper() if name[1:].isdigit() else "M" + name[1:] for name in models]
     return Stage(
         "eval", "humpback_trl.scripts.eval", folder / "eval.yaml",
-        ["--models", *(str(out / name) for name in models), "--model_names", *names, "--output_dir", str(out / "eval")],
+        ["--models", *(str(out / name) for name in models), "--model_names", *names, "--output_dir", str(out / "eval"),
+         *eval_judge(folder, loop)],
         models,
     )  # fmt: skip
 
@@ -554,21 +684,56 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
         }
         for k in range(1, loop.iterations + 1)
     ]
-    if loop.preference != "none":
+    if loop.rewrite != "none":
+        report.update(rewrite_report_part(out, loop))
+    if loop.preference == "grpo":
+        report.update(grpo_report_part(out, loop))
+    elif loop.preference != "none":
         report["preferences"] = _json(out / "preferences" / "report.json")
     if loop.evaluate:
         report["evaluation"] = _json(out / "eval" / "report.json")
+        if loop.ablation != "none":
+            kind = loop.ablation
+            report["ablation"] = ablation_verdict(report["evaluation"], "M1", f"M1-{kind}", kind)
+            report[f"curation vs {BASELINE_NAMES[kind]}"] = report["ablation"]["line"]
     # The wall time of the run that finished each stage (a skipped stage keeps the time it took when it ran).
     report["stage_seconds"] = {stage.name: read_marker(marker_path(loop, stage)).get("seconds") for stage in stages}
     report["artifacts"] = {
         "backward model": str(out / "myx"),
         "candidates": str(out / "augment" / "candidates.jsonl"),
         **{f"A5 iteration {k}": str(out / f"curate-{k}" / "a5.jsonl") for k in range(1, loop.iterations + 1)},
+        **{
+            f"rewrites iteration {k}": str(out / f"rewrite-{k}" / "rewrites.jsonl")
+            for k in range(1, loop.iterations + 1)
+            if loop.rewrite != "none"
+        },
         **{stage.name.upper(): str(out / stage.name) for stage in stages if stage.evaluated},
-        **({"preference data": str(out / "preferences")} if loop.preference != "none" else {}),
+        **({"preference data": str(out / "preferences")} if loop.preference in ("dpo", "kto") else {}),
+        **(
+            {"GRPO reward and length": str(out / f"m{loop.iterations}-grpo" / "reward_length.png")}
+            if loop.preference == "grpo"
+            else {}
+        ),
         **({"evaluation": str(out / "eval" / "report.md")} if loop.evaluate else {}),
     }
     return report
+
+
+def grpo_report_part(out: Path, loop: LoopArguments) -> dict[str, Any]:
+    """The GRPO stage's judges and its reward and length per step (a table in report.md), and its whole report."""
+    from humpback_trl.grpo_training import summary  # loads torch; only a GRPO loop needs it
+
+    report = _json(out / f"m{loop.iterations}-grpo" / "grpo_report.json")
+    return {"preferences": summary(report), "grpo": report}
+
+
+def rewrite_report_part(out: Path, loop: LoopArguments) -> dict[str, Any]:
+    """Per rewrite-k its funnel (a line each, which report.md shows) and its whole report under `rewrite`."""
+    from humpback_trl.rewrite import funnel_line  # the rewrite module loads torch; only a rewriting loop needs it
+
+    reports = [_json(out / f"rewrite-{k}" / "report.json") for k in range(1, loop.iterations + 1)]
+    lines = {f"rewrite-{k} ({loop.rewrite})": funnel_line(part) for k, part in enumerate(reports, start=1)}
+    return {**lines, "rewrite": [{"iteration": k, **part} for k, part in enumerate(reports, start=1)]}
 
 
 def print_summary(report: dict[str, Any], output_dir: str) -> None:
