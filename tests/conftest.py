@@ -11,7 +11,10 @@ import importlib.util  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -35,6 +38,46 @@ TEXTS = [
     "Score: 1 2 3 4 5. The answer is complete, clear and helpful. Below is an instruction from a user.",
     "What is the capital of France? Paris is the capital and largest city of France.",
 ] * 3
+
+
+# Tests that need ../shared or the real model skip without them; in CI (.ci/run) such a skip is a failure instead, so
+# a run can never pass with them silently left out.
+REQUIRE_SHARED = os.environ.get("HUMPBACK_REQUIRE_SHARED") == "1"
+SHARED_SKIPS = ("../shared", GGUF_MODELS[SMOLLM2].distribution)
+# `slow` (deselect with -m "not slow"): the real model, several processes under accelerate launch, the whole loop
+# (`humpback run` / `humpback demo` as a process, test_pipeline's first_run / humpback_run) or a stage killed with
+# SIGKILL and resumed. Found from the fixtures a test uses and the names and constants its body uses, so a new test
+# doing the same is marked too.
+SLOW_FIXTURES = frozenset({"smollm2_dir", "first_run"})
+SLOW_NAMES = frozenset(
+    {"launch_cpu_processes", "humpback_run", "kill_after_a_checkpoint", "run_killed_then_rerun", "SIGKILL"}
+)
+LOOP_COMMANDS = frozenset({"run", "demo"})
+
+
+def is_slow(item: pytest.Item) -> bool:
+    if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    code = getattr(getattr(item, "function", None), "__code__", None)
+    if code is None:
+        return False
+    loop = "humpback_trl.cli" in code.co_consts and bool(LOOP_COMMANDS.intersection(code.co_consts))
+    return loop or bool(SLOW_NAMES.intersection(code.co_names))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_slow(item):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_SHARED and report.skipped and any(needed in str(report.longrepr) for needed in SHARED_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = f"HUMPBACK_REQUIRE_SHARED=1 turns this skip into a failure: {report.longrepr}"
 
 
 def real_tokenizer_path(name: str) -> Path:
@@ -82,23 +125,71 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return path
 
 
+@dataclass
+class HubCall:
+    """One call that would have reached the Hub, with every argument it received."""
+
+    what: str  # "adapter repo", "adapter", "model card", "data", "data card"
+    repo: str
+    kwargs: dict[str, Any]
+    card: str | None = None  # a card's text
+    data: Any = None  # the pushed Dataset or DatasetDict itself
+
+    @property
+    def rows(self) -> int | dict[str, int]:
+        """A dataset's length, or a dataset dict's {split: length}."""
+        return (
+            {name: len(split) for name, split in self.data.items()} if hasattr(self.data, "items") else len(self.data)
+        )
+
+
+class Pushes(list):
+    """("adapter", repo), ("model card", repo), ("data", repo, rows or splits), ("data card", repo) in call order;
+    `calls` keeps every argument of every Hub call, the creation of the adapter's repo included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[HubCall] = []
+
+    def private(self, what: str) -> list[tuple[str, Any]]:
+        """(repo, the `private` argument the Hub call received) of each call of one kind."""
+        return [(call.repo, call.kwargs.get("private", "not passed")) for call in self.calls if call.what == what]
+
+
 @pytest.fixture()
-def recorded_pushes(monkeypatch) -> list[tuple]:
-    """The real push calls of a training stage, recorded instead of sent (an upload needs the network and a token):
-    ("adapter", repo), ("model card", repo), ("data", repo, rows), ("data card", repo), in call order."""
-    from datasets import Dataset
+def recorded_pushes(monkeypatch) -> Pushes:
+    """The real push calls of a stage, recorded instead of sent (an upload needs the network and a token). The
+    adapter's repo is created through transformers' own `init_hf_repo`, so its `private` flag is the one it sends."""
+    import transformers.trainer
+    from datasets import Dataset, DatasetDict
     from huggingface_hub import DatasetCard, ModelCard
     from transformers import Trainer
 
-    pushed: list[tuple] = []
-    # The real init_hf_repo creates the repo and records the id the Hub returns.
+    pushed = Pushes()
+
+    def record(what: str, repo: str, kwargs: dict[str, Any], short: tuple = (), card=None, data=None) -> None:
+        pushed.calls.append(HubCall(what, repo, kwargs, card, data))
+        if what != "adapter repo":
+            pushed.append((what, repo, *short))
+
+    def create_repo(repo_id, **kwargs):
+        record("adapter repo", repo_id, kwargs)
+        return SimpleNamespace(repo_id=repo_id)
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: SimpleNamespace(create_repo=create_repo))
+    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, **kw: record("adapter", self.hub_model_id, kw))
     monkeypatch.setattr(
-        Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id)
+        ModelCard, "push_to_hub", lambda self, repo, **kw: record("model card", repo, kw, card=str(self))
     )
-    monkeypatch.setattr(Trainer, "push_to_hub", lambda self, **kw: pushed.append(("adapter", self.hub_model_id)))
-    monkeypatch.setattr(ModelCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("model card", repo)))
-    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append(("data", repo, len(self))))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: pushed.append(("data card", repo)))
+    monkeypatch.setattr(
+        Dataset, "push_to_hub", lambda self, repo, **kw: record("data", repo, kw, (len(self),), data=self)
+    )
+    monkeypatch.setattr(
+        DatasetDict, "push_to_hub", lambda self, repo, **kw: record("data", repo, kw, (sorted(self),), data=self)
+    )
+    monkeypatch.setattr(
+        DatasetCard, "push_to_hub", lambda self, repo, **kw: record("data card", repo, kw, card=str(self))
+    )
     return pushed
 
 

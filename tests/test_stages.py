@@ -1,21 +1,14 @@
 """Self-augmentation, self-curation and the SelfCurationCallback, end to end on a tiny model on CPU."""
 
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import transformers.trainer
+import self_curation_job
 import yaml
 from conftest import launch_cpu_processes
-from datasets import DatasetDict, load_from_disk
-from huggingface_hub.utils import filter_repo_objects
-from transformers import Trainer
+from datasets import load_from_disk
 
-from humpback_trl.scripts import augment, curate, sft
-
-# Taken before the recorded_pushes fixture replaces it.
-REAL_TRAINER_PUSH = Trainer.push_to_hub
+from humpback_trl.scripts import augment, curate
 
 SEGMENTS = [
     {"segment_id": f"doc{i // 3}#{i % 3}", "text": f"Paragraph {i} explains how the {i}th tide tables are read. " * 4}
@@ -165,8 +158,6 @@ def forward_recipe(tmp_path, tiny_model_dir, **extra):
         "activation_checkpointing": True,
         "save_strategy": "no",
         "report_to": "none",
-        "curate_candidates": str(candidates_file(tmp_path)),
-        "curation_shard_size": 3,
         **extra,
     }
     path = tmp_path / "m0.yaml"
@@ -174,51 +165,31 @@ def forward_recipe(tmp_path, tiny_model_dir, **extra):
     return path
 
 
-def test_callback_scores_candidates_and_the_adapter_push_leaves_them_out(
-    tmp_path, tiny_model_dir, monkeypatch, recorded_pushes
+def test_callback_scores_candidates_with_the_trained_model_and_pushes_them_private(
+    tmp_path, tiny_model_dir, recorded_pushes
 ):
-    """The real Trainer.push_to_hub down to its upload: the scored pool is a dataset of its own (pushed to
-    <prefix>-curated-1), never a file of the adapter's repo; checkpoints stay out too."""
-    monkeypatch.setattr(
-        DatasetDict, "push_to_hub", lambda self, repo, **kw: recorded_pushes.append(("data", repo, sorted(self)))
-    )
-    uploads = []
-    monkeypatch.setattr(Trainer, "push_to_hub", REAL_TRAINER_PUSH)
-    monkeypatch.setattr(
-        transformers.trainer, "hf_api", lambda: SimpleNamespace(upload_folder=lambda **kw: uploads.append(kw))
-    )
     recipe = forward_recipe(tmp_path, tiny_model_dir, hub_prefix="me/hb", hub_private_repo=True)
-    push = ["--push_to_hub", "true", "--hub_strategy", "end", "--save_strategy", "steps", "--save_steps", "1"]
-    trainer = sft.run(["--config", str(recipe), *push])
-    callback = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "SelfCurationCallback")
-    assert callback.summary["candidates"] == 10 and callback.summary["iteration"] == 1 and callback.private is True
+    curation_dir = tmp_path / "curation"
+    job = [str(candidates_file(tmp_path)), str(curation_dir), "me/hb-curated-1"]
+    trainer, callback = self_curation_job.main([*job, "--config", str(recipe), "--push_to_hub", "true"])
+    assert callback.summary["candidates"] == 10 and callback.summary["iteration"] == 1
     assert trainer.model.training, "training mode must be restored after scoring"
-    out = tmp_path / "m0"
-    scored = [json.loads(line) for line in (out / "_curation" / "scored.jsonl").read_text().splitlines()]
+    scored = [json.loads(line) for line in (curation_dir / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == 10 and all(1 <= row["score"] <= 5 for row in scored)
     assert {row["scorer"] for row in scored} == {"me/hb-m0"}
     assert ("data", "me/hb-curated-1", ["a4", "a5", "scored"]) in recorded_pushes
-
-    [upload] = uploads
-    assert (upload["repo_id"], Path(upload["folder_path"])) == ("me/hb-m0", out)
-    files = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
-    pushed = set(filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"]))
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= pushed
-    assert (out / "checkpoint-2").is_dir() and (out / "_curation" / "scored.jsonl").is_file()
-    assert not [name for name in pushed if name.startswith(("_curation/", "checkpoint-"))]
-
-
-def test_curation_results_inside_the_pushed_folder_are_refused(tmp_path, tiny_model_dir):
-    recipe = forward_recipe(tmp_path, tiny_model_dir, curation_output_dir=str(tmp_path / "m0" / "curation"))
-    with pytest.raises(ValueError, match="curation_output_dir .* would be pushed with the adapter"):
-        sft.run(["--config", str(recipe), "--push_to_hub", "true", "--hub_model_id", "me/hb-m0"])
+    # What the Hub calls received, not what the callback holds: the splits and the adapter repo are private.
+    assert recorded_pushes.private("data") == [("me/hb-curated-1", True), ("me/hb-m0-data", True)]
+    assert recorded_pushes.private("adapter repo") == [("me/hb-m0", True)]
+    assert not (tmp_path / "m0" / "scored.jsonl").exists()  # the adapter's folder holds no scores
 
 
 def test_callback_under_two_processes(tmp_path, tiny_model_dir):
     recipe = forward_recipe(tmp_path, tiny_model_dir)
-    result = launch_cpu_processes("-m", "humpback_trl.scripts.sft", "--config", str(recipe))
+    curation = tmp_path / "curation"
+    job = [str(candidates_file(tmp_path)), str(curation), "", "--config", str(recipe)]
+    result = launch_cpu_processes(self_curation_job.__file__, *job)
     assert result.returncode == 0, result.stderr[-3000:]
-    curation = tmp_path / "m0" / "_curation"
     scored = load_from_disk(str(curation / "curated"))["scored"]
     assert sorted(scored["source_id"]) == sorted(
         json.loads(line)["source_id"] for line in open(candidates_file(tmp_path))
