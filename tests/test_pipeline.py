@@ -15,6 +15,7 @@ import yaml
 
 from humpback_trl import pipeline
 from humpback_trl.scripts import run as run_script
+from humpback_trl.training import last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart"
@@ -312,16 +313,18 @@ def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path)
         shutil.copytree(first_run[0] / stage, out / stage)
         shutil.copy(first_run[0] / pipeline.MARKERS / f"{stage}.json", out / pipeline.MARKERS / f"{stage}.json")
     process = humpback_run(recipes, out, *SHORT, start_new_session=True)
-    marker = out / pipeline.MARKERS / "m0.json"
     deadline = time.monotonic() + 300
-    while not (marker.is_file() and json.loads(marker.read_text())["status"] == "started"):
-        assert time.monotonic() < deadline and process.poll() is None, "the loop never reached m0"
-        time.sleep(0.2)
-    time.sleep(3)
+    while last_checkpoint(out / "m0") is None:  # M0 mid-training: a checkpoint saved, its adapter not yet
+        assert time.monotonic() < deadline and process.poll() is None, "the loop never saved an M0 checkpoint"
+        time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    at_kill = last_checkpoint(out / "m0")
+    assert not (out / "m0" / "adapter_model.safetensors").exists(), "killed after M0 finished: nothing to resume"
     assert not (out / "report.json").exists()
     output = finish(humpback_run(recipes, out, *SHORT))
+    # M0 resumed from the checkpoint the kill left (the SFT script names it), not from scratch.
+    assert f"Resuming from {at_kill}\n" in output
     assert statuses(output) == {
         **dict.fromkeys(["corpus", "myx", "augment", "magpie"], "up to date"),
         "m0": "resuming",
