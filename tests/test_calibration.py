@@ -6,6 +6,7 @@ import pytest
 from datasets import Dataset
 
 from humpback_trl.calibration import (
+    BUNDLED_DEV_SET,
     CORRUPTIONS,
     GOOD,
     OASST_KIND,
@@ -22,6 +23,7 @@ from humpback_trl.calibration import (
     truncate,
 )
 from humpback_trl.pairs import builtin_path
+from humpback_trl.tiny import build_model
 
 
 def test_roc_auc_by_hand() -> None:
@@ -202,3 +204,137 @@ def test_calibrate_command_writes_calibration_json(tmp_path, tiny_model_dir) -> 
     scores = [json.loads(line)["scores"] for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 4 and all(len(row) == 2 for row in scores)
     assert "| scorer | AUC |" in (out / "calibration.md").read_text()
+
+
+# ---- the calibrate command and the curate stage against an independent count -----------------------------------
+
+
+def pair_auc(scores, labels, rows) -> float | None:
+    """ROC AUC by brute force over every (good, bad) pair among `rows`: a win 1, a tie 1/2; a missing score ranks
+    below every score."""
+    rank = [float("-inf") if s is None else s for s in scores]
+    good = [i for i in rows if labels[i] == 1]
+    bad = [i for i in rows if labels[i] == 0]
+    if not good or not bad:
+        return None
+    wins = sum((rank[g] > rank[b]) + 0.5 * (rank[g] == rank[b]) for g in good for b in bad)
+    return wins / (len(good) * len(bad))
+
+
+def expected_metrics(scores, masses, labels, kinds, thresholds, floor) -> dict:
+    everything = range(len(labels))
+    by_kind = {
+        kind: pair_auc(scores, labels, [i for i in everything if kinds[i] in (kind, GOOD)])
+        for kind in sorted(set(kinds) - {GOOD})
+    }
+    precision, recall = {}, {}
+    for name, threshold in thresholds.items():
+        chosen = [i for i in everything if scores[i] is not None and scores[i] >= threshold and masses[i] >= floor]
+        hits = sum(labels[i] for i in chosen)
+        precision[name] = hits / len(chosen) if chosen else None
+        recall[name] = hits / sum(labels)
+    return {"auc": pair_auc(scores, labels, everything), "auc_by_kind": by_kind, "precision": precision,
+            "recall": recall}  # fmt: skip
+
+
+def assert_metrics(metrics: dict, expected: dict) -> None:
+    """The report rounds to 4 digits."""
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=6e-5), key
+
+
+LABELLED = [
+    ("Explain tides.", "The moon's gravity pulls the oceans toward it.", 1, GOOD),
+    ("Explain tides.", "Home > Blog > Tides | Subscribe!", 0, "navigation"),
+    ("Name a colour.", "Blue.", 1, GOOD),
+    ("Name a colour.", "I love my blog, read it every day.", 0, "blog"),
+    ("Give a tip for sleep.", "Keep a regular bedtime.", 1, GOOD),
+    ("Give a tip for sleep.", "Keep a", 0, "truncated"),
+    ("What is 2 plus 2?", "4.", 1, GOOD),
+    ("What is 2 plus 2?", "Paris is the capital of France.", 0, "mismatched"),
+]
+
+
+@pytest.fixture(scope="module")
+def second_model_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-model-1")
+    tiny_tokenizer.save_pretrained(path)
+    build_model(tiny_tokenizer, seed=1).save_pretrained(path)
+    return path
+
+
+def test_calibrate_command_matches_an_independent_count_per_scorer_kind_and_mass_floor(
+    tmp_path, tiny_model_dir, second_model_dir
+):
+    from humpback_trl.scripts import calibrate
+
+    dev = tmp_path / "dev.jsonl"
+    fields = ["instruction", "output", "label", "kind"]
+    dev.write_text("".join(json.dumps(dict(zip(fields, row, strict=True))) + "\n" for row in LABELLED))
+    scorers = [str(tiny_model_dir), str(second_model_dir)]
+    base = ["--scorer", *scorers, "--dev", str(dev), "--curation_mode", "logits"]
+    calibrate.run([*base, "--output_dir", str(tmp_path / "probe"), "--min_score_mass", "0"])
+    probe = [json.loads(line) for line in (tmp_path / "probe" / "scores.jsonl").read_text().splitlines()]
+    # Thresholds and a mass floor between the first scorer's own values, so each selects some rows and not others.
+    first_scores = sorted(row["scores"][scorers[0]] for row in probe)
+    first_masses = sorted(row["masses"][scorers[0]] for row in probe)
+    thresholds = {"a4": (first_scores[1] + first_scores[2]) / 2, "a5": (first_scores[4] + first_scores[5]) / 2}
+    floor = (first_masses[1] + first_masses[2]) / 2
+    options = ["--a4_threshold", str(thresholds["a4"]), "--a5_threshold", str(thresholds["a5"]),
+               "--min_score_mass", str(floor)]  # fmt: skip
+    report = calibrate.run([*base, *options, "--output_dir", str(tmp_path / "cal")])
+
+    written = [json.loads(line) for line in (tmp_path / "cal" / "scores.jsonl").read_text().splitlines()]
+    assert [(row["instruction"], row["output"], row["label"], row["kind"]) for row in written] == LABELLED
+    labels, kinds = [row[2] for row in LABELLED], [row[3] for row in LABELLED]
+    assert [metrics["scorer"] for metrics in report["scorers"]] == scorers
+    for name, metrics in zip(scorers, report["scorers"], strict=True):
+        scores = [row["scores"][name] for row in written]
+        masses = [row["masses"][name] for row in written]
+        assert (metrics["pairs"], metrics["good"]) == (8, 4)
+        assert_metrics(metrics, expected_metrics(scores, masses, labels, kinds, thresholds, floor))
+    assert report["auc"] == report["scorers"][0]["auc"] and report["dev_set"] == str(dev)
+    # The floor decides which rows count here: without it the first scorer's A4 would select other rows.
+    first = [[row[column][scorers[0]] for row in written] for column in ("scores", "masses")]
+    assert expected_metrics(*first, labels, kinds, thresholds, 0.0) != expected_metrics(
+        *first, labels, kinds, thresholds, floor
+    )
+
+
+def test_calibrate_builds_an_oasst_dev_set_and_saves_it(tmp_path, tiny_model_dir):
+    from humpback_trl.scripts import calibrate
+
+    export = tmp_path / "export.jsonl"
+    Dataset.from_list(oasst_export()).to_json(str(export), lines=True)
+    saved = tmp_path / "dev.jsonl"
+    options = ["--dev", str(export), "--dev_format", "oasst", "--save_dev", str(saved), "--min_score_mass", "0"]
+    report = calibrate.run(["--scorer", str(tiny_model_dir), *options, "--output_dir", str(tmp_path / "cal")])
+    expected = oasst_dev_set(oasst_export()).to_list()
+    assert [json.loads(line) for line in saved.read_text().splitlines()] == expected
+    written = [json.loads(line) for line in (tmp_path / "cal" / "scores.jsonl").read_text().splitlines()]
+    assert [row["pair_id"] for row in written] == [row["pair_id"] for row in expected]
+    scores = [row["scores"][str(tiny_model_dir)] for row in written]
+    assert report["auc_by_kind"] == {OASST_KIND: pytest.approx(pair_auc(scores, [1, 0, 1, 0], range(4)), abs=6e-5)}
+
+
+@pytest.mark.slow  # the bundled dev set is scored twice, by the stage and by the command
+def test_the_curate_stage_calibrates_on_the_bundled_dev_set_by_default(tmp_path, tiny_model_dir):
+    """The curate stage's calibration block (default dev set) is what `humpback calibrate` measures for the same
+    scorer and settings: two paths, one result."""
+    from humpback_trl.scripts import calibrate, curate
+
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_text(json.dumps({"instruction": "Explain tides.", "output": "The moon pulls the oceans.",
+                                      "source": "augmented", "source_id": "c0"}) + "\n")  # fmt: skip
+    settings = ["--min_score_mass", "0", "--a4_threshold", "3.1", "--a5_threshold", "3.2"]
+    curate.run(["--candidates", str(candidates), "--model_name_or_path", str(tiny_model_dir), "--output_dir",
+                str(tmp_path / "cur"), *settings])  # fmt: skip
+    block = json.loads((tmp_path / "cur" / "report.json").read_text())["iterations"][0]["calibration"]
+    dev = load_dev_set(BUNDLED_DEV_SET)
+    assert block["dev_set"] == BUNDLED_DEV_SET
+    [metrics] = block["scorers"]
+    assert (metrics["pairs"], metrics["good"]) == (len(dev), sum(dev["label"]))
+    assert set(metrics["auc_by_kind"]) == set(dev["kind"]) - {GOOD}
+    measured = calibrate.run(["--scorer", str(tiny_model_dir), *settings])
+    for key in ("auc", "auc_by_kind", "precision", "recall", "passed_by_kind"):
+        assert metrics[key] == measured[key], key

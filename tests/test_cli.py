@@ -39,7 +39,7 @@ def test_command_help_names_the_command_and_documents_our_options_fast(name):
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"usage: humpback {name} ")
     options = [line.split()[0] for line in lines if line.startswith("  --")]
-    assert options[0] == "--config"
+    assert (options[0] == "--config") == bool(COMMANDS[name].arguments)  # the demo reads no recipe
     for reference in COMMANDS[name].arguments:
         assert [f"--{option.name}" for option in dataclass_options(reference)] == [
             o for o in options if o[2:] in {option.name for option in dataclass_options(reference)}
@@ -48,13 +48,11 @@ def test_command_help_names_the_command_and_documents_our_options_fast(name):
     assert elapsed < 10  # a few tenths of a second idle; generous for a loaded CI machine
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("name", sorted(name for name, command in COMMANDS.items() if command.arguments))
 def test_help_lists_exactly_the_fields_of_the_real_parser(name):
     """The AST-read options are the dataclasses the command's TrlParser really parses."""
     command = COMMANDS[name]
     module = importlib.import_module(command.module)
-    if not hasattr(module, "make_parser"):
-        pytest.skip(f"{command.module} parses its own arguments with argparse")
     parser = module.make_parser()
     ours = [t for t in parser.dataclass_types if t.__module__.startswith("humpback_trl")]
     assert [f"{t.__module__}:{t.__name__}" for t in ours] == list(command.arguments)
@@ -62,16 +60,28 @@ def test_help_lists_exactly_the_fields_of_the_real_parser(name):
         assert [o.name for o in dataclass_options(reference)] == [f.name for f in dataclasses.fields(cls)]
 
 
-def test_a_user_error_is_one_line_and_exit_code_2(tmp_path):
-    recipe = tmp_path / "corpus.yaml"
-    recipe.write_text(f"source: {tmp_path / 'missing.jsonl'}\n")
-    result = humpback("corpus", "--config", str(recipe), "--output_dir", str(tmp_path / "out"))
+def test_demo_help_lists_exactly_the_options_its_parser_takes():
+    """The demo parses with argparse (no dataclasses): its fast help must still show what it accepts."""
+    from humpback_trl.scripts import demo
+
+    assert [name for name, command in COMMANDS.items() if not command.arguments] == ["demo"]
+    parser = demo.argument_parser()
+    expected = [action.option_strings[0] for action in parser._actions if action.option_strings][1:]  # not -h
+    result = humpback("demo", "--help")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  --")] == expected
+
+
+def test_a_user_error_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir):
+    missing = tmp_path / "missing.jsonl"
+    result = humpback("sft", "--model_name_or_path", str(tiny_model_dir), "--data", str(missing), "--use_cpu", "true")
     assert result.returncode == 2
     # Only the error line names the command; a progress bar may stand before it, no traceback does.
     errors = [line for line in result.stderr.splitlines() if line.startswith("humpback")]
     assert "Traceback" not in result.stderr
-    assert errors == [f"humpback corpus: error: corpus file or directory not found: {tmp_path / 'missing.jsonl'}"]
-    debug = humpback("corpus", "--config", str(recipe), env={"HUMPBACK_DEBUG": "1"})
+    assert errors == [f"humpback sft: error: Data file {missing} does not exist"]
+    debug = humpback("sft", "--model_name_or_path", str(tiny_model_dir), "--data", str(missing), "--use_cpu", "true",
+                     env={"HUMPBACK_DEBUG": "1"})  # fmt: skip
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 

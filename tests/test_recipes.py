@@ -23,9 +23,13 @@ MODULES = {
     "preferences.yaml": "humpback_trl.scripts.preferences",
     "dpo.yaml": "humpback_trl.scripts.dpo",
     "kto.yaml": "humpback_trl.scripts.kto",
+    # Online training with a calibrated judge as reward (issue 24): `preference: grpo` in the loop, or by hand.
+    "grpo.yaml": "humpback_trl.scripts.grpo",
     # Evaluation and judge calibration (issue 10).
     "eval.yaml": "humpback_trl.scripts.eval",
     "calibrate.yaml": "humpback_trl.scripts.calibrate",
+    # Back-and-forth translation (issue 21): `rewrite: replace | add` in the loop, or by hand.
+    "rewrite.yaml": "humpback_trl.scripts.rewrite",
 }
 LOOP_FILES = sorted(RECIPES.glob("*/loop*.yaml"))
 STAGE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if not p.name.startswith("loop"))
@@ -55,7 +59,7 @@ def assert_local_reference_exists(name):
         assert name.count("/") == 1, f"{name} is neither a local file nor a Hub id"
 
 
-@pytest.mark.parametrize("preference", ["none", "dpo", "kto"])
+@pytest.mark.parametrize("preference", ["none", "dpo", "kto", "grpo"])
 @pytest.mark.parametrize("loop_file", LOOP_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_loop_and_its_stages_parse(loop_file, preference, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
@@ -77,10 +81,42 @@ def test_loop_and_its_stages_parse(loop_file, preference, monkeypatch, tmp_path)
             assert_local_reference_exists(name)
 
 
-@pytest.mark.parametrize("recipe", [p for p in STAGE_FILES if p.name == "magpie.yaml"], ids=lambda p: p.parent.name)
-def test_standalone_recipes_parse(recipe, monkeypatch):
+# What the loop passes a stage on its command line (its inputs), for recipes parsed on their own.
+LOOP_INPUTS = {
+    "humpback_trl.scripts.augment": ["--corpus", "segments.jsonl", "--adapter", "org/myx"],
+    "humpback_trl.scripts.curate": ["--candidates", "candidates.jsonl", "--adapter", "org/m0"],
+    "humpback_trl.scripts.preferences": ["--instructions", "i.jsonl", "--scored_pool", "s.jsonl", "--adapter", "o/m2"],
+    "humpback_trl.scripts.dpo": ["--data", "dpo.jsonl"],
+    "humpback_trl.scripts.kto": ["--data", "kto.jsonl"],
+    "humpback_trl.scripts.grpo": ["--prompts", "scored.jsonl"],
+    "humpback_trl.scripts.eval": ["--models", "org/m0", "org/m1"],
+    "humpback_trl.scripts.rewrite": ["--pairs", "a5.jsonl", "--adapter", "org/m0"],
+}
+
+
+def plain(value):
+    """A parsed value as YAML writes it: enums by their value, tuples as lists."""
+    value = getattr(value, "value", value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("recipe", STAGE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_parses_to_the_values_it_writes(recipe, monkeypatch):
+    """Each recipe on its own (calibrate.yaml is in no loop): every key lands, with its value, on each dataclass of
+    the stage's parser that declares it."""
     monkeypatch.chdir(ROOT)
-    parse_stage(MODULES[recipe.name], recipe)
+    module = MODULES[recipe.name]
+    parsed = parse_stage(module, recipe, LOOP_INPUTS.get(module, []))
+    config = yaml.safe_load(recipe.read_text())
+    for key, value in config.items():
+        found = [plain(getattr(args, key)) for args in parsed if hasattr(args, key)]
+        assert found, f"{recipe}: {key} is on no parsed dataclass"
+        if key == "report_to":  # transformers resolves it against the integrations installed here
+            continue
+        expected = False if key == "bf16" else value  # parse_stage turns bf16 off on this CPU machine
+        if key == "lora_target_modules" and len(value) == 1:  # TRL's ModelConfig keeps a single module as a string
+            expected = value[0]
+        assert found == [expected] * len(found), f"{recipe}: {key}"
 
 
 def test_unknown_key_in_a_recipe_fails_loudly(tmp_path):

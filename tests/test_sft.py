@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from conftest import launch_cpu_processes
-from peft import AutoPeftModelForCausalLM
+from peft import AutoPeftModelForCausalLM, get_peft_model_state_dict
 
 from humpback_trl import training
 from humpback_trl.chat_template import encode
@@ -89,11 +89,17 @@ def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path)
     assert f"base_model: {tiny_path}" in card and "**Direction**: backward" in card
     assert "Source tagging**: off" in card and "rejected (empty instruction or output)**: 1" in card
 
+    # The saved adapter reloads to exactly the trained LoRA weights, and it changes what the base model predicts.
     model = AutoPeftModelForCausalLM.from_pretrained(str(out))
-    tokenizer = trainer.processing_class
-    ids = torch.tensor([encode(tokenizer, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n")])
-    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
-    assert generated.shape[1] > ids.shape[1]
+    trained, reloaded = get_peft_model_state_dict(trainer.model), get_peft_model_state_dict(model)
+    assert trained.keys() == reloaded.keys() and len(trained) == 2 * 7 * 2  # A and B, 7 linear layers, 2 blocks
+    assert all(torch.equal(trained[key].cpu(), reloaded[key]) for key in trained)
+    ids = torch.tensor([encode(trainer.processing_class, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n")])
+    with torch.no_grad():
+        adapted = model(ids).logits
+        with model.disable_adapter():
+            base = model(ids).logits
+    assert (adapted - base).abs().max() > 1e-3
 
 
 def test_paper_schedule_ends_at_the_floor(tmp_path, tiny_path, data_path):

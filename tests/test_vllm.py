@@ -38,7 +38,7 @@ from humpback_trl.magpie import MagpieArguments, magpie  # noqa: E402
 from humpback_trl.magpie_template import instruction_prompt  # noqa: E402
 from humpback_trl.modeling import InferenceModelArguments, load_model  # noqa: E402
 from humpback_trl.pairs import PAIR_FEATURES, load_pairs, make_pair  # noqa: E402
-from humpback_trl.scoring import score_logits  # noqa: E402
+from humpback_trl.scoring import parse_score, score_logits  # noqa: E402
 
 # vLLM against transformers, both fp32 and greedy, on the same adapter: measured within 1e-5 on 2 CPU cores.
 TOLERANCE = 1e-4
@@ -90,6 +90,19 @@ def test_identical_prompts_sample_distinct_texts_and_a_rerun_repeats_them(model_
     first = vllm_engine.generate(model, tokenizer, prompts, sampling, seed=7)
     assert len(set(first)) == len(prompts)
     assert vllm_engine.generate(model, tokenizer, prompts, sampling, seed=7) == first
+
+
+def test_greedy_texts_come_back_in_prompt_order(model_args, transformers_model) -> None:
+    """Prompts of different lengths in one call: each text is the one its prompt gives alone (vLLM schedules the
+    shorter ones first), and the texts differ, so a shuffled order could not pass."""
+    _, tokenizer = transformers_model
+    model = vllm_engine.from_arguments(model_args)
+    questions = ["Name a colour.", "Explain in two sentences how tides follow the moon.", "What is 2 plus 2?"]
+    prompts = [render(tokenizer, [{"role": "user", "content": question}], True) for question in questions]
+    greedy = SamplingConfig(do_sample=False, max_new_tokens=12)
+    texts = vllm_engine.generate(model, tokenizer, prompts, greedy)
+    assert texts == [vllm_engine.generate(model, tokenizer, [prompt], greedy)[0] for prompt in prompts]
+    assert len(set(texts)) == len(prompts)
 
 
 def test_augmentation_writes_one_instruction_per_segment(model_args, tmp_path) -> None:
@@ -160,5 +173,8 @@ def test_generate_curation_parses_the_replies(model_args, tmp_path) -> None:
     curated, summary = curate_on_vllm(model_args, "generate", tmp_path)
     scored = curated["scored"]
     assert len(scored) == len(PAIRS) and all(scored["reasoning"])
+    # Each score is the one its own reply states, by the rule of parse_score (None where the reply gives none).
+    assert scored["score"] == [parse_score(reply) for reply in scored["reasoning"]]
+    assert scored["score_argmax"] == [parse_score(reply) for reply in scored["reasoning"]]
     assert summary["mode"] == "generate" and scored["score_mass"] == [None] * len(PAIRS)
     assert summary["a4"] == sum(1 for s in scored["score"] if s is not None and s >= 4)
