@@ -88,15 +88,34 @@ def dataclass_options(reference: str) -> tuple[Option, ...]:
     node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
     if node is None:
         raise LookupError(f"{reference}: no class {name} in {module}")
-    options = []
+    # A subclass lists its bases' fields first, its own replacing a base's field of the same name in place.
+    options: list[Option] = []
+    for base in node.bases:
+        base_reference = _class_reference(tree, module, ast.unparse(base))
+        if base_reference is not None:
+            options.extend(dataclass_options(base_reference))
     for statement in node.body:
         if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
             value = statement.value
             help_text = _help_of(value) if isinstance(value, ast.Call) else ""
-            options.append(
-                Option(statement.target.id, ast.unparse(statement.annotation), _default_of(value), help_text)
-            )
+            option = Option(statement.target.id, ast.unparse(statement.annotation), _default_of(value), help_text)
+            names = [item.name for item in options]
+            if option.name in names:
+                options[names.index(option.name)] = option
+            else:
+                options.append(option)
     return tuple(options)
+
+
+def _class_reference(tree: ast.Module, module: str, name: str) -> str | None:
+    """The reference (module:Class) of a base class named in `module`: defined or imported there by name, else None."""
+    if any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body):
+        return f"{module}:{name}"
+    for statement in tree.body:
+        if isinstance(statement, ast.ImportFrom) and statement.module:
+            if any(alias.name == name and alias.asname is None for alias in statement.names):
+                return f"{statement.module}:{name}"
+    return None
 
 
 def _wrap(text: str, indent: int, width: int = 118) -> list[str]:

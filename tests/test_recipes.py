@@ -135,8 +135,9 @@ def test_quickstart_trains_lora_on_the_real_model():
         config = yaml.safe_load((RECIPES / "quickstart" / name).read_text())
         assert config["model_name_or_path"] == "builtin:smollm2-135m-instruct", name
         assert not config.get("load_in_4bit"), name
-    for name in ("backward.yaml", "seed.yaml"):
+    # The backward model trains at 1e-3 for 40 steps: at 2e-4 for 10 steps it wrote no on-topic instruction (#19).
+    for name, peak in (("backward.yaml", 1e-3), ("seed.yaml", 5e-4)):
         config = yaml.safe_load((RECIPES / "quickstart" / name).read_text())
-        assert config["use_peft"] and config["learning_rate"] <= 5e-4 and config["max_length"] >= 256, name
+        assert config["use_peft"] and config["learning_rate"] <= peak and config["max_length"] >= 256, name
     (loop,) = run_script.make_parser().parse_args_and_config(["--config", str(RECIPES / "quickstart" / "loop.yaml")])
     assert loop.model is None and loop.backward_model is None and loop.magpie_model is None

@@ -27,7 +27,7 @@ def test_histogram_bins_quarter_points_and_puts_five_in_the_last_bin():
 
 def test_top_pairs_rank_by_score_skip_unscored_and_mark_a5():
     pool = scored_pool([3.0, None, 4.8, 4.2, 4.6])
-    top = top_pairs(pool, threshold=4.5)
+    top = top_pairs(pool, pool.select([2, 4]))
     assert [(p["instruction"], p["score"], p["a5"]) for p in top] == [
         ("question 2", 4.8, True),
         ("question 4", 4.6, True),
@@ -76,12 +76,16 @@ def test_funnel_shows_low_mass_calibration_preferences_and_the_evaluation_table(
     metrics = {"scorer": "m0", "pairs": 10, "good": 2, "auc": 0.75, "auc_by_kind": {"blog": 0.5},
                "precision": {"a4": 0.5, "a5": None}, "recall": {"a4": 1.0, "a5": 0.0}}  # fmt: skip
     summary |= {"min_score_mass": 0.5, "low_mass": 1, "calibration": {"dev_set": "builtin:dev", "scorers": [metrics]}}
-    row = {"model": "M1", "reference": "M0", "wins": 3, "ties": 1, "losses": 0, "n": 4, "win_rate": 0.875,
-           "ci_low": 0.6, "ci_high": 1.0, "position_consistency": 0.75, "mean_length": 120.4,
+    row = {"model": "M1", "reference": "M0", "wins": 3, "ties": 1, "losses": 0, "n": 4, "preference": 0.875,
+           "ci_low": 0.625, "ci_high": 1.0, "position_consistency": None, "mean_length": 120.4,
            "reference_mean_length": 80.0}  # fmt: skip
-    evaluation = {"instructions": "builtin:eval", "instructions_count": 4, "judge": "out/m1", "reference": "M0",
-                  "judge_is_compared": "M1", "position_consistency": 0.75, "first_position_rate": 0.5,
-                  "table": [row], "model_outputs": {"M0": "e/M0.json", "M1": "e/M1.json"}}  # fmt: skip
+    calibration = {"method": "likelihood", "judge": "base", "pairwise_dev": "builtin:pairwise_dev", "pairs": 100,
+                   "pairwise_accuracy": 0.93, "accuracy_by_kind": {"blog": 0.9}, "decided": 1.0,
+                   "min_accuracy": 0.6, "undecided": False}  # fmt: skip
+    evaluation = {"instructions": "builtin:eval", "instructions_count": 4, "judge": "base", "reference": "M0",
+                  "judge_is_compared": None, "headline_method": "likelihood", "table": [row],
+                  "methods": {"likelihood": {"calibration": calibration, "table": [row], "pairs": []}},
+                  "model_outputs": {"M0": "e/M0.json", "M1": "e/M1.json"}}  # fmt: skip
     report = {
         "seed": 3,
         "iterations": [summary],
@@ -98,13 +102,15 @@ def test_funnel_shows_low_mass_calibration_preferences_and_the_evaluation_table(
     assert "## Preference data\n\n| measure | value |\n|---|---|\n| instructions | 8 |\n| pairs | 5 |" in markdown
     assert markdown.endswith(
         "## Evaluation\n\n"
-        "4 instructions from `builtin:eval`; judge `out/m1` (both orders, a win only when both agree); "
-        "reference `M0`.\n"
-        "Position consistency of the judge: 0.75; first-shown answer preferred in 0.50 of verdicts.\n"
-        "Note: the judge is one of the compared models (M1): expect it to favour its own answers.\n\n"
-        "| model | vs | win | tie | loss | win rate (95% CI) | consistency | mean length (chars) |\n"
+        "4 instructions from `builtin:eval`; judge `base`; reference `M0`; headline method: likelihood.\n\n"
+        "Judge calibration of `base` on `builtin:pairwise_dev` (100 labelled pairs; undecided below 0.60):\n\n"
+        "| method | accuracy | blog | decided | consistency | verdict |\n|---|---|---|---|---|---|\n"
+        "| likelihood | 0.93 | 0.90 | 1.00 | - | decides |\n\n"
+        "### Judge method: likelihood\n\n"
+        "Judge `base` (likelihood): pairwise accuracy 0.93 on `builtin:pairwise_dev` (100 labelled pairs); decides.\n\n"
+        "| model | vs | win | tie | loss | preference (95% CI) | consistency | mean length (chars) |\n"
         "|---|---|---|---|---|---|---|---|\n"
-        "| M1 | M0 | 3 | 1 | 0 | 0.88 (0.60-1.00) | 0.75 | 120 (ref 80) |\n"
+        "| M1 | M0 | 3 | 1 | 0 | 0.88 (0.62-1.00) | - | 120 (ref 80) |\n"
     )
     # A report without those keys (written before #10) renders without those lines.
     old = curation_summary(pool, pool, pool, iteration=1, scorer="m0", mode="logits", thresholds=summary["thresholds"])

@@ -3,6 +3,7 @@
 import json
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,7 +87,9 @@ def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path)
     saved = [json.loads(line) for line in (out / training.TRAINING_DATA_FILE).read_text().splitlines()]
     assert len(saved) == 24 and saved[0]["source_id"] == "p0" and "blank" not in {r["source_id"] for r in saved}
     card = (out / "README.md").read_text()
-    assert f"base_model: {tiny_path}" in card and "**Direction**: backward" in card
+    # A local base is named by its last two path parts, never by the trainer's absolute path.
+    shown = str(Path(*Path(tiny_path).parts[-2:]))
+    assert f"`{shown}`" in card and str(tiny_path) not in card and "**Direction**: backward" in card
     assert "Source tagging**: off" in card and "rejected (empty instruction or output)**: 1" in card
 
     # The saved adapter reloads to exactly the trained LoRA weights, and it changes what the base model predicts.
@@ -217,6 +220,6 @@ def test_a_user_ddp_setting_is_kept(tmp_path, tiny_path, data_path):
     args = sft.make_parser().parse_args_and_config(
         ["--config", recipe(tmp_path, tiny_path, data_path), "--ddp_find_unused_parameters", "true"]
     )
-    script_args, training_args, model_args, _ = args
+    script_args, training_args, model_args = args
     training.configure(training_args, script_args, model_args, num_examples=24)
     assert training_args.ddp_find_unused_parameters is True
