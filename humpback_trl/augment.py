@@ -24,6 +24,7 @@ from transformers import set_seed
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
+from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
 from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model, load_tokenizer
@@ -84,14 +85,14 @@ class AugmentArguments:
     def __post_init__(self) -> None:
         check_engine(self.engine)
         if self.instructions_per_segment < 1:
-            raise ValueError(f"instructions_per_segment must be at least 1, got {self.instructions_per_segment}")
+            raise UserError(f"instructions_per_segment must be at least 1, got {self.instructions_per_segment}")
 
 
 def load_segments(args: AugmentArguments) -> Dataset:
     table = load_table(args.corpus, split=args.corpus_split)
     for column in (args.text_column, args.id_column):
         if column not in table.column_names:
-            raise KeyError(f"{args.corpus}: no column {column!r}; its columns are {table.column_names}")
+            raise MissingColumnError(f"{args.corpus}: no column {column!r}; its columns are {table.column_names}")
     if args.max_segments is not None:
         table = table.select(range(min(args.max_segments, len(table))))
     n = args.instructions_per_segment

@@ -25,6 +25,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
+from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.oasst import OASST1_HUB_ID, index_export, usable
 from humpback_trl.pairs import builtin_path, load_table
 
@@ -173,10 +174,10 @@ def load_dev_set(name: str = BUNDLED_DEV_SET, split: str = "train") -> Dataset:
     table = load_table(name, split=split)
     missing = [column for column in ("instruction", "output", "label") if column not in table.column_names]
     if missing:
-        raise KeyError(f"Dev set {name}: no column(s) {missing}; its columns are {table.column_names}")
+        raise MissingColumnError(f"Dev set {name}: no column(s) {missing}; its columns are {table.column_names}")
     bad = [index for index, label in enumerate(table["label"]) if label not in (0, 1, True, False)]
     if bad:
-        raise ValueError(f"Dev set {name}, row {bad[0]}: label must be 0 or 1, got {table['label'][bad[0]]!r}")
+        raise UserError(f"Dev set {name}, row {bad[0]}: label must be 0 or 1, got {table['label'][bad[0]]!r}")
     kinds = table["kind"] if "kind" in table.column_names else [GOOD if label else "bad" for label in table["label"]]
     ids = table["pair_id"] if "pair_id" in table.column_names else [f"{name}:{i}" for i in range(len(table))]
     rows = {
@@ -187,7 +188,7 @@ def load_dev_set(name: str = BUNDLED_DEV_SET, split: str = "train") -> Dataset:
         "pair_id": [str(i) for i in ids],
     }
     if not any(rows["label"]) or all(rows["label"]):
-        raise ValueError(f"Dev set {name} needs rows of both labels (1 = good, 0 = bad) to measure a judge")
+        raise UserError(f"Dev set {name} needs rows of both labels (1 = good, 0 = bad) to measure a judge")
     return Dataset.from_dict(rows, features=DEV_FEATURES)
 
 

@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from humpback_trl.curation import CurationSettings, curate
+from humpback_trl.errors import UserError
 
 
 class SelfCurationCallback(TrainerCallback):
@@ -50,7 +51,7 @@ class SelfCurationCallback(TrainerCallback):
         distributed = str(PartialState().distributed_type)
         if "FSDP" in distributed or "DEEPSPEED" in distributed:
             # Sharded weights need every process in every forward pass, but shards give processes uneven work.
-            raise RuntimeError(
+            raise UserError(
                 f"Self-curation cannot run inside a {distributed} training job (its weights are sharded across "
                 "processes). Train without this callback, then score with `humpback curate --adapter "
                 f"{args.output_dir}` launched on one GPU or with accelerate_configs/multi_gpu.yaml."

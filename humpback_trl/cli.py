@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from humpback_trl.cli_help import Command, Option, render_help
-from humpback_trl.errors import MissingFileError, UserError
+from humpback_trl.errors import UserError
 from humpback_trl.paths import MODEL_OPTIONS, check_local
 
 MODEL_ARGS = "humpback_trl.modeling:InferenceModelArguments"
@@ -104,7 +104,7 @@ COMMANDS: dict[str, Command] = {
     "calibrate": Command(
         "humpback_trl.scripts.calibrate",
         "A scorer's ROC AUC and A4/A5 precision/recall on a labelled dev set.",
-        ("humpback_trl.scripts.calibrate:CalibrateArguments", CURATION),
+        ("humpback_trl.scripts.calibrate:CalibrateArguments", "humpback_trl.scripts.calibrate:CalibrationSettings"),
     ),
     "preferences": Command(
         "humpback_trl.scripts.preferences",
@@ -220,10 +220,7 @@ def model_paths(argv: Sequence[str]) -> dict[str, str]:
 def check_model_paths(argv: list[str]) -> None:
     """Fail on a missing local model before importing the command: torch and TRL alone take seconds to load."""
     for option, value in model_paths(argv).items():
-        try:
-            check_local(value, option)
-        except FileNotFoundError as error:
-            raise MissingFileError(str(error)) from None
+        check_local(value, option)
 
 
 def run_command(name: str, argv: list[str] | None = None) -> None:

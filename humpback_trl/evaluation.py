@@ -37,6 +37,7 @@ from accelerate import PartialState
 
 from humpback_trl.chat import TAG_CHOICES, load_humpback
 from humpback_trl.chat_template import render
+from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.generation import SamplingConfig, generate
 from humpback_trl.judges import (
     BUNDLED_PAIRWISE_DEV,
@@ -134,24 +135,24 @@ class EvalArguments:
     def __post_init__(self) -> None:
         self.models = [self.models] if isinstance(self.models, str) else list(self.models)
         if len(self.models) < 2:
-            raise ValueError(f"--models needs at least two models to compare, got {self.models}")
+            raise UserError(f"--models needs at least two models to compare, got {self.models}")
         if self.model_names and len(self.model_names) != len(self.models):
-            raise ValueError(
+            raise UserError(
                 f"--model_names gives {len(self.model_names)} names for {len(self.models)} --models; give one each"
             )
         self.model_names = list(self.model_names) or [short_name(model) for model in self.models]
         unsafe = [name for name in self.model_names if not name or "/" in name or name.startswith(".")]
         if unsafe:
-            raise ValueError(f"Model names name files: {unsafe} cannot be file names; set --model_names")
+            raise UserError(f"Model names name files: {unsafe} cannot be file names; set --model_names")
         if len(set(self.model_names)) != len(self.model_names):
-            raise ValueError(f"Model names must be distinct, got {self.model_names}; set --model_names")
+            raise UserError(f"Model names must be distinct, got {self.model_names}; set --model_names")
         if self.tags not in TAG_CHOICES:
-            raise ValueError(f"tags must be one of {sorted(TAG_CHOICES)}, got {self.tags!r}")
+            raise UserError(f"tags must be one of {sorted(TAG_CHOICES)}, got {self.tags!r}")
         if self.reference is not None and self.reference not in (*self.model_names, *self.models):
-            raise ValueError(f"--reference {self.reference!r} is none of the models {self.model_names}")
+            raise UserError(f"--reference {self.reference!r} is none of the models {self.model_names}")
         self.judge_method = check_methods(self.judge_method)
         if not 0 <= self.min_judge_accuracy <= 1:
-            raise ValueError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
+            raise UserError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
         check_options(self.rubric_prompt, self.rubric_margin, self.likelihood_margin)
 
     @property
@@ -178,7 +179,7 @@ def default_judge(models: Sequence[str]) -> str:
     # The built-in name an adapter keeps in its prompt settings: the judge loads the weights training used.
     bases = {adapter_base_name(model) for model in models if is_adapter(model)}
     if len(bases) != 1 or not all(is_adapter(model) for model in models):
-        raise ValueError(
+        raise UserError(
             f"No default judge for --models {list(models)}: it is the one base model of the compared adapters, and "
             f"these are not all adapters of one base (bases found: {sorted(bases)}). Set --judge to a model."
         )
@@ -201,7 +202,7 @@ def load_instructions(args: EvalArguments) -> list[dict[str, str]]:
     set's name."""
     table = load_table(args.instructions, split=args.instructions_split, config_name=args.instructions_config)
     if args.instruction_column not in table.column_names:
-        raise KeyError(
+        raise MissingColumnError(
             f"{args.instructions}: no column {args.instruction_column!r}; its columns are {table.column_names}. "
             "Set --instruction_column."
         )
@@ -211,7 +212,7 @@ def load_instructions(args: EvalArguments) -> list[dict[str, str]]:
     rows = []
     for index, (text, dataset) in enumerate(zip(table[args.instruction_column], datasets, strict=True)):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{args.instructions}, row {index}: empty {args.instruction_column!r}")
+            raise UserError(f"{args.instructions}, row {index}: empty {args.instruction_column!r}")
         rows.append({"instruction": text, "dataset": dataset or args.instructions})
     return rows
 

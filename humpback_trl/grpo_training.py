@@ -187,18 +187,18 @@ class GRPOArguments:
         self.prompts = [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
         self.rewards = [self.rewards] if isinstance(self.rewards, str) else list(self.rewards)
         if not self.prompts:
-            raise ValueError("No prompts: set `prompts` (instruction files, e.g. a curation's scored.jsonl)")
+            raise UserError("No prompts: set `prompts` (instruction files, e.g. a curation's scored.jsonl)")
         unknown = [name for name in self.rewards if name not in REWARDS]
         if unknown or not self.rewards:
-            raise ValueError(f"rewards: {unknown or 'none given'}; choose from {REWARDS}")
+            raise UserError(f"rewards: {unknown or 'none given'}; choose from {REWARDS}")
         if len(set(self.rewards)) != len(self.rewards):
-            raise ValueError(f"rewards: {self.rewards} names a reward twice; weigh it with reward_weights instead")
+            raise UserError(f"rewards: {self.rewards} names a reward twice; weigh it with reward_weights instead")
         if self.tags not in TAG_CHOICES:
-            raise ValueError(f"tags must be one of {tuple(TAG_CHOICES)}, got {self.tags!r}")
+            raise UserError(f"tags must be one of {tuple(TAG_CHOICES)}, got {self.tags!r}")
         if not 0 <= self.min_judge_accuracy <= 1:
-            raise ValueError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
+            raise UserError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
         if self.pairwise_length_window < 0:
-            raise ValueError(f"pairwise_length_window must be at least 0, got {self.pairwise_length_window}")
+            raise UserError(f"pairwise_length_window must be at least 0, got {self.pairwise_length_window}")
 
 
 def stage_name(args: GRPOArguments) -> str:

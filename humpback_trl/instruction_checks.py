@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT
+from humpback_trl.errors import UserError
 
 CHECKS: tuple[str, ...] = ("too_short", "too_long", "loop", "prompt_echo", "copied", "unrelated")
 # `unrelated` is for backtranslation, where the output is a web segment on one topic; a creative request ("Write a
@@ -75,14 +76,14 @@ class InstructionChecks:
     def __post_init__(self) -> None:
         unknown = [name for name in self.enabled if name not in CHECKS]
         if unknown:
-            raise ValueError(f"instruction_checks: {unknown} not among {CHECKS}")
+            raise UserError(f"instruction_checks: {unknown} not among {CHECKS}")
         if self.max_share <= 0 or not 0 < self.max_copied_share <= 1:
-            raise ValueError(
+            raise UserError(
                 f"check_max_share must be > 0 and check_max_copied_share within (0, 1], got {self.max_share} and "
                 f"{self.max_copied_share}"
             )
         if "{output}" not in self.backward_prompt:
-            raise ValueError("backward_prompt must contain the placeholder {output}")
+            raise UserError("backward_prompt must contain the placeholder {output}")
         object.__setattr__(self, "_prompt_trigrams", frozenset(trigrams(words(prompt_wording(self.backward_prompt)))))
 
     def reason(self, instruction: str, output: str) -> str | None:

@@ -34,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.calibration import PAGE_FURNITURE, bundled_dev_pairs, truncate
 from humpback_trl.chat_template import encode, render
+from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.generation import CACHE_ARGUMENT
 from humpback_trl.likelihood import LikelihoodWeights, likelihood_features
 from humpback_trl.pairs import load_table
@@ -78,9 +79,9 @@ def check_methods(methods: Sequence[str], option: str = "judge_method") -> list[
     methods = [methods] if isinstance(methods, str) else list(methods)
     unknown = [method for method in methods if method not in JUDGE_METHODS]
     if not methods or unknown:
-        raise ValueError(f"{option} must list methods among {JUDGE_METHODS}, got {methods}")
+        raise UserError(f"{option} must list methods among {JUDGE_METHODS}, got {methods}")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"{option} lists a method twice: {methods}")
+        raise UserError(f"{option} lists a method twice: {methods}")
     return methods
 
 
@@ -125,15 +126,15 @@ def _message_text(value: Any, role: str, name: str, index: int, column: str) -> 
         turns = [m.get("content") for m in value if m.get("role") == role]
         others = [m.get("role") for m in value if m.get("role") not in (role, "system")]
         if len(turns) != 1 or others:
-            raise ValueError(
+            raise UserError(
                 f"{name}, row {index}: {column!r} must hold one {role} turn (a single-turn comparison), got roles "
                 f"{[m.get('role') for m in value]}"
             )
         text = turns[0]
     else:
-        raise ValueError(f"{name}, row {index}: {column!r} must be a string or a list of messages")
+        raise UserError(f"{name}, row {index}: {column!r} must be a string or a list of messages")
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{name}, row {index}: empty {column!r}")
+        raise UserError(f"{name}, row {index}: empty {column!r}")
     return text
 
 
@@ -143,7 +144,7 @@ def load_pairwise_dev(name: str = BUNDLED_PAIRWISE_DEV, split: str = "train") ->
     table = load_table(name, split=split)
     missing = [column for column in ("prompt", "chosen", "rejected") if column not in table.column_names]
     if missing:
-        raise KeyError(
+        raise MissingColumnError(
             f"Pairwise dev set {name}: no column(s) {missing}; its columns are {table.column_names} (TRL's preference "
             "format: prompt, chosen, rejected[, kind])"
         )
@@ -152,16 +153,14 @@ def load_pairwise_dev(name: str = BUNDLED_PAIRWISE_DEV, split: str = "train") ->
         chosen = _message_text(row["chosen"], "assistant", name, index, "chosen")
         rejected = _message_text(row["rejected"], "assistant", name, index, "rejected")
         if chosen == rejected:
-            raise ValueError(
-                f"{name}, row {index}: chosen and rejected are the same text; no judge can tell them apart"
-            )
+            raise UserError(f"{name}, row {index}: chosen and rejected are the same text; no judge can tell them apart")
         rows.append(
             {"prompt": _message_text(row["prompt"], "user", name, index, "prompt"), "chosen": chosen,
              "rejected": rejected, "kind": str(row.get("kind") or "pair"),
              "pair_id": str(row.get("pair_id") or f"{name}:{index}")}
         )  # fmt: skip
     if not rows:
-        raise ValueError(f"Pairwise dev set {name} is empty")
+        raise UserError(f"Pairwise dev set {name} is empty")
     return rows
 
 
@@ -244,9 +243,9 @@ class JudgeOptions:
 
 def check_options(rubric_prompt: str, rubric_margin: float, likelihood_margin: float) -> None:
     if rubric_prompt not in PROMPT_STYLES:
-        raise ValueError(f"rubric_prompt must be one of {PROMPT_STYLES}, got {rubric_prompt!r}")
+        raise UserError(f"rubric_prompt must be one of {PROMPT_STYLES}, got {rubric_prompt!r}")
     if rubric_margin < 0 or likelihood_margin < 0:
-        raise ValueError(
+        raise UserError(
             f"rubric_margin and likelihood_margin must be at least 0, got {rubric_margin}, {likelihood_margin}"
         )
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render, turn_end
+from humpback_trl.errors import UserError
 from humpback_trl.generation import CACHE_ARGUMENT
 from humpback_trl.padding import pad_batch
 
@@ -70,7 +71,7 @@ def document_start_id(tokenizer: PreTrainedTokenizerBase) -> int:
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return token_id
-    raise ValueError(
+    raise UserError(
         f"The tokenizer of {tokenizer.name_or_path!r} has neither a BOS nor an EOS token to start plain text with."
     )
 
@@ -90,7 +91,7 @@ def encode_output(
     boundary are the parts tokenized separately (as the training collator does).
     """
     if not output:
-        raise ValueError("An output to score is empty; there is no token to take the log-probability of.")
+        raise UserError("An output to score is empty; there is no token to take the log-probability of.")
     if context is None:
         return EncodedOutput([document_start_id(tokenizer)], encode(tokenizer, output), [])
     kwargs = template_kwargs or {}
@@ -99,7 +100,7 @@ def encode_output(
     full_text = render(tokenizer, [*messages, {"role": "assistant", "content": output}], **kwargs)
     end = turn_end(tokenizer)
     if not full_text.startswith(prompt_text) or not full_text.endswith(end.suffix):
-        raise ValueError(
+        raise UserError(
             f"The chat template of {tokenizer.name_or_path!r} does not render the generation prompt as a prefix of "
             f"the conversation, or does not end the assistant turn with {end.suffix!r}; cannot locate the output."
         )
@@ -192,7 +193,7 @@ def logprobs_of_encoded(
     if not encoded:
         return []
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
     full = [row.prompt + row.output + row.end for row in encoded]
     # The prefix stops before each row's last context token, so every row keeps a token to predict its output from.
     shared = common_prefix_length(full) if prefix_cache and len(full) > 1 else 0
@@ -276,7 +277,7 @@ def encode_rows(
                 tokenizer, context, output, template_kwargs=template_kwargs, system_prompt=system_prompt
             )
         except ValueError as error:
-            raise ValueError(f"Row {row}: {error}") from error
+            raise UserError(f"Row {row}: {error}") from error
         encoded.append(item if with_end else EncodedOutput(item.prompt, item.output, []))
     return encoded
 

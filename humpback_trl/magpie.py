@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
 from humpback_trl.curation import CurationSettings, curate, load_scorer
+from humpback_trl.errors import UserError
 from humpback_trl.filters import Check, exact_duplicate_check, near_duplicate_check, wrong_language
 from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
 from humpback_trl.hub import dataset_card
@@ -193,18 +194,18 @@ class MagpieArguments:
     def __post_init__(self) -> None:
         check_engine(self.engine)
         if self.num_samples < 1 or self.num_turns < 1:
-            raise ValueError(f"num_samples and num_turns must be positive, got {self.num_samples}, {self.num_turns}")
+            raise UserError(f"num_samples and num_turns must be positive, got {self.num_samples}, {self.num_turns}")
         weights = self.system_prompt_weights
         if weights is not None and (not self.system_prompts or len(weights) != len(self.system_prompts)):
-            raise ValueError(
+            raise UserError(
                 f"system_prompt_weights needs one weight per system prompt: {len(weights)} weights for "
                 f"{len(self.system_prompts or [])} system prompts"
             )
         if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
-            raise ValueError(f"system_prompt_weights must be non-negative with a positive sum, got {weights}")
+            raise UserError(f"system_prompt_weights must be non-negative with a positive sum, got {weights}")
         low, high = self.min_instruction_chars, self.max_instruction_chars
         if low is not None and high is not None and low > high:
-            raise ValueError(f"min_instruction_chars ({low}) is larger than max_instruction_chars ({high})")
+            raise UserError(f"min_instruction_chars ({low}) is larger than max_instruction_chars ({high})")
 
     @property
     def instruction_sampling(self) -> SamplingConfig:

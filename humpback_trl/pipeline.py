@@ -44,6 +44,7 @@ import yaml
 
 from humpback_trl.ablation import ABLATION_FILES, ABLATIONS, BASELINE_NAMES, ablation_verdict
 from humpback_trl.builtin_models import BUILTIN_PREFIX, resolve_model
+from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 from humpback_trl.shards import write_atomic
@@ -147,15 +148,15 @@ class LoopArguments:
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
-            raise ValueError("iterations must be at least 1")
+            raise UserError("iterations must be at least 1")
         if self.magpie not in MAGPIE_USES:
-            raise ValueError(f"magpie must be one of {MAGPIE_USES}, got {self.magpie!r}")
+            raise UserError(f"magpie must be one of {MAGPIE_USES}, got {self.magpie!r}")
         if self.preference not in PREFERENCES:
-            raise ValueError(f"preference must be one of {PREFERENCES}, got {self.preference!r}")
+            raise UserError(f"preference must be one of {PREFERENCES}, got {self.preference!r}")
         if self.ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
+            raise UserError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         if self.rewrite not in REWRITES:
-            raise ValueError(f"rewrite must be one of {REWRITES}, got {self.rewrite!r}")
+            raise UserError(f"rewrite must be one of {REWRITES}, got {self.rewrite!r}")
 
 
 @dataclass
@@ -184,10 +185,10 @@ def publishing(loop: LoopArguments) -> bool:
 
 def read_recipe(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"The loop needs the recipe {path}")
+        raise MissingFileError(f"The loop needs the recipe {path}")
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: a recipe is a mapping of option: value, got {type(config).__name__}")
+        raise UserError(f"{path}: a recipe is a mapping of option: value, got {type(config).__name__}")
     return config
 
 
@@ -200,7 +201,7 @@ def find_accelerate_config(name: str, folder: Path) -> Path:
     for place in places:
         if place.is_file():
             return place.resolve()
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"accelerate_config {name!r} not found (looked in: {', '.join(str(p) for p in places)}); "
         "set --accelerate_config to a file"
     )
@@ -584,7 +585,7 @@ def locked(output_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
-            raise OSError(
+            raise UserError(
                 f"{output_dir} is being written by another humpback run (pid {holder}); wait for it to finish, "
                 "stop it, or choose another --output_dir"
             ) from None
@@ -601,7 +602,7 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
     stages = plan(folder, loop)
     names = [stage.name for stage in stages]
     if start_from is not None and start_from not in names:
-        raise ValueError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
+        raise UserError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
     out = Path(loop.output_dir)
     with locked(out):
         model_seconds = prepare_models(stages)

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from humpback_trl.chat import TAG_CHOICES
 from humpback_trl.chat_template import Message, render, template_kwargs
 from humpback_trl.collators import SwappedFieldCollator, load_collator
+from humpback_trl.errors import UserError
 from humpback_trl.generation import SamplingConfig, generate
 from humpback_trl.hub import dataset_card
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
@@ -150,11 +151,11 @@ class PreferenceArguments:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UserError(message)
         if self.a5_threshold is None:
             self.a5_threshold = float(DEFAULT_THRESHOLDS[self.scoring_mode])
         if self.low_threshold >= self.a5_threshold:
-            raise ValueError(
+            raise UserError(
                 f"low_threshold ({self.low_threshold}) must be below a5_threshold ({self.a5_threshold}): a pair "
                 "cannot be both desirable and undesirable"
             )
@@ -308,7 +309,7 @@ def load_instructions(args: PreferenceArguments) -> Dataset:
     pool = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if args.instruction_min_score is not None:
         if all(score is None for score in pool["score"]):
-            raise ValueError(
+            raise UserError(
                 f"instruction_min_score is set but {args.instructions} hold no scores; pass a curation's scored.jsonl "
                 "or unset instruction_min_score"
             )
@@ -317,7 +318,7 @@ def load_instructions(args: PreferenceArguments) -> Dataset:
     if args.max_instructions is not None:
         pool = pool.select(range(min(args.max_instructions, len(pool))))
     if len(pool) == 0:
-        raise ValueError(f"No instructions to answer in {args.instructions} (after instruction_min_score)")
+        raise UserError(f"No instructions to answer in {args.instructions} (after instruction_min_score)")
     return pool
 
 

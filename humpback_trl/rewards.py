@@ -84,7 +84,7 @@ def instruction_text(prompt: Completion) -> str:
         return prompt
     users = [message["content"] for message in prompt if message["role"] == "user"]
     if not users:
-        raise ValueError(f"A conversational prompt without a user turn: {prompt!r}")
+        raise UserError(f"A conversational prompt without a user turn: {prompt!r}")
     return users[-1]
 
 
@@ -121,7 +121,7 @@ class RubricReward(PointwiseReward):
 
     def __init__(self, judge: Judge, batch_size: int = 8, prompt_style: str = "score-only") -> None:
         if prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"rubric_prompt must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+            raise UserError(f"rubric_prompt must be one of {PROMPT_STYLES}, got {prompt_style!r}")
         super().__init__(judge, batch_size)
         self.prompt_style = prompt_style
 
@@ -213,7 +213,7 @@ class PairwiseReward:
 
     def __init__(self, judge: Judge, batch_size: int = 8, length_window: float = LENGTH_WINDOW) -> None:
         if length_window < 0:
-            raise ValueError(f"pairwise_length_window must be at least 0, got {length_window}")
+            raise UserError(f"pairwise_length_window must be at least 0, got {length_window}")
         self.judge = judge
         self.batch_size = batch_size
         self.length_window = length_window

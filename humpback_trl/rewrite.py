@@ -42,6 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
 from humpback_trl.curation import CurationSettings, score_rows
+from humpback_trl.errors import UserError
 from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
 from humpback_trl.hub import candidates_repo_id, curated_repo_id, dataset_card
 from humpback_trl.likelihood import output_logprobs
@@ -210,15 +211,15 @@ class RewriteArguments:
         check_engine(self.engine)
         missing = [name for name in PLACEHOLDERS if name not in self.rewrite_prompt]
         if missing:
-            raise ValueError(f"rewrite_prompt must hold {' and '.join(PLACEHOLDERS)}; it lacks {' and '.join(missing)}")
+            raise UserError(f"rewrite_prompt must hold {' and '.join(PLACEHOLDERS)}; it lacks {' and '.join(missing)}")
         if self.on_unfaithful not in POLICIES:
-            raise ValueError(f"on_unfaithful must be one of {POLICIES}, got {self.on_unfaithful!r}")
+            raise UserError(f"on_unfaithful must be one of {POLICIES}, got {self.on_unfaithful!r}")
         if not 0 <= self.min_lexical <= 1:
-            raise ValueError(f"min_lexical must be within [0, 1], got {self.min_lexical}")
+            raise UserError(f"min_lexical must be within [0, 1], got {self.min_lexical}")
         if self.max_new_numbers < 0:
-            raise ValueError(f"max_new_numbers must be at least 0, got {self.max_new_numbers}")
+            raise UserError(f"max_new_numbers must be at least 0, got {self.max_new_numbers}")
         if self.push_to_hub and not self.hub_prefix:
-            raise ValueError("push_to_hub needs --hub_prefix (the rewritten pairs go to <hub_prefix>-rewritten-<k>).")
+            raise UserError("push_to_hub needs --hub_prefix (the rewritten pairs go to <hub_prefix>-rewritten-<k>).")
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -610,10 +611,10 @@ def free_models() -> None:
 def rewrite(args: RewriteArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
     """Rewrite, check, decide and write the stage's outputs; returns the rewrites table on every process."""
     if settings.curation_judges:
-        raise ValueError("rewrite scores with one model (model_name_or_path / adapter); leave curation_judges empty")
+        raise UserError("rewrite scores with one model (model_name_or_path / adapter); leave curation_judges empty")
     if settings.curation_engine == "vllm":
         # The likelihood check needs the scorer's logits, so one transformers model serves both checks and the score.
-        raise ValueError(
+        raise UserError(
             "rewrite scores with transformers (the likelihood check reads the scorer's logits): set curation_engine "
             "to transformers or auto"
         )

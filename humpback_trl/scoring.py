@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render
+from humpback_trl.errors import UserError
 from humpback_trl.generation import CACHE_ARGUMENT, SamplingConfig, generate
 from humpback_trl.likelihood import LIKELIHOOD_COLUMNS, LikelihoodWeights, PairLikelihood, likelihood_features
 from humpback_trl.padding import pad_batch
@@ -95,7 +96,7 @@ _SCORE_VALUE = re.compile(r"[ \t]*(\*{1,2}|_{1,2})?[ \t]*([1-5])(?:/5)?(?![.,/]?
 
 def check_prompt_style(style: str) -> None:
     if style not in RUBRICS:
-        raise ValueError(f"curation_prompt must be one of {PROMPT_STYLES}, got {style!r}")
+        raise UserError(f"curation_prompt must be one of {PROMPT_STYLES}, got {style!r}")
 
 
 def curation_prompt(instruction: str, output: str, style: PromptStyle = "verbatim") -> str:
@@ -202,7 +203,7 @@ def option_cue(tokenizer: PreTrainedTokenizerBase, context: str, cue: str, optio
         if ids is not None:
             return ScoreCue(text, ids)
         problems.append(problem)
-    raise ValueError(
+    raise UserError(
         f"Reading the answer from next-token probabilities needs each of {list(options)} to be one token after "
         f"{cue!r} (with or without a space), but for {tokenizer.name_or_path!r}: {'; '.join(problems)}."
     )
@@ -214,7 +215,7 @@ def score_cue(tokenizer: PreTrainedTokenizerBase) -> ScoreCue:
     try:
         return option_cue(tokenizer, context, SCORE_CUE, DIGITS)
     except ValueError as error:
-        raise ValueError(f"Logits scoring: {error} Use mode='generate' with this tokenizer.") from error
+        raise UserError(f"Logits scoring: {error} Use mode='generate' with this tokenizer.") from error
 
 
 def logits_prompt(

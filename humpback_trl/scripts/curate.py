@@ -20,6 +20,7 @@ from datasets import DatasetDict, concatenate_datasets
 from trl import TrlParser
 
 from humpback_trl.curation import CurationSettings, curate, load_scorer
+from humpback_trl.errors import UserError
 from humpback_trl.hub import curated_repo_id
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
@@ -46,9 +47,9 @@ class CurateArguments:
     def __post_init__(self) -> None:
         self.candidates = [self.candidates] if isinstance(self.candidates, str) else list(self.candidates)
         if not self.candidates:
-            raise ValueError("Set --candidates: the pool to score (files, folders or Hub dataset ids).")
+            raise UserError("Set --candidates: the pool to score (files, folders or Hub dataset ids).")
         if self.push_to_hub and not self.hub_prefix:
-            raise ValueError("push_to_hub needs --hub_prefix (the curated splits go to <hub_prefix>-curated-<k>).")
+            raise UserError("push_to_hub needs --hub_prefix (the curated splits go to <hub_prefix>-curated-<k>).")
 
 
 def run(argv: list[str] | None = None) -> DatasetDict:
