@@ -23,6 +23,8 @@ Beyond the paper, because a model that grades its own data trusts its own style 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import statistics
@@ -38,10 +40,11 @@ from humpback_trl import vllm_engine
 from humpback_trl.ablation import ablation_splits
 from humpback_trl.calibration import BUNDLED_DEV_SET, calibration_metrics, load_dev_set, spearman
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT
+from humpback_trl.errors import UserError
 from humpback_trl.generation import SamplingConfig, check_engine, resolve_engine
 from humpback_trl.hub import dataset_card
 from humpback_trl.instruction_checks import CHECKS, DEFAULT_CHECKS, InstructionChecks, check_counts
-from humpback_trl.likelihood import LikelihoodWeights
+from humpback_trl.likelihood import LikelihoodWeights, PairLikelihood
 from humpback_trl.model_specs import model_arguments, release_memory
 from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES
@@ -71,6 +74,14 @@ SCORED_FEATURES = Features(
     {**PAIR_FEATURES, "check": Value("string"), **{name: Value("float64") for name in LIKELIHOOD_FIELDS}}
 )
 PANEL_FEATURES = Features({**SCORED_FEATURES, "judge_scores": JUDGE_FEATURES})
+# One scored dev-set row, kept in shards like the pool's so that a rerun (a resumed or a publishing one) reuses it.
+DEV_SCORE_FEATURES = Features(
+    {
+        "dev_row": Value("int64"),
+        **{name: PAIR_FEATURES[name] for name in ("score", "score_argmax", "score_mass", "reasoning")},
+        **{name: Value("float64") for name in LIKELIHOOD_FIELDS},
+    }
+)
 # The paper's A5 and A4 shares of its ~502k candidates (41,821 and 195,043; Li et al. 2024, Table 2): likelihood
 # mode's defaults, as its score has no 1-5 scale to put a threshold on.
 PAPER_A5_SHARE = 0.083
@@ -231,14 +242,14 @@ class CurationSettings:
 
     def __post_init__(self) -> None:
         if self.curation_mode not in MODES:
-            raise ValueError(f"curation_mode must be one of {MODES}, got {self.curation_mode!r}")
+            raise UserError(f"curation_mode must be one of {MODES}, got {self.curation_mode!r}")
         check_engine(self.curation_engine, "curation_engine")
         if self.curation_prompt not in PROMPT_STYLES:
-            raise ValueError(f"curation_prompt must be one of {PROMPT_STYLES}, got {self.curation_prompt!r}")
+            raise UserError(f"curation_prompt must be one of {PROMPT_STYLES}, got {self.curation_prompt!r}")
         if self.curation_panel not in PANELS:
-            raise ValueError(f"curation_panel must be one of {PANELS}, got {self.curation_panel!r}")
+            raise UserError(f"curation_panel must be one of {PANELS}, got {self.curation_panel!r}")
         if not 0 <= self.min_score_mass <= 1:
-            raise ValueError(f"min_score_mass must be within [0, 1], got {self.min_score_mass}")
+            raise UserError(f"min_score_mass must be within [0, 1], got {self.min_score_mass}")
         if isinstance(self.curation_judges, str):
             self.curation_judges = [self.curation_judges]
         if self.calibration_dev_set is not None and self.calibration_dev_set.strip().lower() in OFF:
@@ -247,7 +258,7 @@ class CurationSettings:
         self.calibration_modes = off_to_empty(self.calibration_modes)
         unknown = [mode for mode in self.calibration_modes if mode not in MODES]
         if unknown:
-            raise ValueError(f"calibration_modes: {unknown} not among {MODES}")
+            raise UserError(f"calibration_modes: {unknown} not among {MODES}")
         self.checks  # noqa: B018 - builds InstructionChecks, which validates the check names and limits
         self._resolve_selection()
 
@@ -261,9 +272,9 @@ class CurationSettings:
         for split in SPLITS:
             fraction, threshold = getattr(self, f"{split}_fraction"), getattr(self, f"{split}_threshold")
             if fraction is not None and threshold is not None:
-                raise ValueError(f"Set {split}_fraction or {split}_threshold, not both")
+                raise UserError(f"Set {split}_fraction or {split}_threshold, not both")
             if fraction is not None and not 0 < fraction <= 1:
-                raise ValueError(f"{split}_fraction must be within (0, 1], got {fraction}")
+                raise UserError(f"{split}_fraction must be within (0, 1], got {fraction}")
             if fraction is None and threshold is None:
                 share, value = defaults[split]
                 if self.curation_mode == "likelihood":
@@ -514,6 +525,53 @@ class JudgeRun:
     dev: list[ScoreResult] | None
 
 
+def dev_set_digest(dev: Dataset) -> str:
+    """A short hash of the dev set's pairs: shards scored on another dev set (an edited file) are not reused."""
+    pairs = json.dumps([list(dev["instruction"]), list(dev["output"])], ensure_ascii=False)
+    return hashlib.sha256(pairs.encode("utf-8")).hexdigest()[:16]
+
+
+def result_from_row(row: dict[str, Any]) -> ScoreResult:
+    """The `ScoreResult` a dev shard row was written from (`as_fields` and `likelihood_fields` read back)."""
+    likelihood = None
+    if row["lp_cond"] is not None:
+        likelihood = PairLikelihood(**{name: row[name] for name in LIKELIHOOD_FIELDS}, score=row["score"])
+    return ScoreResult(row["score"], row["score_argmax"], row["score_mass"], row["reasoning"], likelihood)
+
+
+def score_dev_set(
+    model: Scorer,
+    tokenizer: PreTrainedTokenizerBase,
+    dev: Dataset,
+    settings: CurationSettings,
+    *,
+    scorer: str,
+    work_dir: Path,
+) -> list[ScoreResult]:
+    """`score_checked` on the dev set, shard by shard in `work_dir`: a rerun of a finished stage (to publish it)
+    or of a killed one scores only what is missing."""
+
+    def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        pairs = [(row["instruction"], row["output"]) for row in rows]
+        results = score_checked(model, tokenizer, pairs, settings)[0]
+        return [
+            {"dev_row": row["dev_row"], **result.as_fields(), **result.likelihood_fields()}
+            for row, result in zip(rows, results, strict=True)
+        ]
+
+    scored = run_sharded(
+        dev.add_column("dev_row", list(range(len(dev)))),
+        work,
+        work_dir,
+        shard_size=settings.curation_shard_size,
+        key="dev_row",
+        desc=f"Calibrating {scorer.split('/')[-1]} on the dev set",
+        features=DEV_SCORE_FEATURES,
+        job={"scorer": scorer, "dev_set": dev_set_digest(dev), **scoring_job(settings)},
+    )
+    return [result_from_row(row) for row in scored]
+
+
 def judge_run(
     model: Scorer,
     tokenizer: PreTrainedTokenizerBase,
@@ -521,9 +579,11 @@ def judge_run(
     dev: Dataset | None,
     settings: CurationSettings,
     name: str,
+    dev_dir: Path,
 ) -> JudgeRun:
-    dev_pairs = list(zip(dev["instruction"], dev["output"], strict=True)) if dev is not None else None
-    dev_results = score_checked(model, tokenizer, dev_pairs, settings)[0] if dev_pairs is not None else None
+    dev_results = None
+    if dev is not None:
+        dev_results = score_dev_set(model, tokenizer, dev, settings, scorer=name, work_dir=dev_dir)
     return JudgeRun(name, list(scored["score"]), list(scored["score_mass"]), dev_results)
 
 
@@ -541,7 +601,7 @@ def score_with_judge(
         scored = score_candidates(
             model, tokenizer, candidates, settings, iteration=iteration, scorer=name, work_dir=work_dir
         )
-        return judge_run(model, tokenizer, scored, dev, settings, name)
+        return judge_run(model, tokenizer, scored, dev, settings, name, work_dir / "calibration")
     finally:
         del model
         release_memory()
@@ -642,16 +702,22 @@ def side_mode_settings(settings: CurationSettings, mode: str) -> CurationSetting
 
 
 def side_mode_runs(
-    model: Scorer, tokenizer: PreTrainedTokenizerBase, dev: Dataset, settings: CurationSettings, scorer: str
+    model: Scorer,
+    tokenizer: PreTrainedTokenizerBase,
+    dev: Dataset,
+    settings: CurationSettings,
+    scorer: str,
+    work_dir: Path,
 ) -> list[tuple[str, list[ScoreResult], CurationSettings]]:
-    """The scoring model on the dev set in every `calibration_modes` entry other than the curation mode."""
-    pairs = list(zip(dev["instruction"], dev["output"], strict=True))
+    """The scoring model on the dev set in every `calibration_modes` entry other than the curation mode, each
+    resumable in `work_dir/<mode>`."""
     runs = []
     for mode in settings.calibration_modes:
         if mode == settings.curation_mode:
             continue
         side = side_mode_settings(settings, mode)
-        runs.append((f"{scorer} [{mode}]", score_checked(model, tokenizer, pairs, side)[0], side))
+        results = score_dev_set(model, tokenizer, dev, side, scorer=scorer, work_dir=work_dir / mode)
+        runs.append((f"{scorer} [{mode}]", results, side))
     return runs
 
 
@@ -675,8 +741,10 @@ def curate(
     scored = score_candidates(
         model, tokenizer, candidates, settings, iteration=iteration, scorer=scorer, work_dir=output_dir / "scoring"
     )
-    judges = [judge_run(model, tokenizer, scored, dev, settings, scorer)]
-    side_modes = side_mode_runs(model, tokenizer, dev, settings, scorer) if dev is not None else []
+    judges = [judge_run(model, tokenizer, scored, dev, settings, scorer, output_dir / "calibration")]
+    side_modes = []
+    if dev is not None:
+        side_modes = side_mode_runs(model, tokenizer, dev, settings, scorer, output_dir / "calibration-modes")
     for index, name in enumerate(settings.curation_judges, start=1):
         judges.append(
             score_with_judge(name, candidates, dev, settings, iteration, output_dir / f"scoring-judge-{index}")
