@@ -144,9 +144,11 @@ def test_magpie_identical_pre_query_prompts_give_distinct_instructions(model_arg
 
 
 def curate_on_vllm(model_args, mode: str, tmp_path):
+    # The instruction checks are off: this compares the engines' scores, and a check leaves a pair unscored.
     settings = CurationSettings(
-        curation_engine="vllm", curation_mode=mode, curation_max_new_tokens=24, calibration_dev_set=None
-    )
+        curation_engine="vllm", curation_mode=mode, curation_max_new_tokens=24, calibration_dev_set=None,
+        instruction_checks=[],
+    )  # fmt: skip
     scorer, tokenizer = load_scorer(model_args, settings)
     assert isinstance(scorer, vllm_engine.VllmModel) and scorer.adapter == model_args.adapter
     rows = [make_pair(i, o, "augmented", str(n)) for n, (i, o) in enumerate(PAIRS)]

@@ -60,7 +60,7 @@ def model_args(smollm2_dir, tmp_path_factory) -> InferenceModelArguments:
 def test_likelihood_curation_matches_transformers(model_args, tmp_path) -> None:
     settings = CurationSettings(
         curation_engine="vllm", curation_mode="likelihood", a4_fraction=1.0, a5_fraction=0.5,
-        one_pair_per_segment=False, calibration_dev_set=None,
+        one_pair_per_segment=False, calibration_dev_set=None, instruction_checks=[],
     )  # fmt: skip
     scorer, tokenizer = load_scorer(model_args, settings)
     assert isinstance(scorer, vllm_engine.VllmModel)
