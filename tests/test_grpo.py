@@ -216,8 +216,9 @@ def test_the_loop_plans_grpo_after_m_k_and_an_eval_without_the_reward_method(tmp
     assert values["prompts"] == str(tmp_path / "out" / "curate-2" / "scored.jsonl")
     assert values["allow_weak_judge"] == "true"  # the tiny random model only
     assert "m2-grpo" in evaluation.upstream
-    # The quickstart rewards with likelihood, and the eval's judge is the same base model: it judges without it.
-    assert pipeline.override_values(evaluation.overrides)["judge_method"] == ["pairwise", "rubric"]
+    # The quickstart rewards with likelihood and its eval judges with [likelihood, rubric] on the same base model:
+    # the eval keeps the rubric only.
+    assert pipeline.override_values(evaluation.overrides)["judge_method"] == "rubric"
     real = pipeline.LoopArguments(output_dir=str(tmp_path / "out"), preference="grpo")
     assert "allow_weak_judge" not in pipeline.override_values(pipeline.plan(QUICKSTART, real)[-2].overrides)
 
