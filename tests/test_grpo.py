@@ -283,7 +283,8 @@ def test_the_quickstart_loop_trains_a_grpo_adapter_and_reports_reward_and_length
     # The eval compares M2-grpo with M2 under the same base model, but not by the likelihood that rewarded it.
     evaluation = report["evaluation"]
     assert "M2-grpo" in json.dumps(evaluation)
-    assert "--judge_method pairwise rubric" in json.loads((out / ".stages" / "eval.json").read_text())["command"]
+    command = json.loads((out / ".stages" / "eval.json").read_text())["command"]
+    assert "--judge_method rubric" in command and "likelihood" not in command.split("--judge_method")[1]
 
 
 class FixedRewards:
