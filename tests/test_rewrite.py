@@ -249,6 +249,8 @@ def test_loop_with_rewrite_replace_trains_m1_on_the_rewritten_pairs(tmp_path):
             "min_score_mass": 0.0,
             "a4_threshold": 1.0,
             "a5_threshold": 1.0,
+            "a4_fraction": None,
+            "a5_fraction": None,
         },
         "augment.yaml": {"max_new_tokens": 8, "max_segments": 4},
         "corpus.yaml": {},
