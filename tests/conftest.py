@@ -18,6 +18,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from humpback_trl.builtin_models import GGUF_MODELS, SMOLLM2, cache_root, gguf_model_path  # noqa: E402
 from humpback_trl.tiny import build_model, build_tokenizer  # noqa: E402
@@ -228,3 +229,13 @@ def kill_tree(pid: int) -> None:
             process.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+ADAPTER = "adapter_model.safetensors"
+
+
+def largest_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between two saved adapters' weights (same keys asserted)."""
+    first, second = load_file(str(a / ADAPTER)), load_file(str(b / ADAPTER))
+    assert first.keys() == second.keys()
+    return max((first[k].float() - second[k].float()).abs().max().item() for k in first)

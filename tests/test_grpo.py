@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from safetensors.torch import load_file
+from conftest import ADAPTER, largest_difference
 from sft_adapter import SYSTEM_PROMPT, make_sft_adapter
 
 from humpback_trl import grpo_training
@@ -24,7 +24,6 @@ from humpback_trl.rewards import Judge, PointwiseReward
 from humpback_trl.scripts import grpo
 from humpback_trl.training import last_checkpoint
 
-ADAPTER = "adapter_model.safetensors"
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart"
 INSTRUCTIONS = [f"What is {i} plus {i}?" for i in range(5)]
 
@@ -56,12 +55,6 @@ def recipe(folder, m_k, prompts, **overrides):
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
-
-
-def largest_difference(a, b) -> float:
-    first, second = load_file(str(a / ADAPTER)), load_file(str(b / ADAPTER))
-    assert first.keys() == second.keys()
-    return max((first[k].float() - second[k].float()).abs().max().item() for k in first)
 
 
 def test_grpo_trains_m_k_with_a_fixed_judge_and_publishes(tmp_path, m_k, prompts, tiny_model_dir, recorded_pushes):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
+from conftest import ADAPTER, largest_difference
 from sft_adapter import make_sft_adapter
 from transformers import Trainer
 
@@ -18,7 +18,6 @@ from humpback_trl.scripts import dpo, kto, sft
 from humpback_trl.training import last_checkpoint
 
 PAIRS = [{"instruction": f"What is {i} plus {i}?", "output": f"It is {2 * i}. " * 3, "id": f"p{i}"} for i in range(24)]
-ADAPTER = "adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +42,6 @@ def recipe(folder, model_dir, data_path, **overrides):
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
-
-
-def largest_difference(a, b) -> float:
-    first, second = load_file(str(a / ADAPTER)), load_file(str(b / ADAPTER))
-    assert first.keys() == second.keys()
-    return max((first[k].float() - second[k].float()).abs().max().item() for k in first)
 
 
 def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
