@@ -239,3 +239,31 @@ def largest_difference(a: Path, b: Path) -> float:
     first, second = load_file(str(a / ADAPTER)), load_file(str(b / ADAPTER))
     assert first.keys() == second.keys()
     return max((first[k].float() - second[k].float()).abs().max().item() for k in first)
+
+
+def skip_without_vllm() -> None:
+    """The module-level guard of the vLLM test files: they skip where vLLM (or the SmolLM2 wheel) is not installed,
+    unless HUMPBACK_REQUIRE_VLLM=1 (CI's vLLM environment), which turns the skip into a failure."""
+    required = os.environ.get("HUMPBACK_REQUIRE_VLLM") == "1"
+    for package in ("vllm", GGUF_MODELS[SMOLLM2].package):
+        if importlib.util.find_spec(package) is None:
+            if required:
+                pytest.fail(f"HUMPBACK_REQUIRE_VLLM=1 but {package} is not installed", pytrace=False)
+            pytest.skip(f"{package} is not installed", allow_module_level=True)
+
+
+def random_lora_adapter(base_dir: str | Path, folder: Path) -> str:
+    """A LoRA adapter on the model in `base_dir` with small random B weights (peft starts B at zero, which would
+    change nothing), saved with its tokenizer as training saves one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    for name, weight in peft_model.named_parameters():
+        if "lora_B" in name:
+            weight.data = torch.randn(weight.shape, generator=generator) * 0.02
+    peft_model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
+    return str(folder)

@@ -7,23 +7,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
+from conftest import random_lora_adapter, skip_without_vllm  # noqa: E402
 
-from humpback_trl.builtin_models import GGUF_MODELS, SMOLLM2  # noqa: E402
+skip_without_vllm()
 
-REQUIRED = os.environ.get("HUMPBACK_REQUIRE_VLLM") == "1"
-for package in ("vllm", GGUF_MODELS[SMOLLM2].package):
-    if importlib.util.find_spec(package) is None:
-        if REQUIRED:
-            pytest.fail(f"HUMPBACK_REQUIRE_VLLM=1 but {package} is not installed", pytrace=False)
-        pytest.skip(f"{package} is not installed", allow_module_level=True)
-
-import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from humpback_trl import vllm_engine  # noqa: E402
 from humpback_trl.curation import CurationSettings, curate, load_scorer, scoring_engine  # noqa: E402
@@ -51,17 +41,7 @@ def model_args(smollm2_dir) -> InferenceModelArguments:
 
 @pytest.fixture(scope="module")
 def adapter_args(smollm2_dir, tmp_path_factory) -> InferenceModelArguments:
-    """A LoRA adapter on SmolLM2 with small random B weights (peft starts B at zero), saved with its tokenizer."""
-    path = tmp_path_factory.mktemp("lora")
-    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    generator = torch.Generator().manual_seed(0)
-    for name, weight in peft_model.named_parameters():
-        if "lora_B" in name:
-            weight.data = torch.randn(weight.shape, generator=generator) * 0.02
-    peft_model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(path)
-    return InferenceModelArguments(adapter=str(path))
+    return InferenceModelArguments(adapter=random_lora_adapter(smollm2_dir, tmp_path_factory.mktemp("lora")))
 
 
 def test_likelihood_with_an_adapter_scores_on_transformers_under_auto_and_is_refused_on_vllm(adapter_args) -> None:
