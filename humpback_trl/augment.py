@@ -14,7 +14,6 @@ computes the segment's own passes once for all N.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,68 +23,15 @@ from transformers import set_seed
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
-from humpback_trl.errors import MissingColumnError, UserError
-from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
+from humpback_trl.configs import AugmentArguments
+from humpback_trl.errors import MissingColumnError
+from humpback_trl.generation import generate, resolve_engine
 from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
-
-
-@dataclass
-class AugmentArguments:
-    corpus: str = field(
-        metadata={
-            "help": "Prepared segments (`humpback corpus` output folder's dataset/, a jsonl/parquet file or a Hub id)."
-        }
-    )
-    text_column: str = field(
-        default="text", metadata={"help": "Column of the corpus segments: the output each instruction is written for."}
-    )
-    id_column: str = field(
-        default="segment_id", metadata={"help": "Column with a unique id per segment (the shard key and source_id)."}
-    )
-    corpus_split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset corpus."})
-    max_segments: int | None = field(default=None, metadata={"help": "Use only the first N segments."})
-    instructions_per_segment: int = field(
-        default=1,
-        metadata={
-            "help": "Instructions sampled per segment (ids <segment>#1..#N when above 1); curation keeps the "
-            "best scored per segment."
-        },
-    )
-    output_dir: str = field(
-        default="outputs/augment",
-        metadata={"help": "candidates.jsonl, candidates/ (save_to_disk), shards/, report, card."},
-    )
-    engine: str = field(
-        default="auto",
-        metadata={"help": "auto (vllm where installed, else transformers) | transformers (batched) | vllm."},
-    )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper: 0.7)."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling top-p (the paper: 0.9)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Instruction length cap in tokens."})
-    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
-    shard_size: int = field(default=256, metadata={"help": "Segments per resumable shard."})
-    seed: int = field(
-        default=42,
-        metadata={
-            "help": "Sampling seed; each shard seeds from it and its first segment, so a resumed shard samples alike."
-        },
-    )
-    hub_prefix: str | None = field(default=None, metadata={"help": "Push the candidates to <hub_prefix>-candidates."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the candidates to <hub_prefix>-candidates."})
-    hub_private_repo: bool | None = field(
-        default=None,
-        metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
-    )
-
-    def __post_init__(self) -> None:
-        check_engine(self.engine)
-        if self.instructions_per_segment < 1:
-            raise UserError(f"instructions_per_segment must be at least 1, got {self.instructions_per_segment}")
 
 
 def load_segments(args: AugmentArguments) -> Dataset:
@@ -114,7 +60,7 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
     segments = load_segments(args)
     tokenizer = load_tokenizer(model_args)
     collator = load_collator(tokenizer, adapter_folder(model_args), "backward")
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    sampling = args.sampling
     engine = resolve_engine(args.engine)
     model = load_model(model_args)[0] if engine == "transformers" else vllm_engine.from_arguments(model_args)
 

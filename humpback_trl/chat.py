@@ -16,24 +16,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import render
 from humpback_trl.collators import SwappedFieldCollator, load_collator
+from humpback_trl.configs import TAG_CHOICES, ChatArguments
 from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.generation import SamplingConfig, generate
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model
 from humpback_trl.tagging import INFERENCE_SOURCES
-
-TAG_CHOICES: dict[str, tuple[str, ...]] = {
-    "both": INFERENCE_SOURCES,
-    "seed": ("seed",),
-    "augmented": ("augmented",),
-    "none": (),
-}
 
 
 @dataclass
@@ -81,21 +75,6 @@ def load_humpback(
     model, tokenizer = load_model(args)
     collator = load_collator(tokenizer, adapter_folder(args), "forward")
     return HumpbackChat(model, tokenizer, collator, TAG_CHOICES[tags])
-
-
-@dataclass
-class ChatArguments:
-    prompt: list[str] = field(default_factory=list, metadata={"help": "Prompts to answer."})
-    prompts_file: str | None = field(
-        default=None, metadata={"help": "A text file (one prompt a line) or jsonl with an 'instruction' field."}
-    )
-    tags: str = field(
-        default="both", metadata={"help": "Source tags appended to prompts: both | seed | augmented | none."}
-    )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (the paper's 0.7)."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling mass (the paper's 0.9)."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
-    greedy: bool = field(default=False, metadata={"help": "Greedy decoding instead of sampling."})
 
 
 def jsonl_instruction(line: str, path: str, number: int) -> str:

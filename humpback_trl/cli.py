@@ -3,8 +3,8 @@
 Subcommands run in this process; for several processes use `accelerate launch -m humpback_trl.scripts.<command>`,
 whose `__main__` goes through `run_command` too, so errors read the same either way.
 
-- `humpback --help` and `humpback <command> --help` print without importing torch (cli_help reads the options from
-  the source); `--help-all` prints the full argparse help, trainer options included.
+- `humpback --help` and `humpback <command> --help` print without importing torch (the options are declared in
+  the torch-free `humpback_trl.configs`); `--help-all` prints the full argparse help, trainer options included.
 - A user error prints one line naming it and exits 2: a `UserError` (humpback_trl/errors.py: a missing file, column
   or model, a malformed data file), an error the parser raised while reading the recipe and the command line (an
   unknown key, a value of the wrong type: argparse's whole usage is replaced by a pointer to --help), or a missing
@@ -25,49 +25,47 @@ from typing import Any
 
 import yaml
 
+from humpback_trl import configs
 from humpback_trl.cli_help import Command, Option, render_help
 from humpback_trl.errors import UserError
 from humpback_trl.paths import MODEL_OPTIONS, check_local
-
-MODEL_ARGS = "humpback_trl.modeling:InferenceModelArguments"
-CURATION = "humpback_trl.curation:CurationSettings"
 
 COMMANDS: dict[str, Command] = {
     "sft": Command(
         "humpback_trl.scripts.sft",
         "Train a forward or backward model on pair data with TRL's SFTTrainer (QLoRA in the recipes).",
-        ("humpback_trl.training:HumpbackSFTArguments",),
+        (configs.HumpbackSFTArguments,),
         ("trl SFTConfig", "trl ModelConfig"),
     ),
     "corpus": Command(
         "humpback_trl.scripts.corpus",
         "Split unlabeled documents into filtered, deduplicated segments.",
-        ("humpback_trl.corpus:CorpusConfig", "humpback_trl.scripts.corpus:CorpusOutputArguments"),
+        (configs.CorpusConfig, configs.CorpusOutputArguments),
     ),
     "augment": Command(
         "humpback_trl.scripts.augment",
         "The backward model writes an instruction for every segment (self-augmentation).",
-        ("humpback_trl.augment:AugmentArguments", MODEL_ARGS),
+        (configs.AugmentArguments, configs.InferenceModelArguments),
     ),
     "curate": Command(
         "humpback_trl.scripts.curate",
         "A forward model scores candidate pairs with the rubric and selects A4 / A5 (self-curation).",
-        ("humpback_trl.scripts.curate:CurateArguments", MODEL_ARGS, CURATION),
+        (configs.CurateArguments, configs.InferenceModelArguments, configs.CurationSettings),
     ),
     "magpie": Command(
         "humpback_trl.scripts.magpie",
         "An aligned chat model writes instructions and answers from its pre-query template (MAGPIE).",
-        ("humpback_trl.magpie:MagpieArguments", MODEL_ARGS, CURATION),
+        (configs.MagpieArguments, configs.InferenceModelArguments, configs.CurationSettings),
     ),
     "rewrite": Command(
         "humpback_trl.scripts.rewrite",
         "An aligned model rewrites curated outputs as answers grounded in their source, checked for faithfulness.",
-        ("humpback_trl.rewrite:RewriteArguments", MODEL_ARGS, CURATION),
+        (configs.RewriteArguments, configs.InferenceModelArguments, configs.CurationSettings),
     ),
     "run": Command(
         "humpback_trl.scripts.run",
         "The whole loop from a recipe folder (its loop.yaml and one recipe per stage).",
-        ("humpback_trl.pipeline:LoopArguments",),
+        (configs.LoopArguments,),
         usage="RECIPE_FOLDER|LOOP.yaml [--from STAGE] [--key value ...]",
         epilog="Stages, in order: corpus -> myx (backward model) -> augment -> [magpie] -> m0 -> curate-1 (M0 scores "
         "the pool) -> m1 -> ... -> curate-K -> mK [-> preferences -> mK-dpo | mK-kto] [-> eval]. A rerun skips "
@@ -99,40 +97,40 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "humpback_trl.scripts.eval",
         "Models answer an instruction set; a local judge compares their answers in both orders.",
-        ("humpback_trl.evaluation:EvalArguments",),
+        (configs.EvalArguments,),
     ),
     "calibrate": Command(
         "humpback_trl.scripts.calibrate",
         "A scorer's ROC AUC and A4/A5 precision/recall on a labelled dev set.",
-        ("humpback_trl.scripts.calibrate:CalibrateArguments", "humpback_trl.scripts.calibrate:CalibrationSettings"),
+        (configs.CalibrateArguments, configs.CalibrationSettings),
     ),
     "preferences": Command(
         "humpback_trl.scripts.preferences",
         "Preference data from rubric scores: self-rewarding DPO pairs from M_k, or KTO rows from a scored pool.",
-        ("humpback_trl.preferences:PreferenceArguments", MODEL_ARGS),
+        (configs.PreferenceArguments, configs.InferenceModelArguments),
     ),
     "dpo": Command(
         "humpback_trl.scripts.dpo",
         "Train an SFT adapter (M_k) further with TRL's DPOTrainer on preference pairs.",
-        ("humpback_trl.preference_training:PreferenceTrainingArguments",),
+        (configs.PreferenceTrainingArguments,),
         ("trl DPOConfig", "trl ModelConfig"),
     ),
     "kto": Command(
         "humpback_trl.scripts.kto",
         "Train an SFT adapter (M_k) further with TRL's KTOTrainer on desirable/undesirable rows.",
-        ("humpback_trl.preference_training:PreferenceTrainingArguments",),
+        (configs.PreferenceTrainingArguments,),
         ("trl KTOConfig", "trl ModelConfig"),
     ),
     "grpo": Command(
         "humpback_trl.scripts.grpo",
         "Train an SFT adapter (M_k) further online with TRL's GRPOTrainer, a calibrated fixed judge as reward.",
-        ("humpback_trl.grpo_training:GRPOArguments",),
+        (configs.GRPOArguments,),
         ("trl GRPOConfig", "trl ModelConfig"),
     ),
     "chat": Command(
         "humpback_trl.scripts.chat",
         "Answer prompts with a published (or local) Humpback adapter.",
-        ("humpback_trl.chat:ChatArguments", MODEL_ARGS),
+        (configs.ChatArguments, configs.InferenceModelArguments),
         usage="--adapter DIR_OR_REPO --prompt TEXT [TEXT ...] [--key value ...]",
     ),
 }

@@ -25,7 +25,6 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +32,7 @@ import datasets
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from humpback_trl.configs import CorpusConfig
 from humpback_trl.errors import MissingColumnError, MissingFileError, UserError, malformed_data_file
 from humpback_trl.filters import (
     Check,
@@ -42,16 +42,10 @@ from humpback_trl.filters import (
     near_duplicate_check,
 )
 from humpback_trl.pairs import datasets_errors_raised
-from humpback_trl.segmentation import DOC_FORMATS, Segment, split, truncate_document
+from humpback_trl.segmentation import Segment, split, truncate_document
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BOILERPLATE_HEADERS = (
-    "advertisement", "advertising", "sponsored", "forum", "quick link", "free newsletter", "newsletter",
-    "related post", "related article", "you may also like", "share this", "comment", "leave a reply", "navigation",
-    "menu", "subscribe", "cookie policy", "cookie settings", "privacy policy", "terms of use", "sign up", "log in",
-    "login", "follow us", "contact us", "sitemap", "recent post", "popular post", "skip to content",
-)  # fmt: skip
 REMOVAL_KEYS = (
     "removed_empty_header", "removed_all_caps_header", "removed_capital_header", "removed_boilerplate_header",
     "removed_too_short", "removed_too_long", "removed_repeated_sentences", "removed_exact_duplicate",
@@ -79,69 +73,6 @@ CORPUS_FEATURES = datasets.Features(
 
 _FILE_FORMATS = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".txt": None}
 _SUPPORTED_SUFFIXES = (*_FILE_FORMATS, ".jsonl", ".json", ".csv", ".parquet")
-
-
-@dataclass
-class CorpusConfig:
-    """Input and filters of the corpus step. A filter is switched off with False, None or an empty list."""
-
-    source: str = field(
-        metadata={"help": "Local file, directory of files, Hugging Face Hub dataset id, or builtin:python-docs."}
-    )
-    text_column: str = field(default="text", metadata={"help": "Column holding the documents (tabular inputs)."})
-    id_column: str | None = field(default=None, metadata={"help": "Column with document ids; else '<name>:<row>'."})
-    doc_format: str = field(
-        default="text",
-        metadata={"help": "Format of text-column documents and .txt files: text | markdown | html | auto."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_split: str = field(
-        default="train", metadata={"help": "Hub dataset split (streamed, so no slice: cap it with max_documents)."}
-    )
-    max_documents: int | None = field(
-        default=None,
-        metadata={"help": "Read at most this many documents; a Hub dataset is streamed, so nothing more is fetched."},
-    )
-    max_document_chars: int = field(
-        default=200_000, metadata={"help": "Longer documents are cut at the last whitespace before this length."}
-    )
-    min_chars: int | None = field(default=600, metadata={"help": "Drop shorter segments (paper: 600)."})
-    max_chars: int | None = field(default=3000, metadata={"help": "Drop longer segments (paper: 3,000)."})
-    drop_empty_headers: bool = field(default=True, metadata={"help": "Drop segments of headed docs with no header."})
-    drop_all_caps_headers: bool = field(default=True, metadata={"help": "Drop segments with an ALL-CAPS header."})
-    max_header_capital_ratio: float | None = field(
-        default=0.5, metadata={"help": "Drop segments whose header has a larger share of capital letters."}
-    )
-    boilerplate_headers: list[str] = field(
-        default_factory=lambda: list(DEFAULT_BOILERPLATE_HEADERS),
-        metadata={"help": "Drop segments whose header contains one of these phrases (whole words, any case)."},
-    )
-    max_sentence_similarity: float | None = field(
-        default=0.7, metadata={"help": "Drop segments with two sentences whose n-gram Jaccard exceeds this."}
-    )
-    sentence_ngram: int = field(default=3, metadata={"help": "Word n-gram size for the sentence similarity."})
-    exact_dedup: bool = field(default=True, metadata={"help": "Drop repeats of a whitespace/case-normalised text."})
-    near_dedup_threshold: float | None = field(
-        default=0.8, metadata={"help": "MinHash-LSH Jaccard threshold for near-duplicates."}
-    )
-    minhash_num_perm: int = field(default=128, metadata={"help": "MinHash permutations."})
-    minhash_ngram: int = field(default=5, metadata={"help": "Word n-gram size of the MinHash shingles."})
-    minhash_seed: int = field(default=1, metadata={"help": "MinHash seed; fixed so runs are reproducible."})
-
-    def __post_init__(self) -> None:
-        if self.doc_format not in DOC_FORMATS:
-            raise UserError(f"doc_format must be one of {DOC_FORMATS}, got {self.doc_format!r}")
-        if self.max_document_chars < 1:
-            raise UserError(f"max_document_chars must be positive, got {self.max_document_chars}")
-        if self.max_documents is not None and self.max_documents < 1:
-            raise UserError(f"max_documents must be positive, got {self.max_documents}")
-        if "[" in self.dataset_split:
-            raise UserError(
-                f"dataset_split={self.dataset_split!r}: Hub datasets are streamed, which takes no slice (a slice "
-                "downloads the whole split first); use the plain split name and max_documents."
-            )
-        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
-            raise UserError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
 
 
 class Document(NamedTuple):

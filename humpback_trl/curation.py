@@ -29,7 +29,7 @@ import logging
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +38,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl import vllm_engine
 from humpback_trl.ablation import ablation_splits
-from humpback_trl.calibration import BUNDLED_DEV_SET, calibration_metrics, load_dev_set, spearman
-from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT
+from humpback_trl.calibration import calibration_metrics, load_dev_set, spearman
+from humpback_trl.configs import CurationSettings
 from humpback_trl.errors import UserError
-from humpback_trl.generation import SamplingConfig, check_engine, resolve_engine
+from humpback_trl.generation import SamplingConfig, resolve_engine
 from humpback_trl.hub import dataset_card
-from humpback_trl.instruction_checks import CHECKS, DEFAULT_CHECKS, InstructionChecks, check_counts
-from humpback_trl.likelihood import LikelihoodWeights, PairLikelihood
+from humpback_trl.instruction_checks import check_counts
+from humpback_trl.likelihood import PairLikelihood
 from humpback_trl.model_specs import model_arguments, release_memory
 from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES
 from humpback_trl.reports import curation_summary
 from humpback_trl.scoring import (
-    A4_THRESHOLD,
-    DEFAULT_THRESHOLDS,
     GENERATE_SAMPLING,
     LIKELIHOOD_FIELDS,
-    MODES,
-    PROMPT_STYLES,
     ScoreResult,
     score_pairs,
 )
@@ -65,7 +61,6 @@ from humpback_trl.stage import StageOutputs, finish_stage
 logger = logging.getLogger(__name__)
 
 CURATED_FOLDER = "curated"
-PANELS = ("mean", "min")
 # The scored pool of a panel keeps each judge's own score and digit mass beside the panel's.
 JUDGE_FEATURES = [{"judge": Value("string"), "score": Value("float64"), "mass": Value("float64")}]
 # The scored pool: the pair schema, the instruction check that rejected a pair (null when it passed) and the
@@ -82,253 +77,8 @@ DEV_SCORE_FEATURES = Features(
         **{name: Value("float64") for name in LIKELIHOOD_FIELDS},
     }
 )
-# The paper's A5 and A4 shares of its ~502k candidates (41,821 and 195,043; Li et al. 2024, Table 2): likelihood
-# mode's defaults, as its score has no 1-5 scale to put a threshold on.
-PAPER_A5_SHARE = 0.083
-PAPER_A4_SHARE = 0.388
-SPLITS = ("a4", "a5")
-_WEIGHTS = LikelihoodWeights()
-OFF = ("", "none", "null")
 # What scores: a transformers model in memory, or a model served by vLLM.
 Scorer = PreTrainedModel | vllm_engine.VllmModel
-
-
-@dataclass
-class CurationSettings:
-    curation_mode: str = field(
-        default="logits",
-        metadata={
-            "help": "logits (one forward pass, probability-weighted rubric score), generate (the paper's reasoning "
-            "+ Score: N) or likelihood (the forward model's likelihoods of the output with and without the "
-            "instruction: PMI, end-of-turn, IFD; no rubric)."
-        },
-    )
-    curation_engine: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (vllm where installed, else transformers) | transformers | vllm: what "
-            "`humpback curate` and MAGPIE's curation score with (the SelfCurationCallback scores with the model in "
-            "memory)."
-        },
-    )
-    curation_batch_size: int = field(
-        default=8, metadata={"help": "Pairs per forward pass in logits and likelihood mode."}
-    )
-    curation_prefix_cache: bool = field(
-        default=True,
-        metadata={
-            "help": "Encode the shared prompt prefix once (the rubric in logits mode, the chat header in "
-            "likelihood mode)."
-        },
-    )
-    curation_token_budget: int = field(default=16384, metadata={"help": "Tokens per generation batch (generate mode)."})
-    curation_max_new_tokens: int = field(default=256, metadata={"help": "Reasoning length (generate mode)."})
-    a4_threshold: float | None = field(
-        default=None,
-        metadata={
-            "help": "A4 threshold: pairs scoring at least this; default 4 in logits and generate mode (the "
-            "paper's), a4_fraction in likelihood mode."
-        },
-    )
-    a5_threshold: float | None = field(
-        default=None,
-        metadata={
-            "help": "A5 threshold; default 4.5 in logits mode, 5 in generate mode (the paper's), a5_fraction in "
-            "likelihood mode."
-        },
-    )
-    a4_fraction: float | None = field(
-        default=None,
-        metadata={
-            "help": "Instead of a4_threshold: A4 is this share of the pool, the best scored (default 0.388 in "
-            "likelihood mode: the paper's 195,043 of ~502k)."
-        },
-    )
-    a5_fraction: float | None = field(
-        default=None,
-        metadata={
-            "help": "Instead of a5_threshold: A5 is this share of the pool, the best scored (default 0.083 in "
-            "likelihood mode: the paper's 41,821 of ~502k)."
-        },
-    )
-    one_pair_per_segment: bool = field(
-        default=True,
-        metadata={
-            "help": "A4 / A5 keep at most one pair per segment (output), the best scored; the others are "
-            "counted as same_segment."
-        },
-    )
-    instruction_checks: list[str] = field(
-        default_factory=lambda: list(DEFAULT_CHECKS),
-        metadata={
-            "help": f"Checks on each instruction before scoring, any of {list(CHECKS)} (default all but unrelated), "
-            "or none: a pair that fails one is not scored and stays in the scored pool with its check reason."
-        },
-    )
-    check_min_chars: int = field(
-        default=10, metadata={"help": "Check too_short: instructions shorter than this many characters."}
-    )
-    check_max_share: float = field(
-        default=0.5,
-        metadata={
-            "help": "Check too_long: instructions longer than this share of their output (and than 200 "
-            "characters): a restatement, which likelihood signals would reward."
-        },
-    )
-    check_max_copied_share: float = field(
-        default=0.5,
-        metadata={"help": "Check copied: instructions with at least this share of their word trigrams in the output."},
-    )
-    check_backward_prompt: str = field(
-        default=DEFAULT_BACKWARD_PROMPT,
-        metadata={"help": "Check prompt_echo: the backward prompt whose wording a failed instruction repeats."},
-    )
-    likelihood_pmi_weight: float = field(
-        default=_WEIGHTS.pmi, metadata={"help": "Likelihood score: weight of PMI (lp_cond - lp_uncond)."}
-    )
-    likelihood_end_weight: float = field(
-        default=_WEIGHTS.end, metadata={"help": "Likelihood score: weight of lp_end (the end-of-turn token)."}
-    )
-    likelihood_cond_weight: float = field(
-        default=_WEIGHTS.cond, metadata={"help": "Likelihood score: weight of lp_cond (mean log-prob per token)."}
-    )
-    likelihood_ifd_weight: float = field(
-        default=_WEIGHTS.ifd, metadata={"help": "Likelihood score: weight of IFD (subtracted: low IFD is better)."}
-    )
-    curation_shard_size: int = field(default=256, metadata={"help": "Pairs per resumable shard."})
-    # Default verbatim (the paper's text): measured with SmolLM2-135M-Instruct on builtin:dev (logits mode), ROC AUC
-    # 0.58 verbatim vs 0.48 score-only; REFERENCE.md section 6 found the opposite (0.71 vs 0.81) on another 100-pair
-    # set. Both near chance for a 135M judge: rerun `humpback calibrate --prompt_styles verbatim score-only` per model.
-    curation_prompt: str = field(
-        default="verbatim",
-        metadata={
-            "help": "verbatim (the paper's rubric) | score-only (without its 'reason first, then write Score:' "
-            "sentence, which logits mode contradicts). Logits mode only; generate mode always uses verbatim."
-        },
-    )
-    min_score_mass: float = field(
-        default=0.5,
-        metadata={
-            "help": "Logits mode: pairs where the model puts less probability than this on the digits 1-5 stay out "
-            "of A4/A5 (counted as low_mass); 0 turns the floor off."
-        },
-    )
-    curation_judges: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Extra scoring models beside M_k (adapter folders, model folders or Hub ids), same rubric and "
-            "mode: a second opinion against self-agreement."
-        },
-    )
-    curation_panel: str = field(
-        default="mean", metadata={"help": "How the judges' scores combine into the pair's score: mean | min."}
-    )
-    # On by default: it is the curation's only check from outside the pool, and 100 pairs per judge cost next to
-    # nothing beside a pool of thousands (one forward pass each in logits mode).
-    calibration_dev_set: str | None = field(
-        default=BUNDLED_DEV_SET,
-        metadata={
-            "help": "Labelled dev set (instruction, output, label[, kind]) every judge also scores, for the "
-            "calibration block of the report: builtin:dev, a file or a Hub id; none to skip."
-        },
-    )
-    calibration_modes: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Modes the scoring model also calibrates in on the dev set, beside curation_mode, shown "
-            "side by side (e.g. logits likelihood)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.curation_mode not in MODES:
-            raise UserError(f"curation_mode must be one of {MODES}, got {self.curation_mode!r}")
-        check_engine(self.curation_engine, "curation_engine")
-        if self.curation_prompt not in PROMPT_STYLES:
-            raise UserError(f"curation_prompt must be one of {PROMPT_STYLES}, got {self.curation_prompt!r}")
-        if self.curation_panel not in PANELS:
-            raise UserError(f"curation_panel must be one of {PANELS}, got {self.curation_panel!r}")
-        if not 0 <= self.min_score_mass <= 1:
-            raise UserError(f"min_score_mass must be within [0, 1], got {self.min_score_mass}")
-        if isinstance(self.curation_judges, str):
-            self.curation_judges = [self.curation_judges]
-        if self.calibration_dev_set is not None and self.calibration_dev_set.strip().lower() in OFF:
-            self.calibration_dev_set = None
-        self.instruction_checks = off_to_empty(self.instruction_checks)
-        self.calibration_modes = off_to_empty(self.calibration_modes)
-        unknown = [mode for mode in self.calibration_modes if mode not in MODES]
-        if unknown:
-            raise UserError(f"calibration_modes: {unknown} not among {MODES}")
-        self.checks  # noqa: B018 - builds InstructionChecks, which validates the check names and limits
-        self._resolve_selection()
-
-    def _resolve_selection(self) -> None:
-        """Each split's rule: the fraction or threshold set, else the mode's default (a threshold on the rubric's
-        1-5 scale, the paper's share in likelihood mode)."""
-        defaults = {
-            "a4": (PAPER_A4_SHARE, A4_THRESHOLD),
-            "a5": (PAPER_A5_SHARE, DEFAULT_THRESHOLDS[self.curation_mode]),
-        }
-        for split in SPLITS:
-            fraction, threshold = getattr(self, f"{split}_fraction"), getattr(self, f"{split}_threshold")
-            if fraction is not None and threshold is not None:
-                raise UserError(f"Set {split}_fraction or {split}_threshold, not both")
-            if fraction is not None and not 0 < fraction <= 1:
-                raise UserError(f"{split}_fraction must be within (0, 1], got {fraction}")
-            if fraction is None and threshold is None:
-                share, value = defaults[split]
-                if self.curation_mode == "likelihood":
-                    setattr(self, f"{split}_fraction", share)
-                else:
-                    setattr(self, f"{split}_threshold", float(value))
-
-    @property
-    def rules(self) -> dict[str, tuple[str, float]]:
-        """Per split: ("fraction", share of the pool) or ("threshold", minimum score)."""
-        return {
-            split: ("fraction", getattr(self, f"{split}_fraction"))
-            if getattr(self, f"{split}_fraction") is not None
-            else ("threshold", getattr(self, f"{split}_threshold"))
-            for split in SPLITS
-        }
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """The absolute thresholds (splits selected by a fraction have theirs from the pool: `selection`)."""
-        return {split: value for split, (rule, value) in self.rules.items() if rule == "threshold"}
-
-    @property
-    def checks(self) -> InstructionChecks:
-        return InstructionChecks(
-            enabled=tuple(self.instruction_checks),
-            min_chars=self.check_min_chars,
-            max_share=self.check_max_share,
-            max_copied_share=self.check_max_copied_share,
-            backward_prompt=self.check_backward_prompt,
-        )
-
-    @property
-    def likelihood_weights(self) -> LikelihoodWeights:
-        return LikelihoodWeights(
-            pmi=self.likelihood_pmi_weight,
-            end=self.likelihood_end_weight,
-            cond=self.likelihood_cond_weight,
-            ifd=self.likelihood_ifd_weight,
-        )
-
-    @property
-    def mass_floor(self) -> float:
-        """The digit-mass floor in force: generate mode records no mass."""
-        return self.min_score_mass if self.curation_mode == "logits" else 0.0
-
-    def enough_mass(self, mass: float | None) -> bool:
-        return mass is None or mass >= self.mass_floor
-
-
-def off_to_empty(values: list[str] | str) -> list[str]:
-    """A list option where `none` (or an empty value) means no entries."""
-    values = [values] if isinstance(values, str) else list(values)
-    return [] if all(value.strip().lower() in OFF for value in values) else values
 
 
 def nearest_count(fraction: float, pool: int) -> int:

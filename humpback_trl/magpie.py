@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
+from humpback_trl.configs import MagpieArguments
 from humpback_trl.curation import CurationSettings, curate, load_scorer
-from humpback_trl.errors import UserError
 from humpback_trl.filters import Check, exact_duplicate_check, near_duplicate_check, wrong_language
-from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
+from humpback_trl.generation import SamplingConfig, generate, resolve_engine
 from humpback_trl.hub import dataset_card
 from humpback_trl.magpie_template import instruction_prompt, instruction_stop_token_ids, leak_check
 from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
@@ -128,92 +127,7 @@ Generator = Callable[[list[str], SamplingConfig, list[int] | None], list[str]]
 Row = dict[str, Any]
 
 
-def _sampling(temperature: float, top_p: float, max_new_tokens: int) -> SamplingConfig:
-    return SamplingConfig(
-        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, do_sample=temperature > 0
-    )
-
-
 GENERATION_FIELDS = ("num_", "instruction_", "response_", "system_prompt", "seed", "engine")
-
-
-@dataclass
-class MagpieArguments:
-    num_samples: int = field(default=1000, metadata={"help": "Conversations to generate, before filtering."})
-    num_turns: int = field(default=1, metadata={"help": "User/assistant turns per conversation."})
-    instruction_temperature: float = field(
-        default=1.0, metadata={"help": "Temperature of the instruction step (MAGPIE: 1.0)."}
-    )
-    instruction_top_p: float = field(default=1.0, metadata={"help": "Top-p of the instruction step (MAGPIE: 1.0)."})
-    instruction_max_new_tokens: int = field(default=128, metadata={"help": "Instruction length cap in tokens."})
-    response_temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily (the paper's setting)."})
-    response_top_p: float = field(default=1.0, metadata={"help": "Top-p of the response step."})
-    response_max_new_tokens: int = field(default=512, metadata={"help": "Response length cap in tokens."})
-    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
-    system_prompts: list[str] | None = field(
-        default=None, metadata={"help": "Drawn per conversation; unset keeps the template's default system block."}
-    )
-    system_prompt_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per system prompt; unset draws them uniformly."}
-    )
-    min_instruction_chars: int | None = field(default=10, metadata={"help": "Drop shorter instructions."})
-    max_instruction_chars: int | None = field(default=2000, metadata={"help": "Drop longer instructions."})
-    language: str | None = field(
-        default=None, metadata={"help": "Keep instructions in this language: en (a heuristic) or a langdetect code."}
-    )
-    exact_dedup: bool = field(default=True, metadata={"help": "Drop repeats of a space/case-normalised instruction."})
-    near_dedup_threshold: float | None = field(
-        default=0.8, metadata={"help": "MinHash-LSH Jaccard threshold for near-duplicate instructions."}
-    )
-    curate: bool = field(
-        default=False,
-        metadata={"help": "Score the kept pairs (curation_mode: the rubric, or likelihood) and write A4/A5."},
-    )
-    seed: int = field(
-        default=42,
-        metadata={
-            "help": "Sampling seed; each shard seeds from it and its first index, so a resumed shard samples alike."
-        },
-    )
-    shard_size: int = field(default=64, metadata={"help": "Conversations per resumable shard."})
-    overwrite: bool = field(default=False, metadata={"help": "Discard the finished shards of an earlier run."})
-    output_dir: str = field(
-        default="outputs/magpie", metadata={"help": "magpie.jsonl, magpie/ (save_to_disk), shards/, report, card."}
-    )
-    engine: str = field(
-        default="auto",
-        metadata={"help": "auto (vllm where installed, else transformers) | transformers (batched) | vllm."},
-    )
-    hub_prefix: str | None = field(default=None, metadata={"help": "Push the data set to <hub_prefix>-magpie."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the pairs to <hub_prefix>-magpie."})
-    hub_private_repo: bool | None = field(
-        default=None,
-        metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
-    )
-
-    def __post_init__(self) -> None:
-        check_engine(self.engine)
-        if self.num_samples < 1 or self.num_turns < 1:
-            raise UserError(f"num_samples and num_turns must be positive, got {self.num_samples}, {self.num_turns}")
-        weights = self.system_prompt_weights
-        if weights is not None and (not self.system_prompts or len(weights) != len(self.system_prompts)):
-            raise UserError(
-                f"system_prompt_weights needs one weight per system prompt: {len(weights)} weights for "
-                f"{len(self.system_prompts or [])} system prompts"
-            )
-        if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
-            raise UserError(f"system_prompt_weights must be non-negative with a positive sum, got {weights}")
-        low, high = self.min_instruction_chars, self.max_instruction_chars
-        if low is not None and high is not None and low > high:
-            raise UserError(f"min_instruction_chars ({low}) is larger than max_instruction_chars ({high})")
-
-    @property
-    def instruction_sampling(self) -> SamplingConfig:
-        return _sampling(self.instruction_temperature, self.instruction_top_p, self.instruction_max_new_tokens)
-
-    @property
-    def response_sampling(self) -> SamplingConfig:
-        return _sampling(self.response_temperature, self.response_top_p, self.response_max_new_tokens)
 
 
 def draw_system_prompt(args: MagpieArguments, index: int) -> str | None:

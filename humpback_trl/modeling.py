@@ -8,7 +8,6 @@ de-quantized weights), else the base its adapter config names (a Hub id, or a pa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,49 +24,11 @@ from transformers import (
 from humpback_trl.builtin_models import BUILTIN_PREFIX, portable_name, resolve_model
 from humpback_trl.chat_template import use_template
 from humpback_trl.collators import PROMPT_SETTINGS_FILE
-from humpback_trl.errors import UserError
+from humpback_trl.configs import InferenceModelArguments
 from humpback_trl.logs import peft_wrapping
-from humpback_trl.paths import check_local
 
 # The prompt settings' key holding the built-in model an adapter was trained on.
 BUILTIN_BASE = "builtin_base_model"
-
-
-@dataclass
-class InferenceModelArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Base model; defaults to the base named in the adapter's config."}
-    )
-    adapter: str | None = field(
-        default=None,
-        metadata={
-            "help": "LoRA adapter: a local folder or a Hub repo id. Merged into a float base (faster generation); "
-            "kept beside a 4-bit one."
-        },
-    )
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base in 4-bit nf4 (bitsandbytes)."})
-    dtype: str = field(
-        default="auto", metadata={"help": "auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU)."}
-    )
-    model_revision: str | None = field(
-        default=None, metadata={"help": "Hub revision (branch, tag or commit) of the base model; None is main."}
-    )
-    chat_template_name: str | None = field(
-        default=None,
-        metadata={"help": "For tokenizers holding several named templates (Command R+): the one to use (default)."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run the model's own code from the Hub (tokenizer and model loaders)."}
-    )
-
-    def __post_init__(self) -> None:
-        if not self.model_name_or_path and not self.adapter:
-            raise UserError("Set model_name_or_path, adapter, or both.")
-        # A missing local folder fails here, before the Hub client retries it as a repo id for a minute.
-        if self.model_name_or_path:
-            self.model_name_or_path = check_local(self.model_name_or_path, "model_name_or_path")
-        if self.adapter:
-            self.adapter = check_local(self.adapter, "adapter")
 
 
 def adapter_base_name(adapter: str) -> str:

@@ -36,14 +36,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from humpback_trl.ablation import ABLATION_FILES, ABLATIONS, BASELINE_NAMES, ablation_verdict
+from humpback_trl.ablation import ABLATION_FILES, BASELINE_NAMES, ablation_verdict
 from humpback_trl.builtin_models import BUILTIN_PREFIX, resolve_model
+from humpback_trl.configs import LoopArguments
 from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
@@ -53,9 +54,6 @@ from humpback_trl.tiny import TINY_MODEL
 MARKERS = ".stages"
 LOCK_FILE = ".humpback.lock"
 INPUT_DIGESTS = ".input_digests.json"  # content hashes of input files by path, size and mtime
-MAGPIE_USES = ("none", "candidates", "seed")
-PREFERENCES = ("none", "dpo", "kto", "grpo")
-REWRITES = ("none", "replace", "add")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Settings that change where results go or how a run is watched, not the results: they stay out of the stage hash,
 # so publishing a finished run, or watching it differently, redoes nothing.
@@ -74,89 +72,6 @@ LAUNCH_KEYS = frozenset(
     {"num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port", "same_network",
      "rdzv_backend", "main_training_function", "gpu_ids", "debug"}
 )  # fmt: skip
-
-
-@dataclass
-class LoopArguments:
-    output_dir: str = field(default="outputs/humpback", metadata={"help": "One folder per stage goes under it."})
-    iterations: int = field(default=2, metadata={"help": "Forward iterations K; the paper's Humpback is M2."})
-    accelerate_config: str = field(
-        default="accelerate_configs/cpu.yaml",
-        metadata={"help": "For every stage; a relative path is also looked up beside the recipes and in the project."},
-    )
-    num_processes: int = field(default=1, metadata={"help": "Processes per stage (accelerate launch)."})
-    hub_prefix: str | None = field(
-        default=None, metadata={"help": "With push_to_hub: <prefix>-myx, -m0, -candidates, -curated-1, ..."}
-    )
-    push_to_hub: bool = field(
-        default=False,
-        metadata={"help": "Push every stage's adapter or datasets; on a finished run, publishes without redoing."},
-    )
-    magpie: str = field(
-        default="none",
-        metadata={"help": "none | candidates (MAGPIE pairs join the pool and are curated) | seed (added to the seed)."},
-    )
-    preference: str = field(
-        default="none",
-        metadata={"help": "none | dpo | kto: after M_K, preference data from M_K's scores and a DPO / KTO stage."},
-    )
-    evaluate: bool = field(
-        default=True,
-        metadata={"help": "End with the eval stage (eval.yaml): every model answers one set, a judge compares them."},
-    )
-    model: str | None = field(
-        default=None,
-        metadata={"help": "Model of every stage, instead of each recipe's model_name_or_path (part of each hash)."},
-    )
-    backward_model: str | None = field(
-        default=None, metadata={"help": "Model of the backward model and of augmentation, where it differs from model."}
-    )
-    magpie_model: str | None = field(
-        default=None, metadata={"help": "Aligned chat model of the MAGPIE stage, where it differs from model."}
-    )
-    judge_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "A fixed judge for the curate stages instead of self-curation by M_{k-1} (a model, not an adapter)."
-        },
-    )
-    ablation: str = field(
-        default="none",
-        metadata={
-            "help": "none | random | all: M1-random trains on the seed + a random sample of iteration 1's candidates "
-            "of A5's size (M1-all: + every candidate that passed the checks); the eval stage compares them with M1."
-        },
-    )
-    rewrite: str = field(
-        default="none",
-        metadata={
-            "help": "none | replace | add: rewrite-k (rewrite.yaml) after curate-k rewrites A5 as grounded answers; "
-            "M_k trains on the rewritten pairs (replace) or on A5 and the accepted rewrites (add)."
-        },
-    )
-    rewrite_model: str | None = field(
-        default=None,
-        metadata={"help": "Aligned chat model of the rewrite stages; default rewrite.yaml's, else the run's model."},
-    )
-    dry_run: bool = field(
-        default=False,
-        metadata={
-            "help": "Check every stage's recipe, the accelerate config and the inputs offline, print the commands, "
-            "run nothing (humpback_trl.dry_run)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise UserError("iterations must be at least 1")
-        if self.magpie not in MAGPIE_USES:
-            raise UserError(f"magpie must be one of {MAGPIE_USES}, got {self.magpie!r}")
-        if self.preference not in PREFERENCES:
-            raise UserError(f"preference must be one of {PREFERENCES}, got {self.preference!r}")
-        if self.ablation not in ABLATIONS:
-            raise UserError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
-        if self.rewrite not in REWRITES:
-            raise UserError(f"rewrite must be one of {REWRITES}, got {self.rewrite!r}")
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +28,8 @@ from trl.trainer.utils import create_model_from_path
 from humpback_trl.builtin_models import portable_name, resolve_model
 from humpback_trl.chat_template import use_template
 from humpback_trl.collators import PROMPT_SETTINGS_FILE, SwappedFieldCollator, save_prompt_settings
+from humpback_trl.configs import PREFERENCE_KINDS as KINDS
+from humpback_trl.configs import PreferenceTrainingArguments
 from humpback_trl.errors import MissingColumnError, UserError
 
 # `bullets` and `quantization` are re-exported for grpo_training.py, which imports them from here.
@@ -37,7 +38,7 @@ from humpback_trl.hub import model_repo_id, public_name, training_card
 from humpback_trl.logs import peft_wrapping
 from humpback_trl.modeling import InferenceModelArguments, adapter_base_name, adapter_folder
 from humpback_trl.pairs import is_local, load_table
-from humpback_trl.preferences import KINDS, preferences_repo_id
+from humpback_trl.preferences import preferences_repo_id
 from humpback_trl.training import (
     TRAINING_DATA_FILE,
     Artifact,
@@ -78,41 +79,6 @@ class HumpbackKTOTrainer(ExactResumeMixin, PortableSaveMixin, KTOTrainer):
 TRAINERS = {"dpo": HumpbackDPOTrainer, "kto": HumpbackKTOTrainer}
 PreferenceConfig = DPOConfig | KTOConfig
 PreferenceTrainer = DPOTrainer | KTOTrainer
-
-
-@dataclass
-class PreferenceTrainingArguments:
-    data: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Preference rows in TRL's format (`humpback preferences` output: dpo.jsonl / kto.jsonl or its "
-            "dpo/ kto/ folder, or a Hub dataset id). Concatenated in order."
-        },
-    )
-    data_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
-    sft_adapter: str | None = field(
-        default=None,
-        metadata={
-            "help": "The SFT adapter M_k to continue (local folder or Hub id); the reference model is a frozen copy "
-            "of it. Unset: a fresh LoRA from the ModelConfig options, against the base model."
-        },
-    )
-    sft_stage: str | None = field(
-        default=None,
-        metadata={
-            "help": "M_k's stage name (e.g. m2): this stage is then <sft_stage>-<kind>, and the card links "
-            "<hub_prefix>-<sft_stage>."
-        },
-    )
-    stage: str | None = field(default=None, metadata={"help": "Artifact name; default <sft_stage>-<kind> or <kind>."})
-    hub_prefix: str | None = field(
-        default=None, metadata={"help": "Push to <hub_prefix>-<stage> (adapter) and <hub_prefix>-<stage>-data."}
-    )
-
-    def __post_init__(self) -> None:
-        self.data = [self.data] if isinstance(self.data, str) else list(self.data)
-        if not self.data:
-            raise UserError("No preference data: set `data` (the dpo.jsonl or kto.jsonl of `humpback preferences`)")
 
 
 def stage_name(args: PreferenceTrainingArguments, kind: str) -> str:

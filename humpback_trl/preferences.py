@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from humpback_trl.chat import TAG_CHOICES
 from humpback_trl.chat_template import Message, render, template_kwargs
 from humpback_trl.collators import SwappedFieldCollator, load_collator
+from humpback_trl.configs import PreferenceArguments
 from humpback_trl.errors import UserError
 from humpback_trl.generation import SamplingConfig, generate
 from humpback_trl.hub import dataset_card
 from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
 from humpback_trl.pairs import load_pairs
-from humpback_trl.scoring import DEFAULT_THRESHOLDS, GENERATE_SAMPLING, MODES, PROMPT_STYLES, score_pairs
+from humpback_trl.scoring import GENERATE_SAMPLING, score_pairs
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("dpo", "kto")
-LOW_THRESHOLD = 2.5
 
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
 SAMPLE_FEATURES = Features(
@@ -59,106 +58,6 @@ SAMPLE_FEATURES = Features(
         "masses": List(Value("float64")),
     }
 )
-
-
-@dataclass
-class PreferenceArguments:
-    kind: str = field(default="dpo", metadata={"help": "dpo (self-rewarding pairs) or kto (the scored pool)."})
-    instructions: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "dpo: pair files whose instructions M_k answers (a curation's scored/a4/a5 jsonl, any pair file, "
-            "a folder or a Hub id); concatenated in order."
-        },
-    )
-    instruction_min_score: float | None = field(
-        default=None, metadata={"help": "dpo: use only instructions whose pair scored at least this (e.g. 4 for A4)."}
-    )
-    max_instructions: int | None = field(default=None, metadata={"help": "dpo: use only the first N instructions."})
-    scored_pool: str | None = field(
-        default=None, metadata={"help": "kto: a scored pool (a curation's scored.jsonl, or its curated/ folder)."}
-    )
-    data_split: str = field(default="train", metadata={"help": "Split to read from folders and Hub datasets."})
-    num_samples: int = field(default=4, metadata={"help": "dpo: answers sampled per instruction."})
-    temperature: float = field(default=0.7, metadata={"help": "dpo: sampling temperature (the paper's 0.7)."})
-    top_p: float = field(default=0.9, metadata={"help": "dpo: nucleus sampling top-p (the paper's 0.9)."})
-    max_new_tokens: int = field(default=512, metadata={"help": "dpo: answer length cap."})
-    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
-    tags: str = field(
-        default="both", metadata={"help": "dpo: source tags on the prompts: both | seed | augmented | none."}
-    )
-    scorer_adapter: str | None = field(
-        default=None, metadata={"help": "dpo: adapter (on the same base) that scores the answers; default M_k itself."}
-    )
-    scoring_mode: str = field(
-        default="logits",
-        metadata={
-            "help": "logits, generate or likelihood (see `humpback curate`); likelihood scores are log-probability "
-            "differences, not 1-5: set margin, a5_threshold and low_threshold on that scale."
-        },
-    )
-    scoring_prompt: str = field(
-        default="score-only",
-        metadata={"help": "verbatim | score-only rubric in logits mode, as `curation_prompt` (same default)."},
-    )
-    scoring_batch_size: int = field(default=8, metadata={"help": "Answers per scoring forward pass (logits mode)."})
-    min_score_mass: float = field(
-        default=0.5,
-        metadata={
-            "help": "Logits mode: a score whose digit probability mass is below this is not trusted (the answer, "
-            "or the pool pair, is left out and counted as low_mass), as in curation; 0 turns the floor off."
-        },
-    )
-    scoring_max_new_tokens: int = field(default=256, metadata={"help": "Reasoning length in generate mode."})
-    margin: float = field(
-        default=0.5, metadata={"help": "dpo: keep a pair only if chosen score - rejected score >= margin (and > 0)."}
-    )
-    a5_threshold: float | None = field(
-        default=None, metadata={"help": "kto: desirable when score >= this; default 4.5 (logits) or 5 (generate)."}
-    )
-    low_threshold: float = field(default=LOW_THRESHOLD, metadata={"help": "kto: undesirable when score <= this."})
-    shard_size: int = field(default=64, metadata={"help": "dpo: instructions per resumable shard."})
-    seed: int = field(
-        default=42,
-        metadata={
-            "help": "Sampling seed; each shard seeds from it and its first row, so a resumed shard samples the same."
-        },
-    )
-    output_dir: str = field(
-        default="outputs/preferences", metadata={"help": "<kind>.jsonl, <kind>/ (save_to_disk), report, card."}
-    )
-    hub_prefix: str | None = field(
-        default=None, metadata={"help": "With push_to_hub: push to <hub_prefix>-preferences-<kind>."}
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the data to <hub_prefix>-preferences-<kind>."})
-    hub_private_repo: bool | None = field(
-        default=None,
-        metadata={"help": "Push the data set as a private repo; set it as the models' hub_private_repo is set."},
-    )
-
-    def __post_init__(self) -> None:
-        self.instructions = [self.instructions] if isinstance(self.instructions, str) else list(self.instructions)
-        checks = [
-            (self.kind in KINDS, f"kind must be one of {KINDS}, got {self.kind!r}"),
-            (self.scoring_mode in MODES, f"scoring_mode must be one of {MODES}, got {self.scoring_mode!r}"),
-            (self.scoring_prompt in PROMPT_STYLES, f"scoring_prompt must be one of {PROMPT_STYLES}"),
-            (0 <= self.min_score_mass <= 1, f"min_score_mass must be within [0, 1], got {self.min_score_mass}"),
-            (self.tags in TAG_CHOICES, f"tags must be one of {sorted(TAG_CHOICES)}, got {self.tags!r}"),
-            (self.kind != "dpo" or bool(self.instructions), "kind dpo needs `instructions` (pair files)"),
-            (self.kind != "kto" or bool(self.scored_pool), "kind kto needs `scored_pool` (a scored.jsonl)"),
-            (self.num_samples >= 2, f"num_samples must be at least 2 to form a pair, got {self.num_samples}"),
-            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-        if self.a5_threshold is None:
-            self.a5_threshold = float(DEFAULT_THRESHOLDS[self.scoring_mode])
-        if self.low_threshold >= self.a5_threshold:
-            raise UserError(
-                f"low_threshold ({self.low_threshold}) must be below a5_threshold ({self.a5_threshold}): a pair "
-                "cannot be both desirable and undesirable"
-            )
 
 
 def preferences_repo_id(prefix: str, kind: str) -> str:
@@ -341,17 +240,17 @@ class Sampler:
         """Rubric scores and digit masses of the non-blank answers: a blank answer is not rated (None, None), an
         unparsed or low-mass one gets a None score. The rubric sees the bare instruction, as in self-curation."""
         rated = [i for i, answer in enumerate(answers) if answer.strip()]
-        sampling = SamplingConfig(**{**vars(GENERATE_SAMPLING), "max_new_tokens": self.args.scoring_max_new_tokens})
+        sampling = SamplingConfig(**{**vars(GENERATE_SAMPLING), "max_new_tokens": self.args.curation_max_new_tokens})
         results = score_pairs(
             self.scorer,
             self.tokenizer,
             [(instructions[i], answers[i]) for i in rated],
-            mode=self.args.scoring_mode,
-            batch_size=self.args.scoring_batch_size,
+            mode=self.args.curation_mode,
+            batch_size=self.args.curation_batch_size,
             sampling=sampling,
             token_budget=self.args.token_budget,
             show_progress=False,
-            prompt_style=self.args.scoring_prompt,
+            prompt_style=self.args.curation_prompt,
         )
         scores: list[float | None] = [None] * len(answers)
         masses: list[float | None] = [None] * len(answers)
@@ -367,7 +266,7 @@ class Sampler:
         n = self.args.num_samples
         prompts = [self.prompt(row["instruction"]) for row in rows]
         texts = [render(self.tokenizer, p, True, **self.collator.template_kwargs) for p in prompts for _ in range(n)]
-        sampling = SamplingConfig(self.args.temperature, self.args.top_p, self.args.max_new_tokens)
+        sampling = self.args.sampling
         answers = generate(self.model, self.tokenizer, texts, sampling, self.args.token_budget, show_progress=False)
         scores, masses = self.scores([row["instruction"] for row in rows for _ in range(n)], answers)
         return [
@@ -420,7 +319,7 @@ def sample_and_score(
             "num_samples": args.num_samples,
             "sampling": [args.temperature, args.top_p, args.max_new_tokens],
             "tags": args.tags,
-            "scoring": [args.scoring_mode, args.scoring_prompt, args.scoring_max_new_tokens, args.min_score_mass],
+            "scoring": [args.curation_mode, args.curation_prompt, args.curation_max_new_tokens, args.min_score_mass],
             "seed": args.seed,
             "system": collator.system_prompt,
         },
@@ -468,14 +367,14 @@ def build_dpo(args: PreferenceArguments, model_args: InferenceModelArguments) ->
         **counts,
         "margin": args.margin,
         "scorer": scorer,
-        "scoring_mode": args.scoring_mode,
+        "scoring_mode": args.curation_mode,
         **score_summary(pairs),
     }
     summary = (
         f"Self-rewarding preference pairs (Yuan et al. 2024): for each of {counts['instructions']} instructions from "
         f"{', '.join(f'`{name}`' for name in args.instructions)}, `{model}` sampled {args.num_samples} answers "
         f"(T={args.temperature}, top-p={args.top_p}); `{scorer}` scored each on the backtranslation rubric "
-        f"({args.scoring_mode} mode). chosen = best, rejected = worst; pairs with a score gap under {args.margin} "
+        f"({args.curation_mode} mode). chosen = best, rejected = worst; pairs with a score gap under {args.margin} "
         "(or tied) are dropped. TRL conversational format: `prompt` / `chosen` / `rejected` message lists, plus "
         "`chosen_score` / `rejected_score`."
     )

@@ -31,7 +31,7 @@ import statistics
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
+from humpback_trl.configs import DEFAULT_REWRITE_PROMPT as DEFAULT_REWRITE_PROMPT  # public: the writer's default
+from humpback_trl.configs import RewriteArguments
 from humpback_trl.curation import CurationSettings, score_rows
 from humpback_trl.errors import UserError
-from humpback_trl.generation import SamplingConfig, check_engine, generate, resolve_engine
+from humpback_trl.generation import generate, resolve_engine
 from humpback_trl.hub import candidates_repo_id, curated_repo_id, dataset_card
 from humpback_trl.likelihood import output_logprobs
 from humpback_trl.model_specs import model_arguments, release_memory
@@ -56,21 +58,9 @@ from humpback_trl.stage import StageOutputs, finish_stage
 
 logger = logging.getLogger(__name__)
 
-# After the paper's rewriting step ("as similar as possible to the original, no new facts"), with what web text
-# carries and an answer does not named, so the writer knows what to drop.
-DEFAULT_REWRITE_PROMPT = (
-    "Below is an instruction from a user and a source text taken from the web that answers it. Rewrite the source "
-    "as the answer an AI assistant would give to the instruction. Keep every fact, number, name and step of the "
-    "source that answers the instruction, keep it as close to the source as you can, and add no fact that is not "
-    "in the source. Leave out what is not part of an answer: the web page's voice and personal asides, navigation "
-    "text, links, advertising, comments and calls to share.\n\n"
-    "Instruction:\n{instruction}\n\nSource:\n{source}\n\nWrite only the answer."
-)
-PLACEHOLDERS = ("{instruction}", "{source}")
 # The user turn the likelihood check conditions on: the instruction, then the source. Without the source it is the
 # instruction alone, the user turn every forward model is trained and prompted with.
 SOURCE_CONTEXT = "{instruction}\n\n{source}"
-POLICIES = ("keep_original", "drop")
 # Why a rewrite was rejected, in the order the checks run: the first failed one is the pair's reason.
 REASONS = ("empty_rewrite", "new_numbers", "lexical", "pmi", "score")
 UNFAITHFUL = REASONS[:-1]  # a rewrite rejected for its curation score alone may be faithful
@@ -124,111 +114,6 @@ REWRITE_FEATURES = Features(
         "reason": Value("string"),
     }
 )
-
-
-@dataclass
-class RewriteArguments:
-    pairs: str = field(
-        metadata={
-            "help": "Pairs to rewrite: a curate output folder (its <curated_split>.jsonl), a curated/ folder or a "
-            "Hub dataset id (its split curated_split), or a pair file (jsonl/json/parquet/csv)."
-        }
-    )
-    curated_split: str = field(
-        default="a5",
-        metadata={"help": "Split of a curated data set to rewrite: a5 (the paper's training data) | a4 | scored."},
-    )
-    max_pairs: int | None = field(default=None, metadata={"help": "Rewrite only the first N pairs."})
-    rewrite_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The aligned chat model that rewrites (a model, an adapter folder or a Hub id); default: the "
-            "scoring model (model_name_or_path / adapter). The loop passes the run's base chat model."
-        },
-    )
-    rewrite_prompt: str = field(
-        default=DEFAULT_REWRITE_PROMPT,
-        metadata={"help": "The writer's user turn, with the placeholders {instruction} and {source}."},
-    )
-    rewrite_system_prompt: str | None = field(
-        default=None, metadata={"help": "A system turn before the prompt; none keeps the template's default."}
-    )
-    engine: str = field(
-        default="auto",
-        metadata={"help": "The writer's engine: auto (vllm where installed, else transformers) | transformers | vllm."},
-    )
-    temperature: float = field(
-        default=0.0, metadata={"help": "Sampling temperature of the rewrites; 0 is greedy (the most faithful)."}
-    )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus top-p when temperature > 0."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Rewrite length cap in tokens."})
-    token_budget: int = field(default=16384, metadata={"help": "Prompt + new tokens per generation batch."})
-    min_pmi: float = field(
-        default=0.0,
-        metadata={
-            "help": "Floor of the likelihood check: mean log-probability per rewrite token with the source in the "
-            "user turn minus without it (nats/token). Below it the rewrite is not explained by its source."
-        },
-    )
-    min_lexical: float = field(
-        default=0.6,
-        metadata={"help": "Floor of the share of the rewrite's numbers and content words found in its source."},
-    )
-    max_new_numbers: int = field(
-        default=0,
-        metadata={"help": "Most distinct numbers a rewrite may hold that are in neither its source nor instruction."},
-    )
-    min_rewrite_score: float | None = field(
-        default=None,
-        metadata={
-            "help": "Reject rewrites the curation method scores below this; none keeps every faithful rewrite "
-            "(its score is still recorded and reported)."
-        },
-    )
-    on_unfaithful: str = field(
-        default="keep_original",
-        metadata={"help": "What a rejected rewrite leaves in rewritten.jsonl: keep_original (the input pair) | drop."},
-    )
-    likelihood_batch_size: int = field(
-        default=8, metadata={"help": "Rewrites per forward pass of the likelihood check."}
-    )
-    shard_size: int = field(default=64, metadata={"help": "Pairs per resumable shard (both phases)."})
-    seed: int = field(default=42, metadata={"help": "Sampling seed (temperature > 0); each shard seeds from it."})
-    iteration: int | None = field(
-        default=None, metadata={"help": "The loop iteration whose curated split this rewrites (names and cards)."}
-    )
-    output_dir: str = field(
-        default="outputs/rewrite",
-        metadata={"help": "rewrites.jsonl, rewritten.jsonl, accepted.jsonl, generation/ and checks/ shards, report."},
-    )
-    hub_prefix: str | None = field(default=None, metadata={"help": "Push to <hub_prefix>-rewritten[-<iteration>]."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Push rewritten.jsonl and the card (with hub_prefix)."})
-    hub_private_repo: bool | None = field(
-        default=None, metadata={"help": "Create the dataset repository private (as the models' hub_private_repo)."}
-    )
-
-    def __post_init__(self) -> None:
-        check_engine(self.engine)
-        missing = [name for name in PLACEHOLDERS if name not in self.rewrite_prompt]
-        if missing:
-            raise UserError(f"rewrite_prompt must hold {' and '.join(PLACEHOLDERS)}; it lacks {' and '.join(missing)}")
-        if self.on_unfaithful not in POLICIES:
-            raise UserError(f"on_unfaithful must be one of {POLICIES}, got {self.on_unfaithful!r}")
-        if not 0 <= self.min_lexical <= 1:
-            raise UserError(f"min_lexical must be within [0, 1], got {self.min_lexical}")
-        if self.max_new_numbers < 0:
-            raise UserError(f"max_new_numbers must be at least 0, got {self.max_new_numbers}")
-        if self.push_to_hub and not self.hub_prefix:
-            raise UserError("push_to_hub needs --hub_prefix (the rewritten pairs go to <hub_prefix>-rewritten-<k>).")
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=self.temperature > 0,
-        )
 
 
 # ---- The lexical check ---------------------------------------------------------------------------------------------

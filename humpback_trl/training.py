@@ -46,7 +46,8 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantiz
 
 from humpback_trl.builtin_models import portable_name, resolve_model
 from humpback_trl.chat_template import stop_token_ids, turn_end, use_template
-from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT, SwappedFieldCollator, save_prompt_settings
+from humpback_trl.collators import SwappedFieldCollator, save_prompt_settings
+from humpback_trl.configs import HumpbackSFTArguments
 from humpback_trl.errors import UserError
 from humpback_trl.hub import (
     dataset_card,
@@ -55,7 +56,6 @@ from humpback_trl.hub import (
     model_repo_id,
     public_name,
     push_dataset,
-    stage_name,
 )
 from humpback_trl.logs import peft_wrapping
 from humpback_trl.modeling import record_base
@@ -338,70 +338,6 @@ def train_and_publish(trainer: Trainer, describe: Callable[[Trainer], Artifact])
 
 
 # ---- The SFT stage ----
-
-
-@dataclass
-class HumpbackSFTArguments:
-    data: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Pair data: local jsonl/json/parquet/csv files, save_to_disk folders, Hub dataset ids, or "
-            "builtin:seed. Concatenated in order."
-        },
-    )
-    data_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
-    default_source: str = field(default="seed", metadata={"help": "Source of rows whose data has no source column."})
-    instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
-    output_column: str = field(default="output", metadata={"help": "Column holding the output (the answer)."})
-    source_column: str = field(
-        default="source", metadata={"help": "Column holding each row's source (seed or augmented), for tagging."}
-    )
-    id_column: str = field(default="source_id", metadata={"help": "Column holding each row's unique id."})
-    oasst_seed: str | None = field(
-        default=None,
-        metadata={
-            "help": "oasst1 message export (local file or Hub id, e.g. OpenAssistant/oasst1): its first-turn "
-            "rank-0 English pairs are added as seed."
-        },
-    )
-    oasst_lang: str = field(default="en", metadata={"help": "Language of the oasst seed pairs kept."})
-    seed_limit: int = field(default=3200, metadata={"help": "Cap on oasst seed pairs (paper: 3,200)."})
-    direction: str = field(
-        default="forward", metadata={"help": "forward: p(output|instruction); backward: p(instruction|output)."}
-    )
-    tagging: bool = field(default=True, metadata={"help": "Append the paper's source tags to forward instructions."})
-    system_prompt: str | None = field(
-        default=None, metadata={"help": "System message of every training prompt (default: the template's own)."}
-    )
-    backward_prompt: str = field(
-        default=DEFAULT_BACKWARD_PROMPT,
-        metadata={"help": "The backward model's user turn; {output} is the output to write an instruction for."},
-    )
-    chat_template_name: str | None = field(
-        default=None,
-        metadata={"help": "For tokenizers holding several named templates (Command R+): the one to use (default)."},
-    )
-    paper_schedule: bool = field(
-        default=False,
-        metadata={
-            "help": "The paper's schedule: lr decaying linearly to 90% of its peak (1e-5 for full fine-tuning as in "
-            "the paper, 2e-4 for LoRA/QLoRA adapters), weight decay 0.1, batch 32 (8 under 3,000), steps by size."
-        },
-    )
-    iteration: int = field(default=0, metadata={"help": "Forward iteration k: the model is M_k (M0 = seed model)."})
-    stage: str | None = field(default=None, metadata={"help": "Artifact name; default myx (backward) or m<iteration>."})
-    hub_prefix: str | None = field(
-        default=None, metadata={"help": "Push to <hub_prefix>-<stage> (adapter) and <hub_prefix>-<stage>-data."}
-    )
-
-    def __post_init__(self) -> None:
-        # A single path written as a YAML string instead of a list would otherwise be read character by character.
-        self.data = [self.data] if isinstance(self.data, str) else list(self.data)
-        if self.direction not in ("forward", "backward"):
-            raise UserError(f"direction must be 'forward' or 'backward', got {self.direction!r}")
-        if not self.data and not self.oasst_seed:
-            raise UserError("No training data: set `data` (pair files or Hub ids) and/or `oasst_seed`.")
-        self.stage = self.stage or stage_name(self.direction, self.iteration)
 
 
 def load_training_pairs(args: HumpbackSFTArguments) -> tuple[Dataset, dict[str, int]]:

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,105 +34,24 @@ from datasets import Dataset
 from trl import TrlParser
 
 from humpback_trl.calibration import (
-    BUNDLED_DEV_SET,
     calibration_markdown,
     load_dev_set,
     load_oasst_dev_set,
 )
-from humpback_trl.curation import CurationSettings, dev_metrics, dev_thresholds, score_checked, side_mode_settings
-from humpback_trl.errors import UserError
+from humpback_trl.configs import CalibrateArguments, CalibrationSettings
+from humpback_trl.curation import CurationSettings, dev_metrics, dev_thresholds, score_checked
 from humpback_trl.judges import (
-    BUNDLED_PAIRWISE_DEV,
     MIN_JUDGE_ACCURACY,
     Judge,
     JudgeOptions,
     calibrate_judge,
     calibration_lines,
-    check_methods,
     load_pairwise_dev,
     write_calibration,
 )
 from humpback_trl.logs import configure_logging
 from humpback_trl.model_specs import model_arguments, release_memory
 from humpback_trl.modeling import load_model
-from humpback_trl.scoring import MODES, PROMPT_STYLES
-
-DEV_FORMATS = ("labelled", "oasst")
-
-
-@dataclass
-class CalibrationSettings(CurationSettings):
-    """The curation settings with a list of modes: each scores the dev set, one row each. Modes after the first take
-    their own default selection rules unless they share its scale (`curation.side_mode_settings`)."""
-
-    curation_mode: list[str] = field(
-        default_factory=lambda: ["logits"],
-        metadata={"help": "Curation modes to calibrate, one row each: any of logits, generate, likelihood."},
-    )
-
-    def __post_init__(self) -> None:
-        self.curation_mode = [self.curation_mode] if isinstance(self.curation_mode, str) else list(self.curation_mode)
-        if not self.curation_mode:
-            raise UserError(f"curation_mode needs at least one of {MODES}")
-        for mode in self.curation_mode:
-            self.for_mode(mode)
-
-    def for_mode(self, mode: str) -> CurationSettings:
-        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(CurationSettings)}
-        first = CurationSettings(**{**values, "curation_mode": self.curation_mode[0]})
-        return first if mode == first.curation_mode else side_mode_settings(first, mode)
-
-
-@dataclass
-class CalibrateArguments:
-    scorer: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Scoring models: adapter folders (M0, M1, ...), model folders, Hub ids."},
-    )
-    dev: str = field(default=BUNDLED_DEV_SET, metadata={"help": "Dev set: builtin:dev, a file or a Hub id."})
-    dev_split: str = field(default="train", metadata={"help": "Split of a Hub dev set (oasst1: validation)."})
-    dev_format: str = field(
-        default="labelled",
-        metadata={"help": "labelled (instruction, output, label[, kind]) | oasst (an oasst1 message export)."},
-    )
-    oasst_limit: int | None = field(default=None, metadata={"help": "With dev_format oasst: at most N prompts."})
-    save_dev: str | None = field(default=None, metadata={"help": "Also write the dev set used to this jsonl file."})
-    prompt_styles: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Score with each of these rubric variants (verbatim, score-only); default curation_prompt."},
-    )
-    output_dir: str | None = field(default=None, metadata={"help": "Write calibration.json / .md and scores.jsonl."})
-    dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float16 or float32."}
-    )
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the scorer in 4-bit nf4 (bitsandbytes)."})
-    judge: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Instead of --scorer: evaluation judges (models) whose pairwise accuracy is measured."},
-    )
-    pairwise_dev: str = field(
-        default=BUNDLED_PAIRWISE_DEV,
-        metadata={"help": "With --judge: pairs (prompt, chosen, rejected[, kind]): builtin:pairwise_dev or a file."},
-    )
-    judge_method: list[str] = field(
-        default_factory=lambda: ["pairwise"],
-        metadata={"help": "With --judge: pairwise | rubric | likelihood, one table row each."},
-    )
-
-    def __post_init__(self) -> None:
-        self.scorer = [self.scorer] if isinstance(self.scorer, str) else list(self.scorer)
-        self.judge = [self.judge] if isinstance(self.judge, str) else list(self.judge)
-        if bool(self.scorer) == bool(self.judge):
-            raise UserError(
-                "humpback calibrate needs --scorer (curation: a scorer's AUC on --dev) or --judge (evaluation: a "
-                "judge's pairwise accuracy on --pairwise_dev), one of the two"
-            )
-        self.judge_method = check_methods(self.judge_method)
-        if self.dev_format not in DEV_FORMATS:
-            raise UserError(f"dev_format must be one of {DEV_FORMATS}, got {self.dev_format!r}")
-        unknown = [style for style in self.prompt_styles if style not in PROMPT_STYLES]
-        if unknown:
-            raise UserError(f"prompt_styles: {unknown} not among {PROMPT_STYLES}")
 
 
 def calibrate(args: CalibrateArguments, settings: CalibrationSettings) -> dict[str, Any]:

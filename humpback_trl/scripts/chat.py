@@ -12,7 +12,6 @@ from trl import TrlParser
 
 from humpback_trl.chat import ChatArguments, load_humpback, read_prompts
 from humpback_trl.errors import UserError
-from humpback_trl.generation import SamplingConfig
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 
@@ -36,8 +35,7 @@ def run(argv: list[str] | None = None) -> list[str]:
         revision=model_args.model_revision,
         trust_remote_code=model_args.trust_remote_code,
     )
-    sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, do_sample=not args.greedy)
-    answers = bot.chat(prompts, sampling)
+    answers = bot.chat(prompts, args.sampling)
     for prompt, answer in zip(prompts, answers, strict=True):
         print(f">>> {prompt}\n{answer}\n")
     return answers

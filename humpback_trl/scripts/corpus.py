@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 
 import datasets
 from trl import TrlParser
 
+from humpback_trl.configs import CorpusOutputArguments
 from humpback_trl.corpus import CorpusConfig, check_counts, prepare_corpus, write_corpus
 from humpback_trl.logs import configure_logging
-
-
-@dataclass
-class CorpusOutputArguments:
-    output_dir: str = field(default="outputs/corpus", metadata={"help": "Where the segments and counts are written."})
 
 
 def make_parser(subparsers=None):

@@ -13,43 +13,17 @@ those who want that.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from accelerate import PartialState
 from datasets import DatasetDict, concatenate_datasets
 from trl import TrlParser
 
+from humpback_trl.configs import CurateArguments
 from humpback_trl.curation import CurationSettings, curate, load_scorer
-from humpback_trl.errors import UserError
 from humpback_trl.hub import curated_repo_id
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 from humpback_trl.pairs import load_pairs
-
-
-@dataclass
-class CurateArguments:
-    candidates: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Candidate pairs: files, folders or Hub dataset ids, scored as one pool (in order)."},
-    )
-    candidates_split: str = field(default="train", metadata={"help": "Split to read from Hub datasets."})
-    iteration: int = field(default=1, metadata={"help": "The iteration whose training data this curation selects."})
-    output_dir: str = field(
-        default="outputs/curate", metadata={"help": "Scored pool, a4 / a5 (jsonl and save_to_disk), report, card."}
-    )
-    hub_prefix: str | None = field(default=None, metadata={"help": "Push to <hub_prefix>-curated-<iteration>."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the curated splits to the Hub (with hub_prefix)."})
-    hub_private_repo: bool | None = field(
-        default=None, metadata={"help": "Create the dataset repository private (default: the Hub's default)."}
-    )
-
-    def __post_init__(self) -> None:
-        self.candidates = [self.candidates] if isinstance(self.candidates, str) else list(self.candidates)
-        if not self.candidates:
-            raise UserError("Set --candidates: the pool to score (files, folders or Hub dataset ids).")
-        if self.push_to_hub and not self.hub_prefix:
-            raise UserError("push_to_hub needs --hub_prefix (the curated splits go to <hub_prefix>-curated-<k>).")
 
 
 def run(argv: list[str] | None = None) -> DatasetDict:

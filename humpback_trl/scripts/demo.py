@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from humpback_trl import pipeline
+from humpback_trl.configs import MAGPIE_USES
 from humpback_trl.errors import UserError
 from humpback_trl.tiny import TINY_MODEL
 
@@ -36,7 +37,7 @@ def argument_parser() -> argparse.ArgumentParser:
     # --output_dir as every other command spells it; --output-dir, the demo's first spelling, still works.
     parser.add_argument("--output_dir", "--output-dir", default="outputs/demo", help=helps["output_dir"])
     parser.add_argument("--iterations", type=int, default=2, help=helps["iterations"])
-    parser.add_argument("--magpie", choices=pipeline.MAGPIE_USES, default="none", help=helps["magpie"])
+    parser.add_argument("--magpie", choices=MAGPIE_USES, default="none", help=helps["magpie"])
     parser.add_argument("--model", default=None, help=helps["model"])
     parser.add_argument("--from", dest="start_from", default=None, help=helps["from"])
     return parser

@@ -16,21 +16,21 @@ from __future__ import annotations
 import logging
 
 from datasets import Dataset
-from trl import TrlParser
 
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 from humpback_trl.preferences import PreferenceArguments, build_preferences
+from humpback_trl.scripts.parsing import HumpbackParser
 from humpback_trl.shards import process_state
 
 
-def make_parser(subparsers=None) -> TrlParser:
+def make_parser(subparsers=None) -> HumpbackParser:
     dataclass_types = (PreferenceArguments, InferenceModelArguments)
     if subparsers is not None:
         return subparsers.add_parser(
             "preferences", help="Make DPO pairs or KTO rows from rubric scores", dataclass_types=dataclass_types
         )
-    return TrlParser(dataclass_types)
+    return HumpbackParser(dataclass_types)
 
 
 def run(argv: list[str] | None = None) -> Dataset:
