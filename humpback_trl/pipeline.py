@@ -90,8 +90,22 @@ class Stage:
         hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if self.pushes and publishing(loop) else []
         return [
             "accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes", str(processes),
+            "--num_cpu_threads_per_process", str(cpu_threads_per_process(processes)),
             "-m", self.module, "--config", str(self.recipe), *self.overrides, *hub,
         ]  # fmt: skip
+
+
+def cpu_threads_per_process(processes: int) -> int:
+    """Torch threads for each of a stage's processes: OMP_NUM_THREADS when set, else this machine's cores shared out.
+
+    Without `--num_cpu_threads_per_process`, accelerate sets OMP_NUM_THREADS=1 in every process it starts unless
+    its config says `use_cpu: true` (which ours cannot: see accelerate_configs/cpu.yaml), so a CPU stage would use
+    one core of many: the 2-core demo ran every stage at half speed.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
 
 
 def publishing(loop: LoopArguments) -> bool:
