@@ -25,13 +25,13 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
+from humpback_trl.configs import BUNDLED_DEV_SET
 from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.oasst import OASST1_HUB_ID, index_export, usable
 from humpback_trl.pairs import builtin_path, load_table
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_DEV_SET = "builtin:dev"
 GOOD = "good"
 CORRUPTIONS = ("mismatched", "truncated", "blog", "navigation")
 INSTRUCTION_CORRUPTIONS = ("generic", "loop", "echo", "other_instruction")

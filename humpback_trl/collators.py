@@ -32,16 +32,13 @@ from humpback_trl.chat_template import (
     tokenizer_name,
     turn_end,
 )
+from humpback_trl.configs import DEFAULT_BACKWARD_PROMPT
 from humpback_trl.errors import MissingColumnError, UserError
 from humpback_trl.padding import pad, pad_batch
 from humpback_trl.tagging import Tagging
 
 Direction = Literal["forward", "backward"]
 
-DEFAULT_BACKWARD_PROMPT = (
-    "Write the most likely question or instruction that the following text answers. "
-    "Reply with the instruction only.\n\n{output}"
-)
 IGNORE_INDEX = -100
 # Re-rendering a decoded prefix can merge tokens differently; a few rounds always converge in practice.
 MAX_TRUNCATION_ROUNDS = 8

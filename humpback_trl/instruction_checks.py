@@ -24,13 +24,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT
+from humpback_trl.configs import DEFAULT_BACKWARD_PROMPT, DEFAULT_INSTRUCTION_CHECKS, INSTRUCTION_CHECKS
 from humpback_trl.errors import UserError
 
-CHECKS: tuple[str, ...] = ("too_short", "too_long", "loop", "prompt_echo", "copied", "unrelated")
 # `unrelated` is for backtranslation, where the output is a web segment on one topic; a creative request ("Write a
-# poem about the sea") shares no word with a good answer, so MAGPIE and seed-like data leave it off.
-DEFAULT_CHECKS: tuple[str, ...] = CHECKS[:-1]
+# poem about the sea") shares no word with a good answer, so MAGPIE and seed-like data leave it off (the default).
+CHECKS, DEFAULT_CHECKS = INSTRUCTION_CHECKS, DEFAULT_INSTRUCTION_CHECKS
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # Words of four letters or more that say nothing about a topic, so sharing them does not make two texts related.
 STOPWORDS = frozenset(
