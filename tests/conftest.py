@@ -18,6 +18,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from loop_runs import finish, humpback_run, write_recipes  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from humpback_trl.builtin_models import GGUF_MODELS, SMOLLM2, cache_root, gguf_model_path  # noqa: E402
@@ -46,7 +47,7 @@ TEXTS = [
 REQUIRE_SHARED = os.environ.get("HUMPBACK_REQUIRE_SHARED") == "1"
 SHARED_SKIPS = ("../shared", GGUF_MODELS[SMOLLM2].distribution)
 # `slow` (deselect with -m "not slow"): the real model, several processes under accelerate launch, the whole loop
-# (`humpback run` / `humpback demo` as a process, test_pipeline's first_run / humpback_run) or a stage killed with
+# (`humpback run` / `humpback demo` as a process, the shared first_run / humpback_run) or a stage killed with
 # SIGKILL and resumed. Found from the fixtures a test uses and the names and constants its body uses, so a new test
 # doing the same is marked too.
 SLOW_FIXTURES = frozenset({"smollm2_dir", "first_run"})
@@ -124,6 +125,20 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(path)
     build_model(tiny_tokenizer, seed=0).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def loop_recipes(tmp_path_factory) -> Path:
+    """The shortened quickstart recipes of the loop tests (tests/loop_runs.py); tests that edit one edit a copy."""
+    return write_recipes(tmp_path_factory.mktemp("recipes"))
+
+
+@pytest.fixture(scope="session")
+def first_run(loop_recipes, tmp_path_factory) -> tuple[Path, str]:
+    """(output folder, printed output) of one whole loop on the tiny model, shared by every test that reads it. Tests
+    that run a stage again work on a copy (loop_runs.copy_of_run), so the folder stays as this run left it."""
+    out = tmp_path_factory.mktemp("loop") / "out"
+    return out, finish(humpback_run(loop_recipes, out))
 
 
 @dataclass

@@ -2,15 +2,12 @@
 loop's stages and eval judge, and `humpback run recipes/quickstart/ --model builtin:tiny-llama --ablation random`."""
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from datasets import Dataset
+from loop_runs import copy_of_run, finish, humpback_run, statuses
 
 from humpback_trl import pipeline
 from humpback_trl.ablation import ABLATION_SEED, ablation_splits, ablation_verdict, passed_indices, random_sample
@@ -116,34 +113,20 @@ def test_the_ablation_stage_and_the_eval_judge(tmp_path, iterations) -> None:
         loop_arguments(ablation="half")
 
 
-FAST = {  # the quickstart recipes shortened to seconds per stage on the tiny model (as tests/test_pipeline.py)
-    "backward.yaml": {"max_steps": 3, "save_steps": 2},
-    "seed.yaml": {"max_steps": 3, "save_steps": 2},
-    "curate.yaml": {"curation_shard_size": 8, "calibration_dev_set": "none"},
-    "augment.yaml": {"max_new_tokens": 8, "shard_size": 8, "max_segments": 12},
-    "corpus.yaml": {},
-    "eval.yaml": {"max_instructions": 2, "max_new_tokens": 8, "shard_size": 2},
-}
-
-
-def test_quickstart_with_a_random_ablation_on_the_tiny_model(tmp_path) -> None:
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    for name, changes in FAST.items():
-        (recipes / name).write_text(yaml.safe_dump({**yaml.safe_load((QUICKSTART / name).read_text()), **changes}))
-    loop = {
-        **yaml.safe_load((QUICKSTART / "loop.yaml").read_text()),
-        "accelerate_config": "accelerate_configs/cpu.yaml",
+def test_quickstart_with_a_random_ablation_on_the_tiny_model(loop_recipes, first_run, tmp_path) -> None:
+    """`humpback run recipes/quickstart/ --model builtin:tiny-llama --ablation random --iterations 1`, shortened
+    (tests/loop_runs.py), on a copy of the shared loop's folder: its stages up to M1 are up to date, so M1-random and
+    the eval run."""
+    out = copy_of_run(first_run[0], tmp_path / "out")
+    output = finish(
+        humpback_run(loop_recipes, out, "--model", "builtin:tiny-llama", "--ablation", "random", "--iterations", "1",
+                     "--preference", "none")
+    )  # fmt: skip
+    assert statuses(output) == {
+        **dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "curate-1", "m1"], "up to date"),
+        **dict.fromkeys(["m1-random", "eval"], "running"),
     }
-    (recipes / "loop.yaml").write_text(yaml.safe_dump(loop))
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "humpback_trl.cli", "run", str(recipes), "--model", "builtin:tiny-llama",
-               "--ablation", "random", "--iterations", "1", "--output_dir", str(out)]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    assert "[humpback] m1-random: running" in done.stdout
+    assert "[humpback] m1-random: running" in output
     a5 = (out / "curate-1" / "a5.jsonl").read_text().splitlines()
     sample = [json.loads(line) for line in (out / "curate-1" / "random.jsonl").read_text().splitlines()]
     assert len(sample) == len(a5)

@@ -2,7 +2,6 @@
 length history, the card and pushes, and exact resume after kill -9."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from conftest import ADAPTER, largest_difference
+from loop_runs import copy_of_run, finish, humpback_run, statuses
 from sft_adapter import SYSTEM_PROMPT, make_sft_adapter
 
 from humpback_trl import grpo_training
@@ -229,36 +229,16 @@ def test_the_loop_report_lists_steps_evenly_with_the_last(logged, shown):
     assert lines[f"step {logged}"] == "reward 0.5 | length 10.0 tokens | end-of-turn 1.0 | checks passed 0.75 | KL 0.0"
 
 
-# The quickstart recipes, shortened so the loop runs in minutes on the tiny model (as tests/test_pipeline.py does).
-FAST = {
-    "backward.yaml": {"max_steps": 3, "save_steps": 2},
-    "seed.yaml": {"max_steps": 3, "save_steps": 2},
-    "curate.yaml": {"curation_shard_size": 8, "calibration_dev_set": "none"},
-    "augment.yaml": {"max_new_tokens": 8, "shard_size": 8, "max_segments": 12},
-    "corpus.yaml": {},
-    "grpo.yaml": {"max_steps": 2, "max_prompts": 2, "per_device_train_batch_size": 2, "num_generations": 2,
-                  "max_completion_length": 8},
-    "eval.yaml": {"max_instructions": 2, "max_new_tokens": 8, "shard_size": 2},
-}  # fmt: skip
-
-
 @pytest.mark.slow
-def test_the_quickstart_loop_trains_a_grpo_adapter_and_reports_reward_and_length(tmp_path):
-    """`humpback run recipes/quickstart/ --model builtin:tiny-llama --preference grpo`, shortened."""
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    for name, changes in FAST.items():
-        (recipes / name).write_text(yaml.safe_dump({**yaml.safe_load((QUICKSTART / name).read_text()), **changes}))
-    loop = yaml.safe_load((QUICKSTART / "loop.yaml").read_text())
-    loop["accelerate_config"] = str(QUICKSTART.parents[1] / "accelerate_configs" / "cpu.yaml")
-    (recipes / "loop.yaml").write_text(yaml.safe_dump(loop))
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "humpback_trl.cli", "run", str(recipes), "--output_dir", str(out),
-               "--model", "builtin:tiny-llama", "--preference", "grpo"]  # fmt: skip
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=1500, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+def test_the_quickstart_loop_trains_a_grpo_adapter_and_reports_reward_and_length(loop_recipes, first_run, tmp_path):
+    """`humpback run recipes/quickstart/ --model builtin:tiny-llama --preference grpo`, shortened (tests/loop_runs.py),
+    on a copy of the shared loop's folder: its stages up to M2 are up to date, so M2-grpo and the eval run."""
+    out = copy_of_run(first_run[0], tmp_path / "out")
+    output = finish(humpback_run(loop_recipes, out, "--model", "builtin:tiny-llama", "--preference", "grpo"))
+    assert statuses(output) == {
+        **dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "curate-1", "m1", "curate-2", "m2"], "up to date"),
+        **dict.fromkeys(["m2-grpo", "eval"], "running"),
+    }
 
     assert (out / "m2-grpo" / ADAPTER).is_file()
     config = json.loads((out / "m2-grpo" / "adapter_config.json").read_text())

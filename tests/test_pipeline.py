@@ -5,98 +5,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from loop_runs import ROOT, STAGES, copy_of_run, finish, humpback_run, statuses
 
 from humpback_trl import pipeline
 from humpback_trl.scripts import run as run_script
 from humpback_trl.training import last_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "recipes" / "quickstart"
-FAST = {  # the quickstart recipes, shortened so the loop runs in about a minute (on the tiny model, see below)
-    "backward.yaml": {"max_steps": 3, "save_steps": 2},
-    "seed.yaml": {"max_steps": 3, "save_steps": 2},
-    # The tiny model's random instructions fail the instruction checks: off, so every candidate is scored.
-    "curate.yaml": {"curation_shard_size": 8, "calibration_dev_set": "none", "instruction_checks": "none"},
-    "augment.yaml": {"max_new_tokens": 8, "shard_size": 8, "max_segments": 12},
-    "corpus.yaml": {},
-    "magpie.yaml": {
-        "num_samples": 8,
-        "num_turns": 1,
-        "instruction_max_new_tokens": 8,
-        "response_max_new_tokens": 8,
-        "curate": False,
-    },
-    "preferences.yaml": {"max_instructions": 3, "num_samples": 2, "max_new_tokens": 8, "shard_size": 4},
-    "dpo.yaml": {"max_steps": 2, "save_steps": 2, "per_device_train_batch_size": 2},
-    "eval.yaml": {"max_instructions": 2, "max_new_tokens": 8, "shard_size": 2},
-}
-STAGES = [
-    "corpus",
-    "myx",
-    "augment",
-    "magpie",
-    "m0",
-    "curate-1",
-    "m1",
-    "curate-2",
-    "m2",
-    "preferences",
-    "m2-dpo",
-    "eval",
-]
-
-
-@pytest.fixture(scope="module")
-def recipes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("recipes")
-    for name, changes in FAST.items():
-        config = {**yaml.safe_load((QUICKSTART / name).read_text()), **changes}
-        (folder / name).write_text(yaml.safe_dump(config))
-    loop = {
-        **yaml.safe_load((QUICKSTART / "loop.yaml").read_text()),
-        "accelerate_config": str(ROOT / "accelerate_configs/cpu.yaml"),
-        "magpie": "candidates",
-        "preference": "dpo",
-        # The quickstart recipes name the real model; the loop's override runs every stage on the tiny one.
-        "model": "builtin:tiny-llama",
-    }
-    (folder / "loop.yaml").write_text(yaml.safe_dump(loop))
-    return folder
-
-
-def humpback_run(recipes, output_dir, *extra, **popen):
-    command = [sys.executable, "-m", "humpback_trl.cli", "run", str(recipes), "--output_dir", str(output_dir), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
-    )
-
-
-def finish(process, timeout=600):
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-4000:]
-    return output
-
-
-def statuses(output):
-    return {
-        line.split(":")[0].split()[-1]: line.split(": ")[1].split(",")[0]
-        for line in output.splitlines()
-        if line.startswith("[humpback] ") and ": " in line
-    }
-
-
-@pytest.fixture(scope="module")
-def first_run(recipes, tmp_path_factory):
-    out = tmp_path_factory.mktemp("loop") / "out"
-    return out, finish(humpback_run(recipes, out))
 
 
 def test_loop_report_is_consistent(first_run):
@@ -172,22 +90,24 @@ def test_report_shows_the_corpus_funnel_the_backward_output_and_stage_times(firs
     assert f"| removed_too_long | {counts['removed_too_long']} |" in markdown
 
 
-def test_model_overrides_are_in_every_stage_command_and_hash(recipes, tmp_path):
-    base = run_script.make_parser().parse_args_and_config(["--config", str(recipes / "loop.yaml")])[0]
+def test_model_overrides_are_in_every_stage_command_and_hash(loop_recipes, tmp_path):
+    base = run_script.make_parser().parse_args_and_config(["--config", str(loop_recipes / "loop.yaml")])[0]
     base.output_dir, base.model = str(tmp_path), None
     split = pipeline.LoopArguments(**{**vars(base), "model": "fwd", "backward_model": "bwd", "magpie_model": "chat"})
-    models = {stage.name: pipeline.stage_model(stage) for stage in pipeline.plan(recipes, split)}
+    models = {stage.name: pipeline.stage_model(stage) for stage in pipeline.plan(loop_recipes, split)}
     assert models == {
         "corpus": None, "myx": "bwd", "augment": "bwd", "magpie": "chat", "m0": "fwd", "curate-1": "fwd", "m1": "fwd",
         "curate-2": "fwd", "m2": "fwd", "preferences": "fwd", "m2-dpo": "fwd", "eval": None,
     }  # fmt: skip
     # Without overrides each stage loads its recipe's model (augment: the base its adapter names).
-    plain = {stage.name: pipeline.stage_model(stage) for stage in pipeline.plan(recipes, base)}
+    plain = {stage.name: pipeline.stage_model(stage) for stage in pipeline.plan(loop_recipes, base)}
     assert plain["myx"] == plain["m0"] == plain["magpie"] == "builtin:smollm2-135m-instruct"
     assert plain["augment"] is None
 
     other = pipeline.LoopArguments(**{**vars(split), "backward_model": "bwd2"})
-    changed = {name for name, digest in hashes(recipes, other).items() if hashes(recipes, split)[name] != digest}
+    changed = {
+        name for name, digest in hashes(loop_recipes, other).items() if hashes(loop_recipes, split)[name] != digest
+    }
     # The backward model and everything downstream of it; M0 trains on the seed alone and stays.
     assert changed == {"myx", "augment", "curate-1", "m1", "curate-2", "m2", "preferences", "m2-dpo", "eval"}
 
@@ -205,12 +125,12 @@ def loop_arguments(recipes, out, **changes):
     return pipeline.LoopArguments(**{**vars(loop), "output_dir": str(out), **changes})
 
 
-def test_hash_ignores_comments_key_order_hub_logging_and_process_count(recipes, tmp_path):
-    loop = loop_arguments(recipes, tmp_path / "out")
-    before = hashes(recipes, loop)
+def test_hash_ignores_comments_key_order_hub_logging_and_process_count(loop_recipes, tmp_path):
+    loop = loop_arguments(loop_recipes, tmp_path / "out")
+    before = hashes(loop_recipes, loop)
     edited = tmp_path / "recipes"
     edited.mkdir()
-    for recipe in recipes.iterdir():
+    for recipe in loop_recipes.iterdir():
         config = yaml.safe_load(recipe.read_text())
         if recipe.name == "seed.yaml":
             config = {**dict(reversed(config.items())), "logging_steps": 1, "report_to": "tensorboard"}
@@ -222,22 +142,22 @@ def test_hash_ignores_comments_key_order_hub_logging_and_process_count(recipes, 
     assert hashes(edited, published) == before
     # The same output folder reached by an absolute or a relative path hashes alike.
     relative = pipeline.LoopArguments(**{**vars(loop), "output_dir": os.path.relpath(tmp_path / "out")})
-    assert hashes(recipes, relative) == before
+    assert hashes(loop_recipes, relative) == before
     # A value that changes the result does change the hash, of that stage and what depends on it.
-    config = yaml.safe_load((recipes / "curate.yaml").read_text())
+    config = yaml.safe_load((loop_recipes / "curate.yaml").read_text())
     (edited / "curate.yaml").write_text(yaml.safe_dump({**config, "curation_mode": "generate"}))
     changed = {name for name, digest in hashes(edited, loop).items() if before[name] != digest}
     assert changed == {"curate-1", "m1", "curate-2", "m2", "preferences", "m2-dpo", "eval"}
 
 
-def test_local_inputs_are_hashed_by_content(recipes, tmp_path):
+def test_local_inputs_are_hashed_by_content(loop_recipes, tmp_path):
     seed = tmp_path / "seed.jsonl"
     seed.write_text('{"instruction": "a", "output": "b"}\n')
     folder = tmp_path / "recipes"
     folder.mkdir()
-    for recipe in recipes.iterdir():
+    for recipe in loop_recipes.iterdir():
         (folder / recipe.name).write_text(recipe.read_text())
-    config = yaml.safe_load((recipes / "seed.yaml").read_text())
+    config = yaml.safe_load((loop_recipes / "seed.yaml").read_text())
     (folder / "seed.yaml").write_text(yaml.safe_dump({**config, "data": [str(seed)]}))
     loop = loop_arguments(folder, tmp_path / "out")
     before = hashes(folder, loop)
@@ -247,28 +167,29 @@ def test_local_inputs_are_hashed_by_content(recipes, tmp_path):
     assert hashes(folder, loop)["m0"] != before["m0"]
 
 
-def test_accelerate_config_is_found_from_any_working_directory(recipes, tmp_path, monkeypatch):
+def test_accelerate_config_is_found_from_any_working_directory(loop_recipes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    found = pipeline.find_accelerate_config("accelerate_configs/cpu.yaml", recipes)
+    found = pipeline.find_accelerate_config("accelerate_configs/cpu.yaml", loop_recipes)
     assert found == (ROOT / "accelerate_configs" / "cpu.yaml").resolve()
     with pytest.raises(FileNotFoundError, match="accelerate_config 'nope.yaml' not found"):
-        pipeline.find_accelerate_config("nope.yaml", recipes)
+        pipeline.find_accelerate_config("nope.yaml", loop_recipes)
 
 
-def test_rerun_skips_every_finished_stage(recipes, first_run):
+def test_rerun_skips_every_finished_stage(loop_recipes, first_run):
     out, _ = first_run
-    output = finish(humpback_run(recipes, out))
+    output = finish(humpback_run(loop_recipes, out))
     assert set(statuses(output).values()) == {"up to date"}
 
 
-def test_publishing_a_finished_run_pushes_every_stage_without_redoing_it(recipes, first_run, tmp_path, monkeypatch):
-    out = tmp_path / "published"
-    shutil.copytree(first_run[0], out)
+def test_publishing_a_finished_run_pushes_every_stage_without_redoing_it(
+    loop_recipes, first_run, tmp_path, monkeypatch
+):
+    out = copy_of_run(first_run[0], tmp_path / "published")
     commands = []
     monkeypatch.setattr(pipeline, "run_stage_process", lambda command: commands.append(command) or 0)
     markers = {path.name: json.loads(path.read_text()) for path in (out / pipeline.MARKERS).glob("*.json")}
-    loop = loop_arguments(recipes, out, push_to_hub=True, hub_prefix="org/run")
-    pipeline.run_loop(recipes, loop)
+    loop = loop_arguments(loop_recipes, out, push_to_hub=True, hub_prefix="org/run")
+    pipeline.run_loop(loop_recipes, loop)
     # Each stage that pushes reruns its own command once with the hub flags: it resumes from its final checkpoint or
     # finished shards, so nothing trains or scores again; corpus and eval push nothing and are skipped.
     ran = [next(arg for arg in command if arg.startswith("humpback_trl.scripts."))[21:] for command in commands]
@@ -278,15 +199,15 @@ def test_publishing_a_finished_run_pushes_every_stage_without_redoing_it(recipes
         after = json.loads((out / pipeline.MARKERS / name).read_text())
         assert after["hash"] == marker["hash"] and after["seconds"] == marker["seconds"], name
     commands.clear()
-    pipeline.run_loop(recipes, loop)  # already published to this prefix
+    pipeline.run_loop(loop_recipes, loop)  # already published to this prefix
     assert commands == []
 
 
-def test_a_second_run_on_a_locked_folder_fails_at_once(recipes, tmp_path):
+def test_a_second_run_on_a_locked_folder_fails_at_once(loop_recipes, tmp_path):
     out = tmp_path / "locked"
     with pipeline.locked(out):
         start = time.monotonic()
-        process = humpback_run(recipes, out)
+        process = humpback_run(loop_recipes, out)
         output, _ = process.communicate(timeout=120)
         assert time.monotonic() - start < 30
     assert process.returncode == 2
@@ -306,14 +227,14 @@ def test_a_second_run_on_a_locked_folder_fails_at_once(recipes, tmp_path):
 SHORT = ["--iterations", "1", "--preference", "none", "--evaluate", "false"]
 
 
-def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path):
+def test_kill_and_resume_ends_with_the_same_report(loop_recipes, first_run, tmp_path):
     out = tmp_path / "killed"
     (out / pipeline.MARKERS).mkdir(parents=True)
     # The stages before M0 are copied from the first run (with their markers): they are up to date here too.
     for stage in ("corpus", "myx", "augment", "magpie"):
         shutil.copytree(first_run[0] / stage, out / stage)
         shutil.copy(first_run[0] / pipeline.MARKERS / f"{stage}.json", out / pipeline.MARKERS / f"{stage}.json")
-    process = humpback_run(recipes, out, *SHORT, start_new_session=True)
+    process = humpback_run(loop_recipes, out, *SHORT, start_new_session=True)
     deadline = time.monotonic() + 300
     while last_checkpoint(out / "m0") is None:  # M0 mid-training: a checkpoint saved, its adapter not yet
         assert time.monotonic() < deadline and process.poll() is None, "the loop never saved an M0 checkpoint"
@@ -323,7 +244,7 @@ def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path)
     at_kill = last_checkpoint(out / "m0")
     assert not (out / "m0" / "adapter_model.safetensors").exists(), "killed after M0 finished: nothing to resume"
     assert not (out / "report.json").exists()
-    output = finish(humpback_run(recipes, out, *SHORT))
+    output = finish(humpback_run(loop_recipes, out, *SHORT))
     # M0 resumed from the checkpoint the kill left (the SFT script names it), not from scratch.
     assert f"Resuming from {at_kill}\n" in output
     assert statuses(output) == {
@@ -341,30 +262,28 @@ def test_kill_and_resume_ends_with_the_same_report(recipes, first_run, tmp_path)
     assert list(resumed["stage_seconds"]) == ["models (resolve / convert)", *STAGES[:7]]
 
 
-def test_from_forces_a_restart_of_that_stage_and_its_dependents(recipes, first_run):
-    out, _ = first_run
-    output = finish(humpback_run(recipes, out, *SHORT, "--from", "augment"))
+def test_from_forces_a_restart_of_that_stage_and_its_dependents(loop_recipes, first_run, tmp_path):
+    out = copy_of_run(first_run[0], tmp_path / "out")
+    output = finish(humpback_run(loop_recipes, out, *SHORT, "--from", "augment"))
     # MAGPIE comes after augment in the list but does not depend on it, and M0 trains on the seed alone.
     assert statuses(output) == {
         **dict.fromkeys(["corpus", "myx", "magpie", "m0"], "up to date"),
         **dict.fromkeys(["augment", "curate-1", "m1"], "running"),
     }
     with pytest.raises(ValueError, match="not a stage"):
-        run_script.run([str(recipes), "--output_dir", str(out), "--from", "m9"])
+        run_script.run([str(loop_recipes), "--output_dir", str(out), "--from", "m9"])
 
 
-def test_changed_recipe_reruns_that_stage_and_downstream_keeping_the_old_output(recipes, first_run):
-    out, _ = first_run
+def test_changed_recipe_reruns_that_stage_and_downstream_keeping_the_old_output(loop_recipes, first_run, tmp_path):
+    out = copy_of_run(first_run[0], tmp_path / "out")
+    recipes = shutil.copytree(loop_recipes, tmp_path / "recipes")
     original = (recipes / "seed.yaml").read_text()
     (recipes / "seed.yaml").write_text(
         "# only a comment and the key order differ\n" + yaml.safe_dump(dict(reversed(yaml.safe_load(original).items())))
     )
-    try:
-        assert set(statuses(finish(humpback_run(recipes, out, *SHORT))).values()) == {"up to date"}
-        (recipes / "seed.yaml").write_text(yaml.safe_dump({**yaml.safe_load(original), "max_steps": 2}))
-        output = finish(humpback_run(recipes, out, *SHORT))
-    finally:
-        (recipes / "seed.yaml").write_text(original)  # the module's recipes stay as the other tests expect
+    assert set(statuses(finish(humpback_run(recipes, out, *SHORT))).values()) == {"up to date"}
+    (recipes / "seed.yaml").write_text(yaml.safe_dump({**yaml.safe_load(original), "max_steps": 2}))
+    output = finish(humpback_run(recipes, out, *SHORT))
     assert statuses(output) == {
         **dict.fromkeys(["corpus", "myx", "augment", "magpie"], "up to date"),
         **dict.fromkeys(["m0", "curate-1", "m1"], "running"),

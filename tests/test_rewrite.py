@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from loop_runs import copy_of_run, finish, humpback_run, statuses
 
 from humpback_trl import pipeline
 from humpback_trl import rewrite as rewrite_module
@@ -233,43 +234,19 @@ def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, tiny_model_d
         assert (tmp_path / "killed" / f"{name}.jsonl").read_text() == (tmp_path / "whole" / f"{name}.jsonl").read_text()
 
 
-def test_loop_with_rewrite_replace_trains_m1_on_the_rewritten_pairs(tmp_path):
-    """`humpback run recipes/quickstart/ --model builtin:tiny-llama --rewrite replace`, shortened to one iteration."""
-    folder = tmp_path / "recipes"
-    folder.mkdir()
-    quick = ROOT / "recipes" / "quickstart"
-    fast = {
-        "backward.yaml": {"max_steps": 2, "save_steps": 2},
-        "seed.yaml": {"max_steps": 2, "save_steps": 2},
-        # Every candidate of the tiny random model into A5, so that there is something to rewrite.
-        "curate.yaml": {
-            "curation_mode": "logits",
-            "calibration_dev_set": "none",
-            "instruction_checks": "none",
-            "min_score_mass": 0.0,
-            "a4_threshold": 1.0,
-            "a5_threshold": 1.0,
-            "a4_fraction": None,
-            "a5_fraction": None,
-        },
-        "augment.yaml": {"max_new_tokens": 8, "max_segments": 4},
-        "corpus.yaml": {},
-        "rewrite.yaml": {"max_new_tokens": 8, "min_pmi": -1000, "min_lexical": 0.0, "max_new_numbers": 1000},
-    }
-    for name, changes in fast.items():
-        (folder / name).write_text(yaml.safe_dump({**yaml.safe_load((quick / name).read_text()), **changes}))
-    loop = {
-        **yaml.safe_load((quick / "loop.yaml").read_text()),
-        "accelerate_config": str(ROOT / "accelerate_configs/cpu.yaml"),
-    }
-    (folder / "loop.yaml").write_text(yaml.safe_dump({**loop, "iterations": 1, "evaluate": False}))
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "humpback_trl.cli", "run", str(folder), "--output_dir", str(out), "--model",
-         "builtin:tiny-llama", "--rewrite", "replace"],
-        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
+def test_loop_with_rewrite_replace_trains_m1_on_the_rewritten_pairs(loop_recipes, first_run, tmp_path):
+    """`humpback run recipes/quickstart/ --model builtin:tiny-llama --rewrite replace`, shortened to one iteration
+    (tests/loop_runs.py), on a copy of the shared loop's folder: its stages up to curate-1 are up to date, so the
+    rewrite runs, and M1 again on the rewritten pairs."""
+    out = copy_of_run(first_run[0], tmp_path / "out")
+    output = finish(
+        humpback_run(loop_recipes, out, "--model", "builtin:tiny-llama", "--rewrite", "replace", "--iterations", "1",
+                     "--preference", "none", "--evaluate", "false")
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert statuses(output) == {
+        **dict.fromkeys(["corpus", "myx", "augment", "magpie", "m0", "curate-1"], "up to date"),
+        **dict.fromkeys(["rewrite-1", "m1"], "running"),
+    }
     rows = read_jsonl(out / "rewrite-1" / "rewrites.jsonl")
     a5 = read_jsonl(out / "curate-1" / "a5.jsonl")
     assert [row["source_id"] for row in rows] == [row["source_id"] for row in a5] and rows
