@@ -130,7 +130,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def loop_recipes(tmp_path_factory) -> Path:
     """The shortened quickstart recipes of the loop tests (tests/loop_runs.py); tests that edit one edit a copy."""
-    return write_recipes(tmp_path_factory.mktemp("recipes"))
+    return write_recipes(tmp_path_factory.mktemp("recipes"), tmp_path_factory.mktemp("recipe-data"))
 
 
 @pytest.fixture(scope="session")

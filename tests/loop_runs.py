@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from humpback_trl.pairs import builtin_path
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart"
 FAST = {  # the quickstart recipes, shortened so the loop runs in about a minute (on the tiny model, see below)
@@ -57,8 +59,18 @@ STAGES = [
 ]
 
 
-def write_recipes(folder: Path) -> Path:
-    for name, changes in FAST.items():
+# The eval judges the bundled pairwise dev set before its table, in every loop test whose eval reruns: its first 10
+# pairs (two of each kind) stand in for the 100, a few seconds less each time.
+PAIRWISE_DEV_PAIRS = 10
+
+
+def write_recipes(folder: Path, data: Path) -> Path:
+    """The loop's recipes in `folder` (only recipes: tests parse every file there as one) and their data in `data`."""
+    pairwise_dev = data / "pairwise_dev.jsonl"
+    lines = builtin_path("pairwise_dev").read_text(encoding="utf-8").splitlines(keepends=True)
+    pairwise_dev.write_text("".join(lines[:PAIRWISE_DEV_PAIRS]), encoding="utf-8")
+    recipes = {**FAST, "eval.yaml": {**FAST["eval.yaml"], "pairwise_dev": str(pairwise_dev)}}
+    for name, changes in recipes.items():
         config = {**yaml.safe_load((QUICKSTART / name).read_text()), **changes}
         (folder / name).write_text(yaml.safe_dump(config))
     loop = {

@@ -159,8 +159,12 @@ def test_self_judging_is_flagged(tmp_path, m_k, prompts):
 
 @pytest.mark.slow
 def test_kill_9_mid_training_then_rerun_gives_the_uninterrupted_adapter(tmp_path, m_k, prompts):
-    grpo.run(["--config", recipe(tmp_path / "whole", m_k, prompts)])
-    config = recipe(tmp_path / "killed", m_k, prompts)
+    # The judge gate scores its dev set in the uninterrupted run and in the killed one: the bundled set's first two
+    # instructions (12 rows, both labels) suffice here, where only the training is compared.
+    dev = tmp_path / "dev.jsonl"
+    load_dev_set("builtin:dev").select(range(12)).to_json(str(dev), lines=True)
+    grpo.run(["--config", recipe(tmp_path / "whole", m_k, prompts, calibration_dev_set=str(dev))])
+    config = recipe(tmp_path / "killed", m_k, prompts, calibration_dev_set=str(dev))
     out = tmp_path / "killed" / "out"
     command = [sys.executable, "-m", "humpback_trl.scripts.grpo", "--config", config]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -42,12 +42,15 @@ run_command(sys.argv[1], sys.argv[2:])
 """
 
 
-def launch_machines(driver: Path, args: list[str], log: Path, delay: float, folder: Path) -> list[subprocess.Popen]:
-    """Machine ranks 0 and 1, each `accelerate launch` with one process, the way two nodes would start."""
+def launch_machines(
+    driver: Path, args: list[str], log: Path, delays: tuple[float, float], folder: Path
+) -> list[subprocess.Popen]:
+    """Machine ranks 0 and 1, each `accelerate launch` with one process, the way two nodes would start; machine
+    rank r sleeps delays[r] seconds before each of its shards."""
     port = str(free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SHARD_LOG": str(log), "SHARD_DELAY_S": str(delay)}
     machines = []
-    for rank in (0, 1):
+    for rank, delay in enumerate(delays):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SHARD_LOG": str(log), "SHARD_DELAY_S": str(delay)}
         command = [
             sys.executable, "-m", "accelerate.commands.launch",
             "--config_file", str(ROOT / "accelerate_configs/cpu.yaml"),
@@ -110,13 +113,16 @@ def run_killed_then_rerun(tmp_path: Path, name: str, args: list[str], shards: in
     driver.write_text(DRIVER)
     stage_dir = tmp_path / name
     first, second = tmp_path / f"{name}-first.log", tmp_path / f"{name}-rerun.log"
-    kill_machine_mid_stage(launch_machines(driver, args, first, 1.0, tmp_path), killed_rank, first)
+    # Only the machine to be killed is slowed down, so the kill lands before its last shard; the other one need not
+    # wait, it finishes its shards and then waits for the dead one, as it would on a real cluster.
+    delays = (1.0, 0.0) if killed_rank == 0 else (0.0, 1.0)
+    kill_machine_mid_stage(launch_machines(driver, args, first, delays, tmp_path), killed_rank, first)
     finished = shard_files(stage_dir)
     assert {index for index, _ in written(first)} <= finished
     assert 0 < len(finished) < shards, f"the kill did not land mid-stage: {sorted(finished)}"
     assert not list(stage_dir.rglob("data.jsonl")), "no merge without every machine"
 
-    machines = launch_machines(driver, args, second, 0.0, tmp_path)
+    machines = launch_machines(driver, args, second, (0.0, 0.0), tmp_path)
     wait_all(machines, second)
     assert [m.returncode for m in machines] == [0, 0], stderr_of(second)
     redone = written(second)
