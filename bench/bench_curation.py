@@ -55,6 +55,7 @@ from transformers import (  # noqa: E402
 from humpback_trl import chat_template, vllm_engine  # noqa: E402
 from humpback_trl.builtin_models import SMOLLM2, resolve_model  # noqa: E402
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT  # noqa: E402
+from humpback_trl.engines import VllmEngine  # noqa: E402
 from humpback_trl.generation import SamplingConfig, generate, generation_config  # noqa: E402
 from humpback_trl.likelihood import distinct, encode_rows, likelihood_features  # noqa: E402
 from humpback_trl.scoring import (  # noqa: E402
@@ -367,20 +368,20 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
         )
         startup = timed(lambda: vllm_engine.engine(served))
         for warm in (served, uncached):
-            vllm_engine.score_logits(warm, tokenizer, pairs[:2])
+            score_logits(VllmEngine(warm), tokenizer, pairs[:2])
         scoring = [measure for measure, _ in work[:3]]
         work += [
             (
                 Measure(**{**asdict(scoring[0]), "name": "vLLM scoring: generate mode"}),
-                fresh_cache(served, lambda: vllm_engine.score_generate(served, tokenizer, pairs, judge)),
+                fresh_cache(served, lambda: score_generate(VllmEngine(served), tokenizer, pairs, judge)),
             ),
             (
                 Measure(**{**asdict(scoring[1]), "name": "vLLM scoring: logits, no prefix cache"}),
-                lambda: vllm_engine.score_logits(uncached, tokenizer, pairs),
+                lambda: score_logits(VllmEngine(uncached), tokenizer, pairs),
             ),
             (
                 Measure(**{**asdict(scoring[2]), "name": "vLLM scoring: logits, prefix cache"}),
-                fresh_cache(served, lambda: vllm_engine.score_logits(served, tokenizer, pairs)),
+                fresh_cache(served, lambda: score_logits(VllmEngine(served), tokenizer, pairs)),
             ),
             (
                 Measure(**{**asdict(generation), "name": "vLLM generation"}),

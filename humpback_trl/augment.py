@@ -20,15 +20,15 @@ from typing import Any
 from datasets import Dataset
 from transformers import set_seed
 
-from humpback_trl import vllm_engine
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
 from humpback_trl.configs import AugmentArguments
+from humpback_trl.engines import generate, load_engine
 from humpback_trl.errors import MissingColumnError
-from humpback_trl.generation import generate, resolve_engine
 from humpback_trl.hub import candidates_repo_id, dataset_card, model_repo_id
-from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_model, load_tokenizer
+from humpback_trl.modeling import InferenceModelArguments, adapter_folder, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, drop_blank, load_table, make_pair
+from humpback_trl.paths import public_name
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
@@ -61,8 +61,7 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
     tokenizer = load_tokenizer(model_args)
     collator = load_collator(tokenizer, adapter_folder(model_args), "backward")
     sampling = args.sampling
-    engine = resolve_engine(args.engine)
-    model = load_model(model_args)[0] if engine == "transformers" else vllm_engine.from_arguments(model_args)
+    engine = load_engine(model_args, args.engine)
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Seeding by the shard's first key makes a shard's instructions the same whichever process writes it and
@@ -73,10 +72,7 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
             render(tokenizer, collator.prompt_messages({}, row["text"]), True, **collator.template_kwargs)
             for row in rows
         ]
-        if isinstance(model, vllm_engine.VllmModel):
-            instructions = vllm_engine.generate(model, tokenizer, prompts, sampling, seed=seed)
-        else:
-            instructions = generate(model, tokenizer, prompts, sampling, args.token_budget)
+        instructions = generate(engine, tokenizer, prompts, sampling, args.token_budget, None, seed)
         return [
             make_pair(instruction, row["text"], "augmented", row["source_id"])
             for row, instruction in zip(rows, instructions, strict=True)
@@ -92,7 +88,7 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
         features=PAIR_FEATURES,
         job={
             "writer": vars(model_args),
-            "engine": engine,
+            "engine": engine.name,
             "sampling": vars(sampling),
             "seed": args.seed,
             "instructions_per_segment": args.instructions_per_segment,
@@ -109,16 +105,16 @@ def augment(args: AugmentArguments, model_args: InferenceModelArguments) -> Data
 def candidate_outputs(
     candidates: Dataset, args: AugmentArguments, model_args: InferenceModelArguments, counts: dict[str, int]
 ) -> StageOutputs:
-    writer = model_args.adapter or model_args.model_name_or_path
+    writer = public_name(model_args.adapter or model_args.model_name_or_path)
     funnel = {**counts, "candidates": len(candidates), "writer": writer, "lengths": subset_stats(candidates)}
     card = dataset_card(
         title=candidates_repo_id(args.hub_prefix) if args.hub_prefix else "humpback candidates",
         summary=f"Candidate pairs: instructions written by the backward model `{writer}` for segments of "
-        f"`{args.corpus}` (T={args.temperature}, top-p={args.top_p}). Not yet curated.",
+        f"`{public_name(args.corpus)}` (T={args.temperature}, top-p={args.top_p}). Not yet curated.",
         counts={key: value for key, value in funnel.items() if isinstance(value, int)},
         links={
             "backward model": model_repo_id(args.hub_prefix, "myx") if args.hub_prefix else writer,
-            "corpus": args.corpus,
+            "corpus": public_name(args.corpus),
         },
         private=args.hub_private_repo,
     )

@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -138,6 +139,20 @@ def gguf_model_path(name: str, cache_dir: str | os.PathLike | None = None) -> Pa
 
 def builtin_names() -> list[str]:
     return [TINY_MODEL, *GGUF_MODELS]
+
+
+def builtin_of_folder(path: Path) -> str | None:
+    """The built-in name whose model folder `path` is, in any cache and of any package version (a converted GGUF
+    model is `<name>-<version>-c<conversion>`, the tiny model `tiny-llama-<digest>`), else None: how a report or a
+    card names a built-in model it was handed as the folder `resolve_model` made."""
+    if not (path / "config.json").is_file():
+        return None
+    for name in builtin_names():
+        short = re.escape(name.removeprefix(BUILTIN_PREFIX))
+        suffix = r"[0-9a-f]{12}" if name == TINY_MODEL else r".+-c\d+"
+        if re.fullmatch(rf"{short}-{suffix}", path.name):
+            return name
+    return None
 
 
 def portable_name(name_or_path: str) -> str:

@@ -6,8 +6,9 @@ The collators, the generation engine and MAGPIE all read template facts from her
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -39,6 +40,8 @@ THINKING_SWITCH = "enable_thinking"
 _EMPTY_BLOCK = re.compile(r"\s*<([A-Za-z_][\w-]*)>\s*</\1>\s*")
 
 Message = dict[str, str]
+
+logger = logging.getLogger(__name__)
 
 
 def template_kwargs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -245,3 +248,40 @@ def strip_thinking(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tupl
         return texts, 0
     results = [found.strip(text) for text in texts]
     return [text for text, _ in results], sum(stripped for _, stripped in results)
+
+
+@dataclass
+class ThinkingCounts:
+    """Texts a model of a thinking template generated, and how many of them held thinking text."""
+
+    generated: int = 0
+    stripped: int = 0
+
+
+# What `strip_generated` saw since `take_thinking_counts` last read it: generation engines return text only, so the
+# stage that asked for it reads the counts when it writes its report (stage.finish_stage).
+_COUNTS = ThinkingCounts()
+
+
+def strip_generated(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[str]:
+    """What every generation engine (transformers, vLLM) returns: `texts` without thinking text, a warning saying
+    how many held some, and both counts kept for the stage's report."""
+    if thinking(tokenizer) is None:
+        return texts
+    texts, stripped = strip_thinking(tokenizer, texts)
+    _COUNTS.generated += len(texts)
+    _COUNTS.stripped += stripped
+    if stripped:
+        logger.warning(
+            "%d of %d generated texts held thinking text despite non-thinking mode; it was stripped from them",
+            stripped,
+            len(texts),
+        )
+    return texts
+
+
+def take_thinking_counts() -> dict[str, int] | None:
+    """The counts since the last call (None when no thinking template generated anything), then zero."""
+    counts = asdict(_COUNTS)
+    _COUNTS.generated = _COUNTS.stripped = 0
+    return counts if counts["generated"] else None

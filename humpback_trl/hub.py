@@ -13,6 +13,7 @@ from pathlib import Path
 from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
+from humpback_trl.paths import looks_local, public_name
 from humpback_trl.tagging import Tagging
 
 PROJECT_TAGS = ["humpback-trl", "instruction-backtranslation", "trl", "sft"]
@@ -43,11 +44,9 @@ def bullets(items: Mapping[str, object]) -> str:
     return "\n".join(f"- **{key}**: {value}" for key, value in items.items())
 
 
-def public_name(name: str) -> str:
-    """A data or model name as a card shows it: Hub ids and relative paths as given; an absolute local path by its
-    last two parts, so no card carries the trainer's home folder."""
-    path = Path(name)
-    return str(Path(*path.parts[-2:])) if path.is_absolute() else name
+def on_hub(name: str) -> bool:
+    """Whether `name` can be a Hub repo: not a built-in name, nor a path that can only be local or that exists."""
+    return not (name.startswith("builtin:") or looks_local(name) or Path(name).exists())
 
 
 def training_card(
@@ -62,16 +61,15 @@ def training_card(
     settings: Mapping[str, object],
 ) -> ModelCard:
     """The card of every trained model: its base, what trained it (`summary`, `facts`), data counts and settings.
-    `datasets`: the Hub datasets its metadata links."""
-    # The metadata links a Hub model only; a local folder is named in the text, by its last two parts.
-    local = base_model.startswith("builtin:") or Path(base_model).is_absolute() or Path(base_model).exists()
-    base_model = public_name(base_model)
+    `datasets`: the data its metadata links where it is on the Hub."""
+    # The metadata links Hub repos only; a local model or file is named in the text, by its public name.
     card_data = ModelCardData(
-        base_model=None if local else base_model,
+        base_model=base_model if on_hub(base_model) else None,
         library_name="peft",
         tags=[*PROJECT_TAGS, *tags, f"humpback-{stage}"],
-        datasets=list(datasets) or None,
+        datasets=[name for name in datasets if on_hub(name)] or None,
     )
+    base_model = public_name(base_model)
     content = f"""---
 {card_data.to_yaml()}
 ---

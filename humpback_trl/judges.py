@@ -29,16 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.calibration import PAGE_FURNITURE, bundled_dev_pairs, truncate
 from humpback_trl.chat_template import encode, render
+from humpback_trl.engines import Engine, as_engine
 from humpback_trl.errors import MissingColumnError, UserError
-from humpback_trl.generation import CACHE_ARGUMENT
-from humpback_trl.likelihood import LikelihoodWeights, likelihood_features
+from humpback_trl.likelihood import LikelihoodWeights
 from humpback_trl.pairs import load_table
-from humpback_trl.scoring import PROMPT_STYLES, ScoreCue, last_logits, option_cue, score_pairs, split_at_prefix
+from humpback_trl.scoring import PROMPT_STYLES, ScoreCue, option_cue, score_pairs
 
 JUDGE_METHODS = ("pairwise", "rubric", "likelihood")
 POSITIONAL_METHODS = frozenset({"pairwise"})
@@ -189,7 +188,7 @@ def judge_prefix_ids(tokenizer: PreTrainedTokenizerBase, cue: ScoreCue) -> list[
 
 
 def option_probabilities(
-    model: PreTrainedModel,
+    model: Engine | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     cue: ScoreCue,
@@ -198,32 +197,14 @@ def option_probabilities(
 ) -> list[tuple[float, float]]:
     """p("A") and p("B") under the judge's full next-token distribution after each prompt, in input order.
 
-    With `prefix_cache`, the judging instructions every prompt starts with are run once and their KV cache reused:
-    with short answers they are about half of each prompt's tokens."""
-    encoded = [encode(tokenizer, prompt) for prompt in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    option_ids = list(cue.digit_ids)
-    found: list[tuple[float, float]] = [(0.0, 0.0)] * len(encoded)
+    With `prefix_cache`, the judging instructions every prompt starts with are offered to the engine as a shared
+    prefix (the transformers engine runs them once and reuses their KV cache): with short answers they are about
+    half of each prompt's tokens."""
     prefix_ids = judge_prefix_ids(tokenizer, cue) if prefix_cache else []
-    suffixes = split_at_prefix(prefix_ids, encoded) if prefix_ids else [None] * len(encoded)
-    with torch.inference_mode():
-        prefix = None
-        if any(suffix is not None for suffix in suffixes):
-            # use_cache explicitly: a model fresh from training with gradient checkpointing has it off.
-            output = model(input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1)
-            prefix = (prefix_ids, getattr(output, CACHE_ARGUMENT))
-        cached = [i for i, suffix in enumerate(suffixes) if suffix is not None]
-        plain = [i for i, suffix in enumerate(suffixes) if suffix is None]
-        for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
-            # Similar lengths share a batch, so little of each forward pass is padding.
-            order = sorted(indices, key=lambda i: len(rows[i]), reverse=True)
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
-                probs = torch.softmax(logits, dim=-1)[:, option_ids].tolist()
-                for index, (p_a, p_b) in zip(batch, probs, strict=True):
-                    found[index] = (p_a, p_b)
-    return found
+    logprobs = as_engine(model).next_token_logprobs(
+        tokenizer, prompts, cue.digit_ids, prefix_ids=prefix_ids, batch_size=batch_size
+    )
+    return [(p_a, p_b) for p_a, p_b in logprobs.exp().tolist()]
 
 
 # ---- one judge model bound to one method ----
@@ -251,13 +232,14 @@ def check_options(rubric_prompt: str, rubric_margin: float, likelihood_margin: f
 
 
 class Judge:
-    """A judge model with one method: `probabilities` for the positional A/B cue, `scores` for pointwise ones."""
+    """A judge model on its engine (a model in memory is judged with the transformers engine) with one method:
+    `probabilities` for the positional A/B cue, `scores` for pointwise ones."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: str, options: JudgeOptions
+        self, model: Engine | PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: str, options: JudgeOptions
     ) -> None:
         (self.method,) = check_methods([method])
-        self.model, self.tokenizer, self.options = model, tokenizer, options
+        self.engine, self.tokenizer, self.options = as_engine(model), tokenizer, options
 
     @property
     def positional(self) -> bool:
@@ -271,23 +253,17 @@ class Judge:
         """(p_A, p_B) per (instruction, answer shown as A, answer shown as B)."""
         cue = judge_cue(self.tokenizer)
         prompts = [judge_prompt(self.tokenizer, cue, *triple) for triple in triples]
-        return option_probabilities(self.model, self.tokenizer, prompts, cue, self.options.batch_size)
+        return option_probabilities(self.engine, self.tokenizer, prompts, cue, self.options.batch_size)
 
     def scores(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """One score per (instruction, answer); a pair that occurs twice is scored once."""
         distinct = list(dict.fromkeys(pairs))
-        if self.method == "rubric":
-            results = score_pairs(
-                self.model, self.tokenizer, distinct, mode="logits", batch_size=self.options.batch_size,
-                prompt_style=self.options.rubric_prompt,
-            )  # fmt: skip
-            values = [result.score for result in results]
-        else:
-            features = likelihood_features(
-                self.model, self.tokenizer, [i for i, _ in distinct], [o for _, o in distinct],
-                weights=self.options.likelihood_weights, batch_size=self.options.batch_size,
-            )  # fmt: skip
-            values = [feature.score for feature in features]
+        mode = "logits" if self.method == "rubric" else "likelihood"
+        results = score_pairs(
+            self.engine, self.tokenizer, distinct, mode=mode, batch_size=self.options.batch_size,
+            prompt_style=self.options.rubric_prompt, likelihood_weights=self.options.likelihood_weights,
+        )  # fmt: skip
+        values = [result.score for result in results]
         by_pair = dict(zip(distinct, values, strict=True))
         return [by_pair[pair] for pair in pairs]
 

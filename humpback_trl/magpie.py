@@ -27,18 +27,19 @@ from typing import Any
 from accelerate import PartialState
 from datasets import Dataset, Features, List, Value
 from huggingface_hub import DatasetCard
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
-from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
 from humpback_trl.configs import MagpieArguments
-from humpback_trl.curation import CurationSettings, curate, load_scorer
+from humpback_trl.curation import CurationSettings, curate, load_scorer, scoring_engine
+from humpback_trl.engines import Engine, generate, load_engine
 from humpback_trl.filters import Check, exact_duplicate_check, near_duplicate_check, wrong_language
-from humpback_trl.generation import SamplingConfig, generate, resolve_engine
+from humpback_trl.generation import SamplingConfig
 from humpback_trl.hub import dataset_card
 from humpback_trl.magpie_template import instruction_prompt, instruction_stop_token_ids, leak_check
-from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
+from humpback_trl.modeling import InferenceModelArguments, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, make_pair
+from humpback_trl.paths import public_name
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
@@ -182,13 +183,11 @@ def synthesize(
     ]  # fmt: skip
 
 
-def make_generator(
-    args: MagpieArguments, model: PreTrainedModel | vllm_engine.VllmModel, tokenizer: PreTrainedTokenizerBase, seed: int
-) -> Generator:
+def make_generator(args: MagpieArguments, engine: Engine, tokenizer: PreTrainedTokenizerBase, seed: int) -> Generator:
     """Generation on the stage's engine; on vLLM request i of a call samples with `seed + i`."""
-    if isinstance(model, vllm_engine.VllmModel):
-        return lambda prompts, sampling, stops: vllm_engine.generate(model, tokenizer, prompts, sampling, stops, seed)
-    return lambda prompts, sampling, stops: generate(model, tokenizer, prompts, sampling, args.token_budget, stops)
+    return lambda prompts, sampling, stops: generate(
+        engine, tokenizer, prompts, sampling, args.token_budget, stops, seed
+    )
 
 
 # ---- Stage ---------------------------------------------------------------------------------------------------------
@@ -204,11 +203,7 @@ def magpie_repo_id(prefix: str) -> str:
 def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
     """Generate, filter (and optionally self-curate) MAGPIE conversations; returns the kept rows on every process."""
     state = PartialState()
-    engine = resolve_engine(args.engine)
-    if engine == "transformers":
-        model, tokenizer = load_model(model_args)
-    else:
-        model, tokenizer = vllm_engine.from_arguments(model_args), load_tokenizer(model_args)
+    engine, tokenizer = load_engine(model_args, args.engine), load_tokenizer(model_args)
     # Built before generation, so that a missing optional dependency fails before hours of work.
     checks = instruction_checks(args, tokenizer)
 
@@ -217,7 +212,7 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
         # prompts still sample different instructions, each row drawing its own tokens.
         seed = args.seed + rows[0]["index"]
         set_seed(seed)
-        return synthesize(rows, tokenizer, make_generator(args, model, tokenizer, seed), args)
+        return synthesize(rows, tokenizer, make_generator(args, engine, tokenizer, seed), args)
 
     generated = run_sharded(
         magpie_items(args),
@@ -232,22 +227,23 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
         job={
             "model": vars(model_args),
             **{k: v for k, v in vars(args).items() if k.startswith(GENERATION_FIELDS)},
-            "engine": engine,
+            "engine": engine.name,
         },
     )
     keep, counts = filter_conversations(generated["messages"], checks, args)
     kept = generated.select(keep)
-    writer = model_args.adapter or model_args.model_name_or_path
+    writer = public_name(model_args.adapter or model_args.model_name_or_path)
     summary = None
     if args.curate and not len(kept):
         logger.warning("MAGPIE: no conversation survived the filters, so there is nothing to curate")
     elif args.curate:
         # The curation engine may differ from the generation one: reuse the loaded model only when it matches.
-        if isinstance(model, vllm_engine.VllmModel) != (resolve_engine(settings.curation_engine) == "vllm"):
-            model = load_scorer(model_args, settings)[0]
+        if engine.name != scoring_engine(model_args, settings):
+            engine.release()
+            engine = load_scorer(model_args, settings)[0]
         hub_repo = f"{magpie_repo_id(args.hub_prefix)}-curated" if args.push_to_hub and args.hub_prefix else None
         _, summary = curate(
-            model, tokenizer, kept.select_columns(list(PAIR_FEATURES)), settings, iteration=CURATION_ITERATION,
+            engine, tokenizer, kept.select_columns(list(PAIR_FEATURES)), settings, iteration=CURATION_ITERATION,
             scorer=writer, output_dir=Path(args.output_dir) / "curation", hub_repo=hub_repo,
             private=args.hub_private_repo,
         )  # fmt: skip

@@ -628,23 +628,24 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
             report[f"curation vs {BASELINE_NAMES[kind]}"] = report["ablation"]["line"]
     # The wall time of the run that finished each stage (a skipped stage keeps the time it took when it ran).
     report["stage_seconds"] = {stage.name: read_marker(marker_path(loop, stage)).get("seconds") for stage in stages}
+    # Inside the run's folder, so the report names no local prefix; print_summary shows them under that folder.
     report["artifacts"] = {
-        "backward model": str(out / "myx"),
-        "candidates": str(out / "augment" / "candidates.jsonl"),
-        **{f"A5 iteration {k}": str(out / f"curate-{k}" / "a5.jsonl") for k in range(1, loop.iterations + 1)},
+        "backward model": "myx",
+        "candidates": "augment/candidates.jsonl",
+        **{f"A5 iteration {k}": f"curate-{k}/a5.jsonl" for k in range(1, loop.iterations + 1)},
         **{
-            f"rewrites iteration {k}": str(out / f"rewrite-{k}" / "rewrites.jsonl")
+            f"rewrites iteration {k}": f"rewrite-{k}/rewrites.jsonl"
             for k in range(1, loop.iterations + 1)
             if loop.rewrite != "none"
         },
-        **{stage.name.upper(): str(out / stage.name) for stage in stages if stage.evaluated},
-        **({"preference data": str(out / "preferences")} if loop.preference in ("dpo", "kto") else {}),
+        **{stage.name.upper(): stage.name for stage in stages if stage.evaluated},
+        **({"preference data": "preferences"} if loop.preference in ("dpo", "kto") else {}),
         **(
-            {"GRPO reward and length": str(out / f"m{loop.iterations}-grpo" / "reward_length.png")}
+            {"GRPO reward and length": f"m{loop.iterations}-grpo/reward_length.png"}
             if loop.preference == "grpo"
             else {}
         ),
-        **({"evaluation": str(out / "eval" / "report.md")} if loop.evaluate else {}),
+        **({"evaluation": "eval/report.md"} if loop.evaluate else {}),
     }
     return report
 
@@ -670,5 +671,5 @@ def print_summary(report: dict[str, Any], output_dir: str) -> None:
     print(render_markdown({k: v for k, v in report.items() if k != "artifacts"}, "Humpback data funnel"))
     print("Artifacts:")
     for name, path in report["artifacts"].items():
-        print(f"  {name:<20} {path}")
+        print(f"  {name:<20} {Path(output_dir) / path}")
     print(f"  {'report':<20} {Path(output_dir) / 'report.md'} (+ report.json, scores.png)")

@@ -28,17 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, Features, List, Value, concatenate_datasets
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
 from humpback_trl.chat import TAG_CHOICES
 from humpback_trl.chat_template import Message, render, template_kwargs
 from humpback_trl.collators import SwappedFieldCollator, load_collator
 from humpback_trl.configs import PreferenceArguments
+from humpback_trl.engines import Engine, choose_engine, generate, load_engine
 from humpback_trl.errors import UserError
-from humpback_trl.generation import SamplingConfig, generate
+from humpback_trl.generation import SamplingConfig
 from humpback_trl.hub import dataset_card
-from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_model, load_tokenizer
+from humpback_trl.modeling import InferenceModelArguments, adapter_folder, base_model_name, load_tokenizer
 from humpback_trl.pairs import load_pairs
+from humpback_trl.paths import public_name
 from humpback_trl.scoring import GENERATE_SAMPLING, score_pairs
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
@@ -223,10 +225,11 @@ def load_instructions(args: PreferenceArguments) -> Dataset:
 
 @dataclass
 class Sampler:
-    """What one shard of the DPO kind needs: the sampling model, the scorer, the prompt layout and the settings."""
+    """What one shard of the DPO kind needs: the sampling model and the scorer on their engines, the prompt layout
+    and the settings."""
 
-    model: PreTrainedModel
-    scorer: PreTrainedModel
+    model: Engine
+    scorer: Engine
     tokenizer: PreTrainedTokenizerBase
     collator: SwappedFieldCollator
     args: PreferenceArguments
@@ -262,12 +265,13 @@ class Sampler:
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # Seeded by the shard's first key, so a shard's answers are the same whichever process writes it and whether
         # or not an earlier run was killed (as in augmentation).
-        set_seed(self.args.seed + zlib.crc32(rows[0]["source_id"].encode()))
+        seed = self.args.seed + zlib.crc32(rows[0]["source_id"].encode())
+        set_seed(seed)
         n = self.args.num_samples
         prompts = [self.prompt(row["instruction"]) for row in rows]
         texts = [render(self.tokenizer, p, True, **self.collator.template_kwargs) for p in prompts for _ in range(n)]
         sampling = self.args.sampling
-        answers = generate(self.model, self.tokenizer, texts, sampling, self.args.token_budget, show_progress=False)
+        answers = generate(self.model, self.tokenizer, texts, sampling, self.args.token_budget, None, seed)
         scores, masses = self.scores([row["instruction"] for row in rows for _ in range(n)], answers)
         return [
             {
@@ -283,7 +287,8 @@ class Sampler:
         ]
 
 
-def load_scorer(args: PreferenceArguments, model_args: InferenceModelArguments, model: PreTrainedModel):
+def load_scorer(args: PreferenceArguments, model_args: InferenceModelArguments, model: Engine) -> Engine:
+    """M_k's engine, or `scorer_adapter` on M_k's base, on the stage's engine."""
     if args.scorer_adapter is None:
         return model
     scorer_args = InferenceModelArguments(
@@ -293,7 +298,7 @@ def load_scorer(args: PreferenceArguments, model_args: InferenceModelArguments, 
         dtype=model_args.dtype,
         model_revision=model_args.model_revision,
     )
-    return load_model(scorer_args)[0]
+    return load_engine(scorer_args, choose_engine(args.engine, scorer_args, args.curation_mode == "likelihood"))
 
 
 def sample_and_score(
@@ -302,7 +307,10 @@ def sample_and_score(
     """Every instruction's sampled answers and their scores (the `samples` of the DPO kind), shard by shard, and
     M_k's prompt layout."""
     instructions = load_instructions(args)
-    model, tokenizer = load_model(model_args)
+    # M_k also scores unless scorer_adapter names another model: then it samples on the engine asked for.
+    scores_too = args.scorer_adapter is None and args.curation_mode == "likelihood"
+    model = load_engine(model_args, choose_engine(args.engine, model_args, scores_too))
+    tokenizer = load_tokenizer(model_args)
     collator = load_collator(tokenizer, adapter_folder(model_args), "forward")
     sampler = Sampler(model, load_scorer(args, model_args, model), tokenizer, collator, args)
     samples = run_sharded(
@@ -322,6 +330,7 @@ def sample_and_score(
             "scoring": [args.curation_mode, args.curation_prompt, args.curation_max_new_tokens, args.min_score_mass],
             "seed": args.seed,
             "system": collator.system_prompt,
+            "engine": [model.name, sampler.scorer.name],
         },
     )
     return samples, collator
@@ -361,8 +370,8 @@ def build_dpo(args: PreferenceArguments, model_args: InferenceModelArguments) ->
     samples, collator = sample_and_score(args, model_args)
     pairs, counts = dpo_pairs(samples, args.margin)
     pairs = with_template_kwargs(pairs, collator)
-    model = model_args.adapter or model_args.model_name_or_path
-    scorer = args.scorer_adapter or model
+    model = public_name(model_args.adapter or model_args.model_name_or_path)
+    scorer = public_name(args.scorer_adapter or model)
     report = {
         **counts,
         "margin": args.margin,
@@ -372,13 +381,18 @@ def build_dpo(args: PreferenceArguments, model_args: InferenceModelArguments) ->
     }
     summary = (
         f"Self-rewarding preference pairs (Yuan et al. 2024): for each of {counts['instructions']} instructions from "
-        f"{', '.join(f'`{name}`' for name in args.instructions)}, `{model}` sampled {args.num_samples} answers "
+        f"{', '.join(f'`{public_name(name)}`' for name in args.instructions)}, `{model}` "
+        f"sampled {args.num_samples} answers "
         f"(T={args.temperature}, top-p={args.top_p}); `{scorer}` scored each on the backtranslation rubric "
         f"({args.curation_mode} mode). chosen = best, rejected = worst; pairs with a score gap under {args.margin} "
         "(or tied) are dropped. TRL conversational format: `prompt` / `chosen` / `rejected` message lists, plus "
         "`chosen_score` / `rejected_score`."
     )
-    links = {"sampling model (M_k)": model, "scorer": scorer, "instructions": ", ".join(args.instructions)}
+    links = {
+        "sampling model (M_k)": model,
+        "scorer": scorer,
+        "instructions": ", ".join(map(public_name, args.instructions)),
+    }
     finish_stage(stage_outputs(args, pairs, report, summary, links), args.output_dir)
     return pairs, report
 
@@ -390,12 +404,16 @@ def build_kto(args: PreferenceArguments, model_args: InferenceModelArguments) ->
     rows = with_template_kwargs(rows, collator)
     report = {**counts, "a5_threshold": args.a5_threshold, "low_threshold": args.low_threshold}
     summary = (
-        f"KTO rows from the scored pool `{args.scored_pool}`: desirable = score >= {args.a5_threshold} (A5), "
+        f"KTO rows from the scored pool `{public_name(args.scored_pool)}`:"
+        f" desirable = score >= {args.a5_threshold} (A5), "
         f"undesirable = score <= {args.low_threshold}; pairs in between or unscored are left out. TRL "
         "conversational unpaired format: `prompt` / `completion` message lists and a boolean `label`, plus `score`. "
         "Prompts carry each pair's source tag, as at SFT training."
     )
-    links = {"scored pool": args.scored_pool, "prompt layout from": model_args.adapter or "defaults"}
+    links = {
+        "scored pool": public_name(args.scored_pool),
+        "prompt layout from": public_name(model_args.adapter or "defaults"),
+    }
     finish_stage(stage_outputs(args, rows, report, summary, links), args.output_dir)
     return rows, report
 

@@ -10,7 +10,8 @@ labelled dev set (`calibration`). Likelihood-mode scores have no 1-5 scale: thei
 in `LIKELIHOOD_BINS` bins, and no per-score counts are kept. The loop's report
 (pipeline.loop_report) adds the corpus funnel, the backward model's output with examples, the preference data's
 counts (`preferences`), the evaluation (`evaluation`: the content of `humpback eval`'s report.json) and each stage's
-wall time; scores.png draws each histogram with the A4/A5 thresholds.
+wall time; scores.png draws each histogram with the A4/A5 thresholds. A stage whose model has a thinking template
+adds `thinking`: the texts it generated and how many held thinking text (stripped; stage.finish_stage).
 """
 
 from __future__ import annotations
@@ -250,9 +251,18 @@ def _backward_lines(backward: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _thinking_line(counts: Mapping[str, int]) -> str:
+    return (
+        f"Thinking text stripped from {counts['stripped']} of {counts['generated']} texts the model generated "
+        "(a thinking template, prompted in non-thinking mode)."
+    )
+
+
 def render_markdown(report: Mapping[str, Any], title: str = "Data funnel") -> str:
     lines = [f"# {title}", ""]
     lines += [f"- **{key}**: {value}" for key, value in report.items() if not isinstance(value, (list, dict))]
+    if "thinking" in report:
+        lines += ["", _thinking_line(report["thinking"])]
     if "corpus_funnel" in report:
         lines += ["", "## Corpus funnel", "", *_table(["step", "count"], list(report["corpus_funnel"].items()))]
     if "backward_model" in report:

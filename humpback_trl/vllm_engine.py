@@ -9,11 +9,12 @@ tokenizer (so BOS, stop ids and the template are the ones training used) and han
   `accelerate launch` every process serves its own shards with its own engine, pinned to that process's GPU:
   the shards are already split and resumable per process, so vLLM's own data parallelism would add a second
   scheduler on top of the same split.
-- Logits-mode curation asks for one token after the score cue with the log-probabilities of the five digit tokens
-  (`logprob_token_ids`), read by the same `result_from_digit_logprobs` as the transformers path; automatic prefix
-  caching computes the shared rubric once.
-- Likelihood-mode curation asks for the log-probability of every prompt token (`prompt_logprobs=0`) of the rows
-  `likelihood.encode_rows` builds, so the same tokens are scored as on the transformers path.
+- Next-token log-probabilities (`engines.Engine.next_token_logprobs`: the rubric's digits in logits mode, a judge's
+  "A" and "B") come from one greedy token after each prompt with the log-probabilities of the given tokens
+  (`logprob_token_ids`); automatic prefix caching computes the shared rubric once.
+- Continuation log-probabilities (likelihood mode) are the log-probabilities of every prompt token
+  (`prompt_logprobs=0`) of the rows `likelihood.encode_rows` builds, so the same tokens are scored as on the
+  transformers path.
 - A LoRA adapter is served as a LoRARequest on the base model (curate-k scores with M_{k-1}'s adapter).
 """
 
@@ -34,20 +35,8 @@ from transformers import PreTrainedTokenizerBase
 from humpback_trl import chat_template
 from humpback_trl.errors import MissingPackageError
 from humpback_trl.generation import SamplingConfig
-from humpback_trl.likelihood import EncodedOutput, LikelihoodWeights, OutputLogprob, encode_rows, features_from, summary
+from humpback_trl.likelihood import EncodedOutput, OutputLogprob, summary
 from humpback_trl.modeling import InferenceModelArguments, base_model_name
-from humpback_trl.scoring import (
-    GENERATE_SAMPLING,
-    PromptStyle,
-    ScoreResult,
-    generate_prompts,
-    logits_prompt,
-    result_from_digit_logprobs,
-    result_from_likelihood,
-    results_from_replies,
-    score_cue,
-)
-from humpback_trl.tagging import Tagging
 
 # On CPU: fp32 (as the transformers engine there), no graph capture (minutes of compilation for seconds of gain),
 # and a fixed KV cache: the default `gpu_memory_utilization` reserves that share of the machine's RAM and fails.
@@ -171,8 +160,8 @@ def generate(
     seed: int = 0,
     show_progress: bool = False,
 ) -> list[str]:
-    """`generation.generate` on vLLM: same prompts, stop rule and output contract; request i samples with
-    `seed + i`."""
+    """`generation.generate` on vLLM: same prompts, stop rule and output contract (thinking text stripped and
+    counted); request i samples with `seed + i`."""
     vllm = _vllm()
     stop_ids = stop_token_ids if stop_token_ids is not None else chat_template.stop_token_ids(tokenizer)
     params = [
@@ -191,40 +180,27 @@ def generate(
     outputs = engine(model).generate(
         _token_prompts(tokenizer, prompts), params, lora_request=_lora(model), use_tqdm=show_progress
     )
-    return [output.outputs[0].text.strip() for output in outputs]
+    return chat_template.strip_generated(tokenizer, [output.outputs[0].text.strip() for output in outputs])
 
 
-def score_logits(
+def next_token_logprobs(
     model: VllmModel,
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str, str]],
+    prompts: Sequence[str],
+    token_ids: Sequence[int],
     show_progress: bool = False,
-    tagging: Tagging | None = None,
-    prompt_style: PromptStyle = "verbatim",
-) -> list[ScoreResult]:
-    """`scoring.score_logits` on vLLM: one greedy token after the cue, with the digits' log-probabilities."""
+) -> torch.Tensor:
+    """`Engine.next_token_logprobs` on vLLM: one greedy token after each prompt, returning the log-probabilities of
+    `token_ids` (`logprob_token_ids`), [prompts, tokens]."""
     vllm = _vllm()
-    cue = score_cue(tokenizer)
-    prompts = [logits_prompt(tokenizer, i, o, cue, tagging, prompt_style) for i, o in pairs]
-    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(cue.digit_ids))
+    if not prompts:
+        return torch.zeros((0, len(token_ids)), dtype=torch.float64)
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
     outputs = engine(model).generate(
         _token_prompts(tokenizer, prompts), params, lora_request=_lora(model), use_tqdm=show_progress
     )
-    rows = [[output.outputs[0].logprobs[0][token].logprob for token in cue.digit_ids] for output in outputs]
-    return result_from_digit_logprobs(torch.tensor(rows, dtype=torch.float64)) if rows else []
-
-
-def score_generate(
-    model: VllmModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str, str]],
-    sampling: SamplingConfig = GENERATE_SAMPLING,
-    show_progress: bool = False,
-    tagging: Tagging | None = None,
-) -> list[ScoreResult]:
-    """`scoring.score_generate` on vLLM."""
-    replies = generate(model, tokenizer, generate_prompts(tokenizer, pairs, tagging), sampling, None, 0, show_progress)
-    return results_from_replies(replies)
+    rows = [[output.outputs[0].logprobs[0][token].logprob for token in token_ids] for output in outputs]
+    return torch.tensor(rows, dtype=torch.float64)
 
 
 def encoded_logprobs(
@@ -246,37 +222,3 @@ def encoded_logprobs(
         values = [output.prompt_logprobs[p][ids[p]].logprob for p in range(len(row.prompt), len(ids))]
         results.append(summary(torch.tensor(values, dtype=torch.float64), len(row.output), bool(row.end)))
     return results
-
-
-def output_logprobs(
-    model: VllmModel,
-    tokenizer: PreTrainedTokenizerBase,
-    contexts: Sequence[str | None],
-    outputs: Sequence[str],
-    *,
-    template_kwargs: dict | None = None,
-    with_end: bool = False,
-    system_prompt: str | None = None,
-    show_progress: bool = False,
-) -> list[OutputLogprob]:
-    """`likelihood.output_logprobs` on vLLM (its automatic prefix caching shares the template header)."""
-    encoded = encode_rows(
-        tokenizer, contexts, outputs, with_end=with_end, template_kwargs=template_kwargs, system_prompt=system_prompt
-    )
-    return encoded_logprobs(model, encoded, show_progress)
-
-
-def score_likelihood(
-    model: VllmModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[tuple[str, str]],
-    weights: LikelihoodWeights,
-    show_progress: bool = False,
-) -> list[ScoreResult]:
-    """`scoring.score_likelihood` on vLLM."""
-
-    def passes(contexts: list[str | None], texts: list[str], with_end: bool) -> list[OutputLogprob]:
-        return output_logprobs(model, tokenizer, contexts, texts, with_end=with_end, show_progress=show_progress)
-
-    features = features_from(passes, [i for i, _ in pairs], [o for _, o in pairs], weights)
-    return [result_from_likelihood(f) for f in features]

@@ -8,6 +8,7 @@ from datasets import Dataset
 
 from humpback_trl.curation import CurationSettings, curate, panel_score, select
 from humpback_trl.pairs import PAIR_FEATURES, make_pair
+from humpback_trl.paths import public_name
 from humpback_trl.scoring import RUBRIC
 from humpback_trl.tiny import build_model, build_tokenizer
 
@@ -120,21 +121,21 @@ def test_panel_of_judges_keeps_every_score_and_reports_agreement(
     scored = curated["scored"]
     for row in scored:
         judges = row["judge_scores"]
-        assert [j["judge"] for j in judges] == ["m0", same, other]
+        assert [j["judge"] for j in judges] == ["m0", public_name(same), public_name(other)]
         # The fixture model and the saved one are the same weights: their scores agree.
         assert judges[0]["score"] == pytest.approx(judges[1]["score"], abs=1e-5)
         scores = [j["score"] for j in judges]
         assert row["score"] == pytest.approx(min(scores))
         assert row["score_mass"] == pytest.approx(min(j["mass"] for j in judges))
-    assert summary["judges"] == ["m0", same, other]
+    assert summary["judges"] == ["m0", public_name(same), public_name(other)]
     calibration = summary["calibration"]
     assert [s["scorer"] for s in calibration["scorers"]] == [
-        "m0", same, other, "panel (min)"
+        "m0", public_name(same), public_name(other), "panel (min)"
     ]  # fmt: skip
     for metrics in calibration["scorers"]:
         assert (metrics["pairs"], metrics["good"], set(metrics["auc_by_kind"])) == (5, 3, {"mismatched"})
-    assert calibration["agreement"][same] == pytest.approx(1.0)
-    assert -1 <= calibration["agreement"][other] <= 1
+    assert calibration["agreement"][public_name(same)] == pytest.approx(1.0)
+    assert -1 <= calibration["agreement"][public_name(other)] <= 1
     report = json.loads((tmp_path / "cur" / "report.json").read_text())["iterations"][0]
     assert report["calibration"] == calibration
     assert (tmp_path / "cur" / "scoring-judge-2" / "data.jsonl").is_file()

@@ -17,6 +17,7 @@ from humpback_trl.evaluation import (
     resolve_judge,
     summarize,
 )
+from humpback_trl.paths import public_name
 from humpback_trl.scripts import eval as eval_script
 from humpback_trl.tiny import build_model
 
@@ -210,7 +211,7 @@ def test_evaluate_with_a_scripted_judge(tmp_path, tiny_model_dir, monkeypatch, j
         assert pairwise["calibration"]["pairwise_accuracy"] == 0.5 and pairwise["calibration"]["undecided"]
         assert report["headline_method"] == "rubric"
     assert report["table"] == report["methods"][report["headline_method"]]["table"]
-    assert report["judge"] == str(tiny_model_dir) and report["judge_is_compared"] is None
+    assert report["judge"] == public_name(str(tiny_model_dir)) and report["judge_is_compared"] is None
     assert json.loads((out / "report.json").read_text())["table"] == report["table"]
     outputs = json.loads((out / "model_outputs" / "m2.json").read_text())
     assert [set(r) for r in outputs] == [{"instruction", "output", "generator", "dataset"}] * 3
@@ -241,11 +242,11 @@ def test_eval_command_on_tiny_models(tmp_path, tiny_tokenizer, tiny_model_dir) -
     report = eval_script.run(argv)
     (row,) = report["table"]
     assert (row["model"], row["reference"], row["n"]) == ("other", "base", 2)
-    assert report["judge"] == str(other) and report["judge_is_compared"] == "other"
+    assert report["judge"] == public_name(str(other)) and report["judge_is_compared"] == "other"
     assert "the judge is one of the compared models (other)" in (out / "report.md").read_text()
     for method in ("pairwise", "likelihood"):
         calibration = report["methods"][method]["calibration"]
-        assert calibration["pairs"] == 10 and calibration["pairwise_dev"] == str(dev)
+        assert calibration["pairs"] == 10 and calibration["pairwise_dev"] == public_name(str(dev))
         assert (out / "calibration" / method / "data.jsonl").is_file()
     judged = [r for r in map(json.loads, (out / "judgments.jsonl").read_text().splitlines()) if not r["identical"]]
     for record in (r for r in judged if r["method"] == "pairwise"):

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, set_seed 
 from humpback_trl import magpie, magpie_template  # noqa: E402
 from humpback_trl.chat_template import encode, render  # noqa: E402
 from humpback_trl.generation import generate  # noqa: E402
+from humpback_trl.paths import public_name
 from humpback_trl.scripts import magpie as magpie_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +226,7 @@ def test_tiny_model_run_writes_the_filtered_dataset_and_resumes(tmp_path, tiny_m
     assert (out / "report.md").is_file() and report["iterations"][0]["candidates"] == len(kept)
     assert len((out / "curation" / "scored.jsonl").read_text().splitlines()) == len(kept)
     card = (out / "README.md").read_text()
-    assert str(tiny_model_dir) in card and "T=1.0, top-p=1.0" in card and "greedy" in card
+    assert public_name(str(tiny_model_dir)) in card and "T=1.0, top-p=1.0" in card and "greedy" in card
     # A rerun finds every shard finished: no generation, the same data.
     calls.clear()
     again = magpie_script.run(argv)

@@ -14,6 +14,7 @@ from sft_adapter import SYSTEM_PROMPT, make_sft_adapter
 
 from humpback_trl.collators import SwappedFieldCollator
 from humpback_trl.pairs import PAIR_FEATURES
+from humpback_trl.paths import public_name
 from humpback_trl.preferences import PreferenceArguments, dpo_pairs, kto_label, kto_rows, pick_pair
 from humpback_trl.scripts import preferences
 from humpback_trl.tagging import SEED_TAG, WEB_TAG
@@ -143,7 +144,7 @@ def test_self_rewarding_pairs_respect_the_margin(tmp_path, adapter):
     lines = (tmp_path / "prefs" / "dpo.jsonl").read_text().splitlines()
     assert [json.loads(line)["source_id"] for line in lines] == pairs["source_id"]
     card = (tmp_path / "prefs" / "README.md").read_text()
-    assert f"pairs_kept**: {len(pairs)}" in card and str(adapter) in card
+    assert f"pairs_kept**: {len(pairs)}" in card and public_name(str(adapter)) in card
 
 
 def test_kto_rows_from_the_scored_pool_use_the_adapters_prompt_layout(tmp_path, adapter):

@@ -8,6 +8,7 @@ import yaml
 from conftest import launch_cpu_processes
 from datasets import load_from_disk
 
+from humpback_trl.paths import public_name
 from humpback_trl.scripts import augment, curate
 
 SEGMENTS = [
@@ -110,7 +111,11 @@ def test_curate_counts_add_up_and_subsets_nest(tmp_path, tiny_model_dir, mode):
         ]
     )
     scored, a4, a5 = curated["scored"], curated["a4"], curated["a5"]
-    assert len(scored) == 10 and set(scored["iteration"]) == {2} and set(scored["scorer"]) == {str(tiny_model_dir)}
+    assert (
+        len(scored) == 10
+        and set(scored["iteration"]) == {2}
+        and set(scored["scorer"]) == {public_name(str(tiny_model_dir))}
+    )
     assert set(a5["source_id"]) <= set(a4["source_id"]) <= set(scored["source_id"])
     assert all(s >= 3 for s in a5["score"]) and all(s >= 2.5 for s in a4["score"])
     outside = [
@@ -134,7 +139,7 @@ def test_curate_counts_add_up_and_subsets_nest(tmp_path, tiny_model_dir, mode):
     }
     assert set(load_from_disk(str(out / "curated")).keys()) == {"scored", "a4", "a5"}
     card = (out / "README.md").read_text()
-    assert f"`{tiny_model_dir}`" in card and "iteration 2" in card and f"{mode} mode" in card
+    assert f"`{public_name(str(tiny_model_dir))}`" in card and "iteration 2" in card and f"{mode} mode" in card
     assert "A5 (score >= 3.0)**: " + str(len(a5)) in card
 
 

