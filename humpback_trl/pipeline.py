@@ -249,6 +249,13 @@ def curated_data(folder: Path, out: Path, k: int, rewrite: str) -> list[str]:
     return [str(out / f"curate-{k}" / f"{split}.jsonl"), str(out / f"rewrite-{k}" / "accepted.jsonl")]
 
 
+def training_data_label(loop: LoopArguments) -> str:
+    """What M_k trained on, in the words of the report (the files are curated_data's)."""
+    seed = "seed + MAGPIE" if loop.magpie == "seed" else "seed"
+    added = {"none": "A5", "replace": "rewritten A5", "add": "A5 + accepted rewrites"}[loop.rewrite]
+    return f"{seed} + {added}"
+
+
 def preference_stages(folder: Path, out: Path, loop: LoopArguments, model: list[str]) -> list[Stage]:
     """preferences (M_K answers and scores: DPO pairs, or KTO rows from the last scored pool) -> mK-dpo | mK-kto;
     or mK-grpo alone (online: M_K answers the last scored pool's instructions during training)."""
@@ -611,6 +618,7 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
             **_json(out / f"curate-{k}" / "report.json")["iterations"][0],
             "trains": f"m{k}",
             "training_pairs": len(_rows(out / f"m{k}" / "training_data.jsonl")),
+            "training_data": training_data_label(loop),
         }
         for k in range(1, loop.iterations + 1)
     ]

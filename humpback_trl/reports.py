@@ -190,7 +190,11 @@ def _iteration_lines(it: Mapping[str, Any]) -> list[str]:
         "",
         f"## Iteration {it['iteration']}: scored by `{it['scorer']}` ({it['mode']} mode, "
         f"{_rule(it, 'a4')}, {_rule(it, 'a5')})",
-        *([f"{it['trains']} trained on {it['training_pairs']} pairs (seed + A5)", ""] if "trains" in it else [""]),
+        *(
+            [f"{it['trains']} trained on {it['training_pairs']} pairs ({it['training_data']})", ""]
+            if "trains" in it
+            else [""]
+        ),
         *_count_lines(it),
         *_check_lines(it),
         *_low_mass_lines(it),

@@ -116,3 +116,31 @@ def test_funnel_shows_low_mass_calibration_preferences_and_the_evaluation_table(
     old = curation_summary(pool, pool, pool, iteration=1, scorer="m0", mode="logits", thresholds=summary["thresholds"])
     plain = render_markdown({"iterations": [old]})
     assert "low digit mass" not in plain and "calibration" not in plain
+
+
+def test_each_iteration_says_what_its_model_trained_on():
+    """Under `rewrite: replace` M_k trains on the rewritten pairs: the report says so instead of "seed + A5"."""
+    from humpback_trl.configs import LoopArguments
+    from humpback_trl.pipeline import training_data_label
+
+    labels = {
+        (magpie, rewrite): training_data_label(LoopArguments(magpie=magpie, rewrite=rewrite))
+        for magpie in ("none", "seed")
+        for rewrite in ("none", "replace", "add")
+    }
+    assert labels == {
+        ("none", "none"): "seed + A5",
+        ("none", "replace"): "seed + rewritten A5",
+        ("none", "add"): "seed + A5 + accepted rewrites",
+        ("seed", "none"): "seed + MAGPIE + A5",
+        ("seed", "replace"): "seed + MAGPIE + rewritten A5",
+        ("seed", "add"): "seed + MAGPIE + A5 + accepted rewrites",
+    }
+    pool = scored_pool([4.8, 2.0])
+    summary = curation_summary(
+        pool, pool.select([0]), pool.select([0]), iteration=1, scorer="out/m0", mode="logits",
+        thresholds={"a4": 4.0, "a5": 4.5},
+    )  # fmt: skip
+    iteration = {**summary, "trains": "m1", "training_pairs": 182, "training_data": labels[("none", "replace")]}
+    markdown = render_markdown({"iterations": [iteration]}, "Humpback data funnel")
+    assert "m1 trained on 182 pairs (seed + rewritten A5)" in markdown
