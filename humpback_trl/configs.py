@@ -1346,6 +1346,14 @@ class LoopArguments(PushArguments):
         default=None,
         metadata={"help": "Aligned chat model of the rewrite stages; default rewrite.yaml's, else the run's model."},
     )
+    allow_weak_judge: bool = field(
+        default=False,
+        metadata={
+            "help": "preference: grpo: train even with a reward whose judge calibrates under min_judge_accuracy "
+            "(--allow_weak_judge true on the GRPO stage, part of its hash); its card and report mark the reward WEAK. "
+            "Always on where the judge is a plumbing model (builtin:tiny-llama, at chance by construction)."
+        },
+    )
     dry_run: bool = field(
         default=False,
         metadata={

@@ -36,6 +36,7 @@ from humpback_trl.pipeline import (
     _listed,
     find_accelerate_config,
     plan,
+    plumbing_note,
     stage_values,
 )
 
@@ -178,6 +179,9 @@ def dry_run(folder: str | Path, loop: LoopArguments) -> list[list[str]]:
         )
     for problem in problems:
         print(f"  problem: {problem}")
+    note = plumbing_note(folder, loop)
+    if note:
+        print(f"[humpback] {note}")
     out = Path(loop.output_dir)
     commands = []
     for number, stage in enumerate(plan(folder, loop), start=1):

@@ -21,8 +21,10 @@ resumes an interrupted one (checkpoints and shards), and moves the output of a s
 (`<stage>.old-<time>`) before running it again. `--push_to_hub true` on a finished run publishes each stage (its
 command resumes: no training step, no scoring) instead of redoing it. The output folder is locked while a run writes
 it. `model`, `backward_model`, `magpie_model` and `judge_model` replace the recipes' models on the stages' command
-lines (so in their hashes). The report adds to the stages' own reports the corpus funnel, what the backward model
-wrote, the evaluation table and each stage's time.
+lines (so in their hashes). On a plumbing model (builtin:tiny-llama: random weights) the curate stages run without
+instruction checks and the GRPO stage with allow_weak_judge, so every stage carries data; the run says so in one line
+and in its report. The report adds to the stages' own reports the corpus funnel, what the backward model wrote, the
+evaluation table and each stage's time.
 """
 
 from __future__ import annotations
@@ -43,13 +45,12 @@ from typing import Any
 import yaml
 
 from humpback_trl.ablation import ABLATION_FILES, BASELINE_NAMES, ablation_verdict
-from humpback_trl.builtin_models import BUILTIN_PREFIX, resolve_model
+from humpback_trl.builtin_models import BUILTIN_PREFIX, is_plumbing_model, resolve_model
 from humpback_trl.configs import LoopArguments
 from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 from humpback_trl.shards import write_atomic
-from humpback_trl.tiny import TINY_MODEL
 
 MARKERS = ".stages"
 LOCK_FILE = ".humpback.lock"
@@ -215,9 +216,11 @@ def curate_stage(
 ) -> Stage:
     """curate-k: M_{k-1} (its adapter merged into its base) scores the pool; its A5 is M_k's added data."""
     scorer = model_override(loop.judge_model) if loop.judge_model else ["--adapter", str(out / f"m{k - 1}"), *model]
+    checks = ["--instruction_checks", "none"] if plumbing_writers(folder, loop) else []
     return Stage(
         f"curate-{k}", "humpback_trl.scripts.curate", folder / "curate.yaml",
-        ["--candidates", *candidates, "--iteration", str(k), "--output_dir", str(out / f"curate-{k}"), *scorer],
+        ["--candidates", *candidates, "--iteration", str(k), "--output_dir", str(out / f"curate-{k}"), *scorer,
+         *checks],
         upstream + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True,
     )  # fmt: skip
 
@@ -226,8 +229,7 @@ def rewrite_stage(folder: Path, out: Path, k: int, loop: LoopArguments, model: l
     """rewrite-k: an aligned chat model rewrites curate-k's curated split; M_{k-1} (or the fixed judge), the scorer of
     curate-k, checks each rewrite against its source and scores it."""
     recipe = folder / "rewrite.yaml"
-    writer = loop.rewrite_model or read_recipe(recipe).get("rewrite_model") or loop.model
-    writer = writer or read_recipe(folder / "seed.yaml").get("model_name_or_path")
+    writer = loop.rewrite_model or read_recipe(recipe).get("rewrite_model") or base_model(folder, loop)
     scorer = model_override(loop.judge_model) if loop.judge_model else ["--adapter", str(out / f"m{k - 1}"), *model]
     return Stage(
         f"rewrite-{k}", "humpback_trl.scripts.rewrite", recipe,
@@ -284,9 +286,7 @@ def grpo_stage(folder: Path, out: Path, loop: LoopArguments, model: list[str]) -
     (grpo.yaml's judge_model, the loop's judge_model, else the base model) whose accuracy gates the stage."""
     last, scored = f"m{loop.iterations}", str(out / f"curate-{loop.iterations}" / "scored.jsonl")
     judge = ["--judge_model", loop.judge_model] if loop.judge_model else []
-    # The tiny random model is plumbing: as a judge it is at chance by construction, so the gate would refuse every
-    # reward; the stage trains anyway and its card and report say the judge was weak.
-    weak = ["--allow_weak_judge", "true"] if loop.model == TINY_MODEL else []
+    weak = ["--allow_weak_judge", "true"] if loop.allow_weak_judge or plumbing_judge(folder, loop) else []
     return Stage(
         f"{last}-grpo", "humpback_trl.scripts.grpo", folder / "grpo.yaml",
         ["--sft_adapter", str(out / last), "--sft_stage", last, "--prompts", scored,
@@ -302,15 +302,58 @@ def independent_eval_methods(folder: Path, loop: LoopArguments) -> list[str]:
     from humpback_trl.judges import JUDGE_METHODS
 
     grpo, evaluation = read_recipe(folder / "grpo.yaml"), read_recipe(folder / "eval.yaml")
-    base = loop.model or read_recipe(folder / "seed.yaml").get("model_name_or_path")
-    reward_judge = loop.judge_model or grpo.get("judge_model") or base
-    eval_judge = evaluation.get("judge") or loop.judge_model or base
-    if reward_judge != eval_judge:
+    eval_judge = evaluation.get("judge") or loop.judge_model or base_model(folder, loop)
+    if reward_judge(folder, loop) != eval_judge:
         return []
     rewards = _listed(grpo.get("rewards")) or GRPOArguments.__dataclass_fields__["rewards"].default_factory()
     methods = _listed(evaluation.get("judge_method")) or ["likelihood"]
     kept = [method for method in methods if method not in rewards]
     return ["--judge_method", *(kept or [method for method in JUDGE_METHODS if method not in rewards])]
+
+
+def base_model(folder: Path, loop: LoopArguments) -> str | None:
+    """The run's base model: the loop's `model`, else seed.yaml's (the model every M_k is trained from)."""
+    return loop.model or read_recipe(folder / "seed.yaml").get("model_name_or_path")
+
+
+def reward_judge(folder: Path, loop: LoopArguments) -> str | None:
+    """The model the GRPO stage's rewards judge with: the loop's judge_model, else grpo.yaml's, else the base model."""
+    return loop.judge_model or read_recipe(folder / "grpo.yaml").get("judge_model") or base_model(folder, loop)
+
+
+def plumbing_writers(folder: Path, loop: LoopArguments) -> list[str]:
+    """The plumbing models (builtin_models.is_plumbing_model) among those that write the pool's instructions (the
+    backward model; MAGPIE's model when its pairs join the pool). Their instructions are noise that the instruction
+    checks reject to the last pair, which would leave A5 and every stage after it empty: the curate stages run
+    without checks instead."""
+    writers = [loop.backward_model or loop.model or read_recipe(folder / "backward.yaml").get("model_name_or_path")]
+    if loop.magpie == "candidates":
+        writers.append(loop.magpie_model or loop.model or read_recipe(folder / "magpie.yaml").get("model_name_or_path"))
+    return list(dict.fromkeys(name for name in writers if is_plumbing_model(name)))
+
+
+def plumbing_judge(folder: Path, loop: LoopArguments) -> str | None:
+    """The GRPO reward judge when it is a plumbing model: at chance by construction, the gate would refuse every
+    reward, so the stage trains with allow_weak_judge (its card and report mark the reward WEAK)."""
+    judge = reward_judge(folder, loop) if loop.preference == "grpo" else None
+    return judge if is_plumbing_model(judge) else None
+
+
+def plumbing_note(folder: Path, loop: LoopArguments) -> str | None:
+    """One line saying which plumbing models the run uses and what the loop relaxes for them, or None: printed when
+    the run is planned and kept in the loop report. No ": " in it, which would read as a `[humpback] stage: status`
+    line."""
+    writers, judge = plumbing_writers(folder, loop), plumbing_judge(folder, loop)
+    relaxed = ["the curate stages run with --instruction_checks none"] if writers else []
+    relaxed += ["the GRPO stage with --allow_weak_judge true (its reward marked WEAK)"] if judge else []
+    if not relaxed:
+        return None
+    names = list(dict.fromkeys([*writers, *([judge] if judge else [])]))
+    verb = "is a plumbing model" if len(names) == 1 else "are plumbing models"
+    return (
+        f"{' and '.join(names)} {verb} (random weights, so the text is noise and the judges are at chance); "
+        f"{' and '.join(relaxed)}, so every stage carries data"
+    )
 
 
 def ablation_stage(
@@ -332,7 +375,7 @@ def eval_judge(folder: Path, loop: LoopArguments) -> list[str]:
     the run's base model (the model the compared adapters were trained from), never one of the compared models."""
     if read_recipe(folder / "eval.yaml").get("judge"):
         return []
-    base = loop.judge_model or loop.model or read_recipe(folder / "seed.yaml").get("model_name_or_path")
+    base = loop.judge_model or base_model(folder, loop)
     return ["--judge", base] if base else []
 
 
@@ -539,6 +582,9 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
     names = [stage.name for stage in stages]
     if start_from is not None and start_from not in names:
         raise UserError(f"--from {start_from!r} is not a stage of this loop; stages: {names}")
+    note = plumbing_note(folder, loop)
+    if note:
+        print(f"[humpback] {note}", flush=True)
     out = Path(loop.output_dir)
     with locked(out):
         model_seconds = prepare_models(stages)
@@ -556,7 +602,8 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
         write_json(cache_path, cache)
         for stage in stages:
             run_stage(stage, loop, accelerate_config, hashes[stage.name], force=stage.name in forced)
-        report = loop_report(loop, stages)
+        # The plumbing line first: a reader of a plumbing run's report learns before any figure that its data is noise.
+        report = {**({"plumbing": note} if note else {}), **loop_report(loop, stages)}
         report["stage_seconds"] = {"models (resolve / convert)": model_seconds, **report["stage_seconds"]}
         write_report(report, loop.output_dir, "Humpback data funnel")
     return report

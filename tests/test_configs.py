@@ -24,6 +24,7 @@ DIFFERENT_OPTIONS = {
     "data",  # pairs (sft) or preference rows (dpo, kto)
     "judge",  # eval: one judge model; calibrate: the judges measured (a list)
     "judge_model",  # the loop's curate-stage judge; grpo's reward judge
+    "allow_weak_judge",  # the loop's, forwarded to its GRPO stage
     "rewrite_model",  # the loop's, forwarded to the rewrite stages
     "calibration_dev_set",  # curation: optional (none skips); grpo: required, a reward is refused unmeasured
     "curation_mode",  # calibrate: a list of modes, one row each

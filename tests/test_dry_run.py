@@ -126,3 +126,18 @@ def test_the_command_line_reports_one_line_and_exit_2(quickstart, tmp_path, caps
     assert exit_code.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("humpback run: error: dry run: 1 problem(s), the first: augment: ")
+
+
+def test_a_plumbing_model_is_named_in_one_line_and_its_stages_relax_their_checks(tmp_path, capsys):
+    commands = run.run([str(ROOT / "recipes" / "quickstart"), "--dry_run", "--output_dir", str(tmp_path / "out"),
+                        "--model", "builtin:tiny-llama", "--preference", "grpo"])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if "plumbing model" in line] == [
+        "[humpback] builtin:tiny-llama is a plumbing model (random weights, so the text is noise and the judges are at "
+        "chance); the curate stages run with --instruction_checks none and the GRPO stage with --allow_weak_judge true "
+        "(its reward marked WEAK), so every stage carries data"
+    ]
+    relaxed = [command[command.index("-m") + 1] for command in commands if "--instruction_checks" in command]
+    assert relaxed == ["humpback_trl.scripts.curate"] * 2
+    weak = [command[command.index("-m") + 1] for command in commands if "--allow_weak_judge" in command]
+    assert weak == ["humpback_trl.scripts.grpo"]

@@ -211,7 +211,7 @@ def test_the_loop_plans_grpo_after_m_k_and_an_eval_without_the_reward_method(tmp
     values = pipeline.override_values(grpo_stage.overrides)
     assert values["sft_adapter"] == str(tmp_path / "out" / "m2")
     assert values["prompts"] == str(tmp_path / "out" / "curate-2" / "scored.jsonl")
-    assert values["allow_weak_judge"] == "true"  # the tiny random model only
+    assert values["allow_weak_judge"] == "true"  # a plumbing model: its judge is at chance (tests/test_plumbing.py)
     assert "m2-grpo" in evaluation.upstream
     # The quickstart rewards with likelihood and its eval judges with [likelihood, rubric] on the same base model:
     # the eval keeps the rubric only.

@@ -22,6 +22,13 @@ def test_loop_report_is_consistent(first_run):
     assert statuses(output) == dict.fromkeys(STAGES, "running")
     assert "accelerate launch --config_file" in output and "-m humpback_trl.scripts.augment" in output
     report = json.loads((out / "report.json").read_text())
+    # The tiny model writes the instructions: a plumbing model, named first in the report and once in the output.
+    plumbing = (
+        "builtin:tiny-llama is a plumbing model (random weights, so the text is noise and the judges are at chance); "
+        "the curate stages run with --instruction_checks none, so every stage carries data"
+    )
+    assert list(report)[0] == "plumbing" and report["plumbing"] == plumbing
+    assert output.count(f"[humpback] {plumbing}\n") == 1
     assert report["seed"] == 181 and report["documents"] == 79 and report["candidates"] == 12
     assert [it["iteration"] for it in report["iterations"]] == [1, 2]
     magpie = [json.loads(line) for line in (out / "magpie" / "magpie.jsonl").read_text().splitlines()]
