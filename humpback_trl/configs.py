@@ -794,11 +794,16 @@ class PreferenceArguments(ScoringArguments, InstructionLimitArguments, TagArgume
 
 
 @dataclass
-class ChatArguments(TagArguments, SamplingArguments):
+class ChatArguments(TagArguments, EngineArguments, SamplingArguments):
     prompt: list[str] = field(default_factory=list, metadata={"help": "Prompts to answer."})
     prompts_file: str | None = field(
         default=None, metadata={"help": "A text file (one prompt a line) or jsonl with an 'instruction' field."}
     )
+
+    def __post_init__(self) -> None:
+        # A dataclass with several parents runs only the first one's __post_init__.
+        TagArguments.__post_init__(self)
+        EngineArguments.__post_init__(self)
 
 
 @dataclass
@@ -1248,7 +1253,7 @@ class CalibrationSettings(CurationSettings):
 
 
 @dataclass
-class CalibrateArguments(JudgeMethodArguments, LoadArguments):
+class CalibrateArguments(JudgeMethodArguments, EngineArguments, LoadArguments):
     scorer: list[str] = field(
         default_factory=list,
         metadata={"help": "Scoring models: adapter folders (M0, M1, ...), model folders, Hub ids."},
@@ -1284,6 +1289,7 @@ class CalibrateArguments(JudgeMethodArguments, LoadArguments):
                 "judge's pairwise accuracy on --pairwise_dev), one of the two"
             )
         JudgeMethodArguments.__post_init__(self)
+        EngineArguments.__post_init__(self)
         if self.dev_format not in DEV_FORMATS:
             raise UserError(f"dev_format must be one of {DEV_FORMATS}, got {self.dev_format!r}")
         unknown = [style for style in self.prompt_styles if style not in PROMPT_STYLES]

@@ -1,8 +1,8 @@
 """The engines that generate and score: one interface, implemented by transformers and by vLLM.
 
-Every stage that generates or scores (augmentation, MAGPIE, rewriting, curation, preferences, evaluation and its
-judge) loads its model with `load_engine` and calls only the `Engine` interface (rewriting's faithfulness checks
-score on transformers, the one engine they accept):
+Every stage that generates or scores (augmentation, MAGPIE, rewriting and its faithfulness checks, curation and
+calibration, preferences, evaluation and its judge, chat) loads its model with `load_engine` and calls only the
+`Engine` interface:
 
 - `generate`: the new text of each rendered chat prompt;
 - `next_token_logprobs`: the log-probabilities (over the whole vocabulary) of given tokens as the next token after

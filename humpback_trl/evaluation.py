@@ -36,6 +36,7 @@ import numpy as np
 from accelerate import PartialState
 from transformers import PreTrainedTokenizerBase
 
+from humpback_trl.chat import adapter_prompt
 from humpback_trl.chat_template import render
 from humpback_trl.collators import load_collator
 from humpback_trl.configs import BOOTSTRAP_SEED, TAG_CHOICES, EvalArguments
@@ -51,7 +52,7 @@ from humpback_trl.judges import (
     position_stats,
     read_judgment,
 )
-from humpback_trl.model_specs import is_adapter, model_arguments, release_memory
+from humpback_trl.model_specs import is_adapter, model_arguments
 from humpback_trl.modeling import adapter_base_name, adapter_folder, load_tokenizer
 from humpback_trl.pairs import load_table
 from humpback_trl.paths import public_name
@@ -113,18 +114,16 @@ def answer_prompts(
     name: str, instructions: Sequence[str], args: EvalArguments
 ) -> tuple[Engine, PreTrainedTokenizerBase, list[str]]:
     """The model on the evaluation's engine, its tokenizer, and each instruction's prompt: an adapter's training
-    format with its tags (as `humpback chat` prompts), else the model's own chat template."""
+    format with its tags (`chat.adapter_prompt`, as `humpback chat` prompts), else the model's own chat template."""
     spec = model_arguments(name, args.dtype, args.load_in_4bit)
-    engine, tokenizer = load_engine(spec, args.engine), load_tokenizer(spec)
+    tokenizer = load_tokenizer(spec)
     if spec.adapter:
         collator = load_collator(tokenizer, adapter_folder(spec), "forward")
-        source = TAG_CHOICES[args.tags]
-        conversations = [collator.prompt_messages({"instruction": text, "source": source}, "") for text in instructions]
-        kwargs = collator.template_kwargs
+        prompts = [adapter_prompt(tokenizer, collator, text, TAG_CHOICES[args.tags]) for text in instructions]
     else:
-        conversations, kwargs = [[{"role": "user", "content": text}] for text in instructions], {}
-    prompts = [render(tokenizer, messages, add_generation_prompt=True, **kwargs) for messages in conversations]
-    return engine, tokenizer, prompts
+        messages = [[{"role": "user", "content": text}] for text in instructions]
+        prompts = [render(tokenizer, turns, add_generation_prompt=True) for turns in messages]
+    return load_engine(spec, args.engine), tokenizer, prompts
 
 
 def answer(name: str, display: str, instructions: Sequence[str], args: EvalArguments) -> list[str]:
@@ -450,8 +449,7 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
             "calibration": calibration,
             **summarize(records[method], answers, args.reference_name, args.bootstrap_seed),
         }
-    del judge_engine
-    release_memory()
+    judge_engine.release()
     headline = headline_method(methods)
     report = {
         "instructions": public_name(args.instructions),

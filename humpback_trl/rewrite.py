@@ -13,8 +13,9 @@ like it: every rewrite is checked against its source, not only scored.
   whose words an answer may repeat); a number found in neither is an invented fact (`new_numbers`).
 A rewrite under a floor is rejected, counted and kept with its reason in rewrites.jsonl; `on_unfaithful` then keeps
 the original pair or drops it. The rewritten pairs are scored by the curation method (`curation.score_rows`) like
-any candidate, on transformers (`curation_engine` auto means transformers here): the likelihood check reads the
-scorer's logits, so one model in memory serves both.
+any candidate. One scorer serves both, on `curation_engine` (`engines.Engine`: the likelihood check is its
+`continuation_logprobs`); the check is likelihood scoring, so with an adapter `auto` scores on transformers
+(`engines.choose_engine`).
 
 Two resumable sharded phases (`shards.run_sharded`): `generation/` (the writer's rewrites) and `checks/` (the
 scorer's figures); the floors apply after both, so changing a floor recomputes nothing. Outputs: rewrites.jsonl
@@ -37,19 +38,19 @@ from typing import Any
 
 from datasets import Dataset, Features, List, Value
 from huggingface_hub import DatasetCard
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
 from humpback_trl.chat_template import Message, render
 from humpback_trl.configs import DEFAULT_REWRITE_PROMPT as DEFAULT_REWRITE_PROMPT  # public: the writer's default
 from humpback_trl.configs import RewriteArguments
 from humpback_trl.curation import CurationSettings, score_rows
-from humpback_trl.engines import generate, load_engine
+from humpback_trl.engines import Engine, choose_engine, generate, load_engine
 from humpback_trl.errors import UserError
 from humpback_trl.generation import resolve_engine
 from humpback_trl.hub import candidates_repo_id, curated_repo_id, dataset_card
-from humpback_trl.likelihood import output_logprobs
-from humpback_trl.model_specs import model_arguments, release_memory
-from humpback_trl.modeling import InferenceModelArguments, load_model, load_tokenizer
+from humpback_trl.likelihood import encode_rows
+from humpback_trl.model_specs import model_arguments
+from humpback_trl.modeling import InferenceModelArguments, load_tokenizer
 from humpback_trl.pairs import PAIR_FEATURES, load_pairs, make_pair
 from humpback_trl.paths import public_name
 from humpback_trl.reports import EXCERPT_CHARS, length_stats
@@ -156,23 +157,22 @@ def source_context(instruction: str, source: str) -> str:
 
 
 def likelihood_figures(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, Any]], batch_size: int
+    engine: Engine, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, Any]], batch_size: int
 ) -> list[dict[str, float | None]]:
-    """Per row `lp_with_source`, `lp_without_source` and `pmi` (their difference) of the rewrite under `model`;
+    """Per row `lp_with_source`, `lp_without_source` and `pmi` (their difference) of the rewrite on `engine`;
     None for an empty rewrite, which has no token to measure."""
-    measured = [i for i, row in enumerate(rows) if row["rewrite"].strip()]
-    rewrites = [rows[i]["rewrite"] for i in measured]
-    with_source = output_logprobs(
-        model,
-        tokenizer,
-        [source_context(rows[i]["instruction"], rows[i]["output"]) for i in measured],
-        rewrites,
-        batch_size=batch_size,
-    )
-    without = output_logprobs(
-        model, tokenizer, [rows[i]["instruction"] for i in measured], rewrites, batch_size=batch_size
-    )
     figures: list[dict[str, float | None]] = [dict.fromkeys(("lp_with_source", "lp_without_source", "pmi"))] * len(rows)
+    measured = [i for i, row in enumerate(rows) if row["rewrite"].strip()]
+    if not measured:
+        return figures
+    rewrites = [rows[i]["rewrite"] for i in measured]
+    contexts = [source_context(rows[i]["instruction"], rows[i]["output"]) for i in measured]
+    contexts += [rows[i]["instruction"] for i in measured]
+    # Both passes in one call: the engine batches them together and shares their chat header.
+    found = engine.continuation_logprobs(
+        tokenizer, encode_rows(tokenizer, contexts, rewrites * 2), batch_size=batch_size
+    )
+    with_source, without = found[: len(measured)], found[len(measured) :]
     for index, a, b in zip(measured, with_source, without, strict=True):
         figures[index] = {"lp_with_source": a.mean, "lp_without_source": b.mean, "pmi": a.mean - b.mean}
     return figures
@@ -443,6 +443,12 @@ def checked_row(row: dict[str, Any], figures: dict[str, float | None], score: Sc
     }
 
 
+def scorer_engine(model_args: InferenceModelArguments, settings: CurationSettings) -> str:
+    """curation_engine, with `choose_engine`'s rule for likelihood scoring with an adapter: the likelihood check
+    always runs."""
+    return choose_engine(settings.curation_engine, model_args, likelihood=True, option="curation_engine")
+
+
 def check_rewrites(
     generated: Dataset,
     args: RewriteArguments,
@@ -451,14 +457,15 @@ def check_rewrites(
     job: dict[str, Any],
 ) -> Dataset:
     """Phase 2: the scorer measures each rewrite against its source and scores the rewritten pair with the curation
-    method, shard by shard (resumable)."""
-    model, tokenizer = load_model(model_args)
+    method, shard by shard (resumable), then gives its memory back."""
+    tokenizer = load_tokenizer(model_args)
+    engine = load_engine(model_args, scorer_engine(model_args, settings))
 
     def work(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        figures = likelihood_figures(model, tokenizer, rows, args.likelihood_batch_size)
+        figures = likelihood_figures(engine, tokenizer, rows, args.likelihood_batch_size)
         written = [i for i, row in enumerate(rows) if row["rewrite"].strip()]
         results = score_rows(
-            model, tokenizer, [(rows[i]["instruction"], rows[i]["rewrite"]) for i in written], settings
+            engine, tokenizer, [(rows[i]["instruction"], rows[i]["rewrite"]) for i in written], settings
         )
         scores: list[ScoreResult | None] = [None] * len(rows)
         for index, result in zip(written, results, strict=True):
@@ -466,41 +473,38 @@ def check_rewrites(
         return [checked_row(*item) for item in zip(rows, figures, scores, strict=True)]
 
     name = model_args.adapter or model_args.model_name_or_path
-    return run_sharded(
-        generated,
-        work,
-        Path(args.output_dir) / "checks",
-        shard_size=args.shard_size,
-        key="source_id",
-        desc=f"Checking rewrites with {str(name).split('/')[-1]}",
-        features=CHECK_FEATURES,
-        job={
-            "scorer": vars(model_args),
-            "context": SOURCE_CONTEXT,
-            "mode": settings.curation_mode,
-            "prompt": settings.curation_prompt,
-            "max_new_tokens": settings.curation_max_new_tokens,
-            "rewrites": job,
-        },
-    )
+    try:
+        return run_sharded(
+            generated,
+            work,
+            Path(args.output_dir) / "checks",
+            shard_size=args.shard_size,
+            key="source_id",
+            desc=f"Checking rewrites with {str(name).split('/')[-1]}",
+            features=CHECK_FEATURES,
+            job={
+                "scorer": vars(model_args),
+                "context": SOURCE_CONTEXT,
+                "mode": settings.curation_mode,
+                "prompt": settings.curation_prompt,
+                "max_new_tokens": settings.curation_max_new_tokens,
+                "rewrites": job,
+            },
+        )
+    finally:
+        engine.release()
 
 
 def rewrite(args: RewriteArguments, model_args: InferenceModelArguments, settings: CurationSettings) -> Dataset:
     """Rewrite, check, decide and write the stage's outputs; returns the rewrites table on every process."""
     if settings.curation_judges:
         raise UserError("rewrite scores with one model (model_name_or_path / adapter); leave curation_judges empty")
-    if settings.curation_engine == "vllm":
-        # The likelihood check needs the scorer's logits, so one transformers model serves both checks and the score.
-        raise UserError(
-            "rewrite scores with transformers (the likelihood check reads the scorer's logits): set curation_engine "
-            "to transformers or auto"
-        )
+    scorer_engine(model_args, settings)  # refuses an engine the checks cannot run on before the writer loads
     pairs = load_input_pairs(args)
     writer_args = writer_arguments(args, model_args)
     if len(pairs):
         generated = write_rewrites(pairs, args, writer_args)
         checked = check_rewrites(generated, args, model_args, settings, writer_job(args, writer_args))
-        release_memory()  # the scorer, dropped with check_rewrites' frame
     else:
         # An empty A5 (a weak scorer) is a legitimate input in the loop: the stage writes empty files and says so.
         logger.warning("%s holds no pairs (split %r): nothing to rewrite", args.pairs, args.curated_split)

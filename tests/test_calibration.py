@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import random_lora_adapter
 from datasets import Dataset
 
 from humpback_trl.calibration import (
@@ -22,6 +23,7 @@ from humpback_trl.calibration import (
     spearman,
     truncate,
 )
+from humpback_trl.errors import UserError
 from humpback_trl.pairs import builtin_path
 from humpback_trl.tiny import build_model
 
@@ -341,3 +343,26 @@ def test_the_curate_stage_calibrates_on_the_bundled_dev_set_by_default(tmp_path,
     measured = calibrate.run(["--scorer", str(tiny_model_dir), *settings])
     for key in ("auc", "auc_by_kind", "precision", "recall", "passed_by_kind"):
         assert metrics[key] == measured[key], key
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--scorer", "org/m", "--engine", "tpu"], "engine must be one of .*, got 'tpu'"),
+        (["--scorer", "org/m", "--engine", "vllm"], "engine vllm applies to --judge; --scorer runs on --curation_en"),
+        (["--judge", "org/m", "--curation_engine", "transformers"], "curation_engine transformers applies to --sc"),
+        (["--scorer", "ADAPTER", "--curation_mode", "logits", "likelihood", "--curation_engine", "vllm"],
+         "curation_engine vllm: likelihood mode with a LoRA adapter fails"),
+        (["--judge", "ADAPTER", "--judge_method", "likelihood", "--engine", "vllm"],
+         "engine vllm: likelihood mode with a LoRA adapter fails"),
+    ],
+)  # fmt: skip
+def test_calibrate_engine_options_fail_in_one_line_naming_the_option(arguments, message, tmp_path, tiny_model_dir):
+    """--scorer scores on curation_engine, --judge on engine; vLLM's likelihood with an adapter is refused before any
+    model loads."""
+    from humpback_trl.scripts import calibrate
+
+    adapter = random_lora_adapter(tiny_model_dir, tmp_path / "m1") if "ADAPTER" in arguments else ""
+    with pytest.raises(UserError, match=f"^{message}") as error:
+        calibrate.run([adapter if argument == "ADAPTER" else argument for argument in arguments])
+    assert "\n" not in str(error.value)

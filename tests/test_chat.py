@@ -1,4 +1,5 @@
-"""`humpback chat` and `load_humpback`: a trained adapter answers with the training prompt layout and tags."""
+"""`humpback chat` and `load_humpback`: a trained adapter answers with the training prompt layout and tags, on the
+engine its option names."""
 
 import json
 import time
@@ -11,6 +12,8 @@ from sft_adapter import make_sft_adapter
 from transformers import AutoModelForCausalLM
 
 from humpback_trl import SEED_TAG, WEB_TAG, load_humpback
+from humpback_trl.configs import SamplingConfig
+from humpback_trl.errors import UserError
 from humpback_trl.modeling import InferenceModelArguments, load_model
 from humpback_trl.scripts import chat, sft
 
@@ -53,6 +56,24 @@ def test_cli_answers_prompts_from_arguments_and_a_file(adapter, tmp_path, capsys
     assert ">>> Say 3." in printed and ">>> Name a color." in printed
     with pytest.raises(ValueError, match="needs --adapter"):
         chat.run(["--model_name_or_path", "x", "--prompt", "hi"])
+
+
+def test_chat_answers_on_the_engine_its_option_names(adapter):
+    greedy = SamplingConfig(do_sample=False, max_new_tokens=4)
+    bot = load_humpback(str(adapter), engine="transformers")
+    assert bot.engine.name == "transformers"
+    answers = chat.run(["--adapter", str(adapter), "--prompt", "Say 3.", "Say 5.", "--engine", "transformers",
+                        "--max_new_tokens", "4", "--greedy", "true"])  # fmt: skip
+    assert answers == bot.chat(["Say 3.", "Say 5."], greedy)
+    # vLLM serves the adapter itself (its model starts on first use, so this needs no vLLM installed).
+    on_vllm = load_humpback(str(adapter), engine="vllm")
+    assert on_vllm.engine.name == "vllm" and on_vllm.engine.model.adapter == str(adapter)
+    assert on_vllm.prompt("Hi") == bot.prompt("Hi")
+    for call in (lambda: chat.run(["--adapter", str(adapter), "--prompt", "hi", "--engine", "tpu"]),
+                 lambda: load_humpback(str(adapter), engine="tpu")):  # fmt: skip
+        with pytest.raises(UserError, match="^engine must be one of") as error:
+            call()
+        assert str(error.value).endswith("got 'tpu'") and "\n" not in str(error.value)
 
 
 def test_a_merged_adapter_gives_the_logits_of_base_plus_adapter(tiny_model_dir, tmp_path):

@@ -1,18 +1,31 @@
-"""The engine interface on transformers, each method against plain forward passes of the same model, and the choice
-of engine (tests/test_vllm.py runs the vLLM engine against this one)."""
+"""The engine interface on transformers, each method against plain forward passes of the same model; the choice of
+engine; the stages that score through the interface alone, on a scripted engine (tests/test_vllm.py runs the vLLM
+engine against the transformers one)."""
+
+import json
 
 import pytest
 import torch
 from conftest import TEXTS
+from datasets import Dataset
 
-from humpback_trl import engines, generation
+from humpback_trl import engines, generation, rewrite
 from humpback_trl.chat_template import encode, render
-from humpback_trl.configs import EvalArguments, InferenceModelArguments, PreferenceArguments, SamplingConfig
+from humpback_trl.configs import (
+    CurationSettings,
+    EvalArguments,
+    InferenceModelArguments,
+    PreferenceArguments,
+    RewriteArguments,
+    SamplingConfig,
+)
 from humpback_trl.engines import TransformersEngine, as_engine, choose_engine, load_engine
 from humpback_trl.errors import UserError
 from humpback_trl.judges import judge_cue, option_probabilities
 from humpback_trl.likelihood import LikelihoodWeights, OutputLogprob, common_prefix_length, encode_rows
+from humpback_trl.pairs import make_pair
 from humpback_trl.scoring import score_pairs
+from humpback_trl.scripts import calibrate
 
 GREEDY = SamplingConfig(do_sample=False, max_new_tokens=6)
 TOKENS = [5, 17, 42, 99]
@@ -141,3 +154,77 @@ def test_evaluation_and_preferences_take_the_engine_option() -> None:
         EvalArguments(models=["org/a", "org/b"], engine="tpu")
     with pytest.raises(UserError, match="engine must be one of"):
         PreferenceArguments(instructions=["org/pairs"], engine="tpu")
+
+
+class PromptLengthEngine(ScriptedEngine):
+    """A scripted engine whose continuation log-probability is minus the prompt's length in hundredths: a longer
+    user turn (the source in it) gives a lower figure, exactly."""
+
+    def continuation_logprobs(self, tokenizer, encoded, **options) -> list[OutputLogprob]:
+        self.calls.append(("continuation_logprobs", len(encoded)))
+        return [OutputLogprob(mean=-len(row.prompt) / 100, total=0.0, n_tokens=len(row.output), end=None)
+                for row in encoded]  # fmt: skip
+
+
+def test_rewrite_checks_measure_and_score_through_the_engine_of_curation_engine(
+    tmp_path, tiny_model_dir, tiny_tokenizer, monkeypatch
+) -> None:
+    engine, asked = PromptLengthEngine(), []
+    monkeypatch.setattr(rewrite, "load_engine", lambda args, name: asked.append(name) or engine)
+    rows = [
+        {**make_pair("When did the bridge open?", "It opened in 1999.", "augmented", "a"), "rewrite": "In 1999."},
+        {**make_pair("Name a prime.", "Seven is prime.", "augmented", "b"), "rewrite": " "},
+    ]
+    generated = Dataset.from_list(rows, features=rewrite.GENERATED_FEATURES)
+    args = RewriteArguments(pairs="unused", output_dir=str(tmp_path), shard_size=2)
+    settings = CurationSettings(curation_engine="vllm", calibration_dev_set=None, instruction_checks=[])
+    model_args = InferenceModelArguments(model_name_or_path=str(tiny_model_dir))
+    checked = rewrite.check_rewrites(generated, args, model_args, settings, {}).to_list()
+    # vLLM where it was asked for: a model without an adapter scores likelihood on it.
+    assert asked == ["vllm"]
+    # Both passes of the one measured rewrite in one call, its rubric score, then the memory back.
+    assert engine.calls == [("continuation_logprobs", 2), ("next_token_logprobs", 1), ("release", 0)]
+    with_source, without = (
+        len(encode_rows(tiny_tokenizer, [context], ["In 1999."])[0].prompt)
+        for context in ("When did the bridge open?\n\nIt opened in 1999.", "When did the bridge open?")
+    )
+    assert checked[0]["lp_with_source"] == pytest.approx(-with_source / 100)
+    assert checked[0]["pmi"] == pytest.approx((without - with_source) / 100) and checked[0]["pmi"] < 0
+    assert (checked[0]["rewrite_score"], checked[0]["rewrite_score_mass"]) == pytest.approx((4.0625, 0.8))
+    assert checked[1]["pmi"] is None and checked[1]["rewrite_score"] is None
+
+
+def test_rewrite_refuses_vllm_likelihood_with_an_adapter_before_the_writer_loads(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(rewrite, "load_engine", lambda *_: pytest.fail("nothing may load"))
+    args = RewriteArguments(pairs=str(tmp_path / "missing.jsonl"), output_dir=str(tmp_path / "out"))
+    settings = CurationSettings(curation_engine="vllm", calibration_dev_set=None)
+    with pytest.raises(UserError, match="^curation_engine vllm: likelihood mode with a LoRA adapter fails"):
+        rewrite.rewrite(args, InferenceModelArguments(adapter=str(tmp_path)), settings)
+
+
+def write_dev_set(path) -> str:
+    rows = [("Explain tides.", "The moon pulls the oceans.", 1), ("Explain tides.", "Home | Blog | Subscribe!", 0)]
+    path.write_text("".join(json.dumps({"instruction": i, "output": o, "label": y}) + "\n" for i, o, y in rows))
+    return str(path)
+
+
+def test_calibrate_scores_on_curation_engine_and_judges_on_engine(tmp_path, tiny_model_dir, monkeypatch) -> None:
+    engine, asked = ScriptedEngine(), []
+    monkeypatch.setattr(calibrate, "load_engine", lambda args, name: asked.append(name) or engine)
+    dev = write_dev_set(tmp_path / "dev.jsonl")
+    out = tmp_path / "cal"
+    argv = ["--scorer", str(tiny_model_dir), "--dev", dev, "--curation_engine", "vllm", "--instruction_checks", "none",
+            "--output_dir", str(out)]  # fmt: skip
+    calibrate.run(argv)
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    scores = [row["scores"][str(tiny_model_dir)] for row in rows]
+    assert asked == ["vllm"] and scores == [pytest.approx(4.0625)] * 2  # the scripted engine's digits
+    assert engine.calls == [("next_token_logprobs", 2), ("release", 0)]
+    engine.calls[:] = []
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Explain tides.", "chosen": "The moon.", "rejected": "Subscribe!"}) + "\n")
+    report = calibrate.run(["--judge", str(tiny_model_dir), "--pairwise_dev", str(pairs), "--engine", "vllm",
+                            "--judge_method", "pairwise"])  # fmt: skip
+    # "A" and "B" equally likely in both orders: a tie, half right.
+    assert asked == ["vllm", "vllm"] and report["pairwise_accuracy"] == 0.5
+    assert engine.calls[-1] == ("release", 0) and {name for name, _ in engine.calls[:-1]} == {"next_token_logprobs"}

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from humpback_trl import evaluation, judges
+from humpback_trl.chat import load_humpback
 from humpback_trl.evaluation import (
     EvalArguments,
     alpaca_eval_outputs,
@@ -176,11 +177,21 @@ SCRIPTED_ANSWERS = {
 }
 
 
+class ReleaseRecorder:
+    """The judge's engine, which the scripted judge never calls: only whether it was given back counts."""
+
+    released = False
+
+    def release(self) -> None:
+        self.released = True
+
+
 @pytest.mark.parametrize("judge_rule", ["longer", "first"])
 def test_evaluate_with_a_scripted_judge(tmp_path, tiny_model_dir, monkeypatch, judge_rule: str) -> None:
     rule = (lambda a, b: len(a) > len(b)) if judge_rule == "longer" else (lambda a, b: True)
     monkeypatch.setattr(evaluation, "answer", lambda name, display, texts, args: SCRIPTED_ANSWERS[display])
-    monkeypatch.setattr(evaluation, "load_judge", lambda name, args: (None, None))
+    judge_engine = ReleaseRecorder()
+    monkeypatch.setattr(evaluation, "load_judge", lambda name, args: (judge_engine, None))
     monkeypatch.setattr(evaluation, "Judge", lambda model, tokenizer, method, options: ScriptedJudge(method, rule))
     out = tmp_path / "eval"
     report = evaluation.evaluate(
@@ -222,6 +233,7 @@ def test_evaluate_with_a_scripted_judge(tmp_path, tiny_model_dir, monkeypatch, j
     assert "| m1 | m0 |" in markdown and "### Judge method: rubric" in markdown
     assert ("UNDECIDED" in markdown) == (judge_rule == "first")
     assert (out / "winrate.png").stat().st_size > 0
+    assert judge_engine.released  # through the interface: a vLLM judge's engine is given back too
 
 
 def test_eval_command_on_tiny_models(tmp_path, tiny_tokenizer, tiny_model_dir) -> None:
@@ -308,5 +320,11 @@ def test_adapters_answer_in_their_training_format_with_both_tags(tmp_path, tiny_
     args = EvalArguments(models=[str(tiny_model_dir), str(adapter)])
     _, _, tagged = evaluation.answer_prompts(str(adapter), ["Name a colour."], args)
     assert "Be brief." in tagged[0] and f"Name a colour.\n\n{SEED_TAG} {WEB_TAG}" in tagged[0]
+    # The prompt `humpback chat` answers, with each tag setting.
+    assert tagged == [load_humpback(str(adapter), engine="transformers").prompt("Name a colour.")]
+    seed_only = EvalArguments(models=[str(tiny_model_dir), str(adapter)], tags="seed")
+    _, _, seeded = evaluation.answer_prompts(str(adapter), ["Name a colour."], seed_only)
+    assert WEB_TAG not in seeded[0]
+    assert seeded == [load_humpback(str(adapter), tags="seed", engine="transformers").prompt("Name a colour.")]
     _, _, plain = evaluation.answer_prompts(str(tiny_model_dir), ["Name a colour."], args)
     assert plain == [render(tokenizer, [{"role": "user", "content": "Name a colour."}], add_generation_prompt=True)]

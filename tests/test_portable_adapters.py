@@ -72,8 +72,8 @@ def moved(adapter, tmp_path, monkeypatch):
 
 def test_humpback_chat_and_load_humpback_load_the_built_in_weights(moved, tmp_path, capsys):
     assert adapter_base_name(str(moved)) == default_judge([str(moved)]) == TINY_MODEL  # eval's judge, dpo's base
-    bot = load_humpback(str(moved))
-    base = Path(bot.model.config.name_or_path)
+    bot = load_humpback(str(moved), engine="transformers")
+    base = Path(bot.engine.model.config.name_or_path)
     assert base.is_relative_to(tmp_path / "other-cache") and base.name.startswith("tiny-llama-")
     [answer] = chat.run(["--adapter", str(moved), "--prompt", "Hi", "--max_new_tokens", "4", "--greedy", "true"])
     assert capsys.readouterr().out.startswith(">>> Hi\n") and isinstance(answer, str)

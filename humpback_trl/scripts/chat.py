@@ -2,6 +2,7 @@
 
 humpback chat --adapter ORG/REPO --prompt "Explain tides." "Write a haiku."
 humpback chat --adapter outputs/quickstart/m2 --prompts_file questions.txt --load_in_4bit true
+humpback chat --adapter ORG/REPO --engine vllm --prompt "Explain tides."
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def run(argv: list[str] | None = None) -> list[str]:
         dtype=model_args.dtype,
         revision=model_args.model_revision,
         trust_remote_code=model_args.trust_remote_code,
+        engine=args.engine,
     )
     answers = bot.chat(prompts, args.sampling)
     for prompt, answer in zip(prompts, answers, strict=True):
