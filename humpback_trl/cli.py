@@ -236,12 +236,22 @@ def run_command(name: str, argv: list[str] | None = None) -> None:
         check_model_paths(argv)
         with usage_errors_raised():
             importlib.import_module(command.module).run(argv)
+        end_process_group()
     except Exception as error:
         if not is_user_error(error) or os.environ.get(DEBUG_ENV) == "1":
             raise
         hint = f" (see `humpback {name} --help`)" if isinstance(error, UsageError) else ""
         print(f"humpback {name}: error: {error_line(error)}{hint}", file=sys.stderr)
         sys.exit(2)
+
+
+def end_process_group() -> None:
+    """Destroy the process group a finished command started (accelerate starts one under `accelerate launch` and never
+    ends it): left to the interpreter's exit, gloo's threads can abort the process (SIGABRT, "terminate called
+    without an active exception") after the work is done, and the launcher then reports the whole run failed."""
+    distributed = sys.modules.get("torch.distributed")  # not imported: no group to end, and torch stays unimported
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:

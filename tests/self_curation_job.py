@@ -6,6 +6,7 @@ import sys
 
 from humpback_trl import training
 from humpback_trl.callbacks import SelfCurationCallback
+from humpback_trl.cli import end_process_group
 from humpback_trl.curation import CurationSettings
 from humpback_trl.pairs import load_pairs
 from humpback_trl.scripts import sft
@@ -27,3 +28,4 @@ def main(argv: list[str]):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    end_process_group()

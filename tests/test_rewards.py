@@ -265,6 +265,7 @@ reward.prefer_first = lambda i, f, s: shown.extend(zip(f, s)) or original(i, f, 
 rewards = reward(prompts=prompts[mine], completions=answers[mine])
 with open(sys.argv[1] + f"/rank-{{state.process_index}}.json", "w") as handle:
     json.dump({{"rewards": rewards, "shown": shown}}, handle)
+state.destroy_process_group()
 """
 
 

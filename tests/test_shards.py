@@ -58,6 +58,7 @@ items = Dataset.from_list([{"source_id": f"doc-{i:03d}"} for i in range(30)])
 data = run_sharded(items, work, sys.argv[1], shard_size=4, show_progress=False)
 with open(os.path.join(sys.argv[1], f"returned-{state.process_index}"), "w") as f:
     f.write(str(len(data)))
+state.destroy_process_group()
 """
 
 
