@@ -956,7 +956,7 @@ class CorpusConfig(DedupArguments):
 
     source: str = field(
         kw_only=True,
-        metadata={"help": "Local file, directory of files, Hugging Face Hub dataset id, or builtin:python-docs."},
+        metadata={"help": "Local file or folder, Hub dataset id, builtin:python-docs or builtin:python-stdlib."},
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the documents (tabular inputs)."})
     id_column: str | None = field(default=None, metadata={"help": "Column with document ids; else '<name>:<row>'."})

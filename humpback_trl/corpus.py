@@ -19,11 +19,13 @@ Every filter can be switched off and every removal is counted in pipeline order,
 
 from __future__ import annotations
 
+import ast
 import codecs
 import itertools
 import json
 import logging
 import re
+import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -201,9 +203,54 @@ def _python_docs() -> Iterator[Document]:
         yield Document(f"python-docs:{name}", _rst_to_markdown(topics[name]), "markdown", False)
 
 
+PYTHON_STDLIB = "builtin:python-stdlib"
+# Pure-Python standard library modules with documented public APIs, present on every Python from 3.10 on; a fixed,
+# sorted list, so the corpus is the same on every machine with the same Python.
+STDLIB_MODULES = (
+    "argparse", "base64", "bisect", "calendar", "collections", "configparser", "contextlib", "copy", "csv",
+    "dataclasses", "datetime", "decimal", "difflib", "enum", "fractions", "ftplib", "functools", "gettext", "glob",
+    "heapq", "hmac", "imaplib", "inspect", "ipaddress", "json", "locale", "logging", "mailbox", "mimetypes",
+    "numbers", "optparse", "pickle", "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shlex",
+    "shutil", "smtplib", "socketserver", "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap",
+    "threading", "timeit", "tokenize", "trace", "traceback", "typing", "uuid", "warnings", "weakref", "zipfile",
+)  # fmt: skip
+
+
+def _module_source(name: str) -> Path:
+    """A standard library module's source file (a package's __init__.py), found without importing the module."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    module = stdlib / f"{name}.py"
+    return module if module.is_file() else stdlib / name / "__init__.py"
+
+
+def _docstring_sections(nodes: list[ast.stmt], prefix: str, level: int) -> Iterator[str]:
+    """A Markdown section per public, documented class and function among `nodes`, a class's methods under it. A
+    function's section opens with its signature: a segment's text leaves its header out, and it names the function."""
+    for node in nodes:
+        if not isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) or node.name.startswith("_"):
+            continue
+        if doc := ast.get_docstring(node):
+            signature = "" if isinstance(node, ast.ClassDef) else f"{prefix}{node.name}({ast.unparse(node.args)})\n\n"
+            yield f"{'#' * level} {prefix}{node.name}\n\n{signature}{doc}"
+        if isinstance(node, ast.ClassDef) and level < 6:
+            yield from _docstring_sections(node.body, f"{prefix}{node.name}.", level + 1)
+
+
+def _python_stdlib() -> Iterator[Document]:
+    """The standard library's own docstrings, read from its source files with `ast` (nothing is imported or run):
+    per module a Markdown document of its docstring and its public classes, methods and functions, one header each."""
+    for name in STDLIB_MODULES:
+        tree = ast.parse(_module_source(name).read_bytes())
+        sections = [f"# {name}\n\n{ast.get_docstring(tree) or ''}", *_docstring_sections(tree.body, f"{name}.", 2)]
+        yield Document(f"python-stdlib:{name}", "\n\n".join(sections), "markdown", False)
+
+
+BUILTIN_CORPORA = {PYTHON_DOCS: _python_docs, PYTHON_STDLIB: _python_stdlib}
+
+
 def _iter_documents(config: CorpusConfig) -> Iterator[Document]:
-    if config.source == PYTHON_DOCS:
-        yield from _python_docs()
+    if config.source in BUILTIN_CORPORA:
+        yield from BUILTIN_CORPORA[config.source]()
         return
     path = Path(config.source).expanduser()
     if path.is_dir():

@@ -41,8 +41,9 @@ from humpback_trl.pipeline import (
 )
 
 DATA_FOLDER = Path(__file__).resolve().parent / "data"
-# Built-in sources that are no file of the package: the corpus stage reads Python's own documentation.
-BUILTIN_SOURCES = ("builtin:python-docs",)
+# Built-in sources that are no file of the package: the corpus stage reads Python's own documentation and the
+# standard library's docstrings.
+BUILTIN_SOURCES = ("builtin:python-docs", "builtin:python-stdlib")
 # Values that switch an input off rather than name one.
 NO_INPUT = ("none", "None", "")
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".txt")

@@ -15,7 +15,8 @@ Pointwise methods have no position: one score per (instruction, answer).
 Calibration: a labelled pairwise set in TRL's preference format (`prompt`, `chosen`, `rejected`, as strings or
 conversational messages; optional `kind`). The bundled one (`builtin:pairwise_dev`, `pairwise_dev_rows`) pairs each
 written answer of `humpback_trl/data/dev_pairs.jsonl` (none of them seed pairs) with five corruptions of it:
-truncated, off-topic (another pair's answer), evasive (a generic non-answer), blog voice and navigation text.
+truncated, off-topic (another pair's answer), evasive (a generic non-answer), blog voice and navigation text, and
+two degenerate answers small models write: a loop (one of its sentences repeated) and word salad (its words shuffled).
 `pairwise_accuracy` counts a choice of the chosen answer as 1, a tie as 0.5; a position-sensitive method's two
 orders count as two choices. A judge below `min_judge_accuracy` is undecided: its verdicts are no result.
 """
@@ -23,6 +24,8 @@ orders count as two choices. A judge below `min_judge_accuracy` is undecided: it
 from __future__ import annotations
 
 import json
+import random
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,9 +45,12 @@ from humpback_trl.scoring import PROMPT_STYLES, ScoreCue, option_cue, score_pair
 JUDGE_METHODS = ("pairwise", "rubric", "likelihood")
 POSITIONAL_METHODS = frozenset({"pairwise"})
 BUNDLED_PAIRWISE_DEV = "builtin:pairwise_dev"
-PAIRWISE_DEV_KINDS = ("truncated", "off_topic", "evasive", "blog", "navigation")
-# A judge must beat a coin by this much on the labelled pairs before its verdicts count: with the bundled 100 pairs
-# the 95% interval of a coin's accuracy is about 0.40-0.60.
+# The degenerate answers small models write (a sentence looped, word salad) follow the five corruptions of every
+# pair, so the rows of the first five kinds keep their order. A likelihood judge rewards repetition: loop tests it.
+DEGENERATE_KINDS = ("loop", "word_salad")
+PAIRWISE_DEV_KINDS = ("truncated", "off_topic", "evasive", "blog", "navigation", *DEGENERATE_KINDS)
+# A judge must beat a coin by this much on the labelled pairs before its verdicts count: with the bundled 140 pairs
+# the 95% interval of a coin's accuracy is about 0.42-0.58.
 MIN_JUDGE_ACCURACY = 0.6
 # A rubric score is an expected rating in [1, 5]; a tenth of a rating point is below what the rubric can mean.
 RUBRIC_MARGIN = 0.1
@@ -87,28 +93,50 @@ def check_methods(methods: Sequence[str], option: str = "judge_method") -> list[
 # ---- the labelled pairwise set ----
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def looped(text: str) -> str:
+    """The text's first sentence of five words or more, repeated until about the text's length: a looping answer."""
+    sentences = [sentence for sentence in _SENTENCE_END.split(text.strip()) if len(sentence.split()) >= 5]
+    sentence = sentences[0] if sentences else text.strip()
+    return " ".join([sentence] * max(2, round(len(text) / (len(sentence) + 1))))
+
+
+def word_salad(text: str, seed: int) -> str:
+    """The text's words in an order shuffled with `seed`: every word of the answer, no sentence."""
+    words = text.split()
+    random.Random(seed).shuffle(words)
+    return " ".join(words)
+
+
 def pairwise_dev_rows(pairs: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     """Per written pair `{id, topic, instruction, output, blog_output}`, its answer (chosen) against each of the
-    five corruptions (rejected), in `PAIRWISE_DEV_KINDS` order. Off-topic takes the answer of the pair half the set
-    away (never its own or a neighbour's), as the curation dev set does."""
+    five corruptions (rejected), in `PAIRWISE_DEV_KINDS` order; then per pair its answer against each degenerate
+    answer (`DEGENERATE_KINDS`). Off-topic takes the answer of the pair half the set away (never its own or a
+    neighbour's), as the curation dev set does; word salad is shuffled with the pair's index as seed."""
     if len(pairs) < 2:
         raise ValueError(f"A pairwise dev set needs at least 2 written pairs for off-topic answers, got {len(pairs)}")
-    rows = []
+    rejected: list[dict[str, str]] = []
     for index, pair in enumerate(pairs):
         head, tail = PAGE_FURNITURE[index % len(PAGE_FURNITURE)]
-        rejected = {
+        rejected.append({
             "truncated": truncate(pair["output"]),
             "off_topic": pairs[(index + len(pairs) // 2) % len(pairs)]["output"],
             "evasive": EVASIVE_ANSWERS[index % len(EVASIVE_ANSWERS)].format(topic=pair["topic"].lower()),
             "blog": pair["blog_output"],
             "navigation": head.format(topic=pair["topic"]) + pair["output"] + tail,
-        }
-        rows += [
-            {"prompt": pair["instruction"], "chosen": pair["output"], "rejected": rejected[kind], "kind": kind,
-             "pair_id": f"{pair['id']}/{kind}"}
-            for kind in PAIRWISE_DEV_KINDS
-        ]  # fmt: skip
-    return rows
+            "loop": looped(pair["output"]),
+            "word_salad": word_salad(pair["output"], index),
+        })  # fmt: skip
+    corruptions = [kind for kind in PAIRWISE_DEV_KINDS if kind not in DEGENERATE_KINDS]
+    order = [(index, kind) for index in range(len(pairs)) for kind in corruptions]
+    order += [(index, kind) for index in range(len(pairs)) for kind in DEGENERATE_KINDS]
+    return [
+        {"prompt": pairs[index]["instruction"], "chosen": pairs[index]["output"], "rejected": rejected[index][kind],
+         "kind": kind, "pair_id": f"{pairs[index]['id']}/{kind}"}
+        for index, kind in order
+    ]  # fmt: skip
 
 
 def bundled_pairwise_dev() -> list[dict[str, str]]:

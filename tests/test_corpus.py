@@ -5,13 +5,22 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import json
 import random
+import sys
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from humpback_trl.corpus import COUNT_KEYS, REMOVAL_KEYS, CorpusConfig, prepare_corpus, write_corpus
+from humpback_trl.corpus import (
+    COUNT_KEYS,
+    REMOVAL_KEYS,
+    STDLIB_MODULES,
+    CorpusConfig,
+    _python_stdlib,
+    prepare_corpus,
+    write_corpus,
+)
 from humpback_trl.segmentation import Segment, split_html, split_markdown, truncate_document
 
 VOCABULARY = """river lantern copper meadow whisper harbor velvet orchard thunder pebble saddle canyon ember glacier
@@ -371,3 +380,29 @@ def test_corpus_stage_fails_on_zero_segments_naming_the_worst_filter(tmp_path, c
     empty.write_text(json.dumps({"text": " "}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"0 segments from .*empty.jsonl: 1 documents read, 1 of them empty"):
         run(["--source", str(empty), "--output_dir", str(tmp_path / "out2")])
+
+
+def test_python_stdlib_is_read_from_source_files_without_importing_them():
+    unimported = [name for name in STDLIB_MODULES if name not in sys.modules]
+    modules = set(sys.modules)
+    documents = list(_python_stdlib())
+    assert set(sys.modules) == modules and unimported  # ast reads the files: no module imported, none run
+    assert [document.doc_id for document in documents] == [f"python-stdlib:{name}" for name in STDLIB_MODULES]
+    assert len(documents) == 59 and documents == list(_python_stdlib())
+    bisect = documents[STDLIB_MODULES.index("bisect")]
+    assert bisect.doc_format == "markdown" and bisect.text.startswith(
+        "# bisect\n\nBisection algorithms.\n\n## bisect.insort_right\n\n"
+        "bisect.insort_right(a, x, lo=0, hi=None, *, key=None)\n\n"
+        "Insert item x in list a, and keep it sorted assuming a is sorted."
+    )
+
+
+def test_python_stdlib_segments_the_showcase_corpus():
+    config = CorpusConfig(source="builtin:python-stdlib", min_chars=300, max_chars=6000, near_dedup_threshold=0.8)
+    dataset, counts = prepare_corpus(config, show_progress=False)
+    assert counts["documents_read"] == 59 and counts["segments_kept"] == dataset.num_rows >= 300
+    assert [i for i in dataset["segment_id"] if i.startswith("python-stdlib:bisect#")] == [
+        "python-stdlib:bisect#2",
+        "python-stdlib:bisect#4",
+    ]
+    assert dataset["segment_id"] == prepare_corpus(config, show_progress=False)[0]["segment_id"]

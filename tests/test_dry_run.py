@@ -87,7 +87,9 @@ def test_missing_local_inputs_and_unknown_built_in_names_are_named(quickstart, t
     _, problems = dry_run_problems(quickstart, tmp_path, capsys)
     assert any("no-such-seed.jsonl" in problem for problem in problems)
     assert any(
-        "'builtin:evaluation' is no built-in name" in problem and "builtin:eval'" in problem for problem in problems
+        "'builtin:evaluation' is no built-in name" in problem
+        and all(f"builtin:{name}'" in problem for name in ("eval", "python-docs", "python-stdlib"))
+        for problem in problems
     )
 
 

@@ -90,7 +90,7 @@ def test_verdict_rules() -> None:
 def test_bundled_pairwise_dev_is_the_builders_output() -> None:
     shipped = [json.loads(line) for line in builtin_path("pairwise_dev").read_text(encoding="utf-8").splitlines()]
     assert shipped == bundled_pairwise_dev()
-    assert len(shipped) == 100
+    assert len(shipped) == 140
     kinds = [row["kind"] for row in shipped]
     assert {kind: kinds.count(kind) for kind in judges.PAIRWISE_DEV_KINDS} == dict.fromkeys(
         judges.PAIRWISE_DEV_KINDS, 20
@@ -102,6 +102,14 @@ def test_bundled_pairwise_dev_is_the_builders_output() -> None:
     assert off_topic == shipped[50]["chosen"]  # the answer of the pair half the set away
     assert first[4]["chosen"] in first[4]["rejected"] and "Subscribe" in first[4]["rejected"]
     assert load_pairwise_dev()[7] == {**shipped[7]}
+    # The degenerate kinds follow all five corruptions: loop, then word salad, per pair.
+    assert [row["pair_id"] for row in shipped[98:102]] == ["dev-20/blog", "dev-20/navigation", "dev-01/loop",
+                                                           "dev-01/word_salad"]  # fmt: skip
+    loop, salad = shipped[100]["rejected"], shipped[101]["rejected"]
+    sentence = "Active noise-cancelling headphones fight sound with sound."
+    assert loop == " ".join([sentence] * 12) and abs(len(loop) - len(first[0]["chosen"])) < len(sentence)
+    assert salad != first[0]["chosen"] and sorted(salad.split()) == sorted(first[0]["chosen"].split())
+    assert salad.startswith("the to most fight up with destructive")  # shuffled with the pair's index as seed
 
 
 def test_pairwise_dev_files_in_trl_formats(tmp_path) -> None:

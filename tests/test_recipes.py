@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from humpback_trl import pipeline
+from humpback_trl.dry_run import BUILTIN_SOURCES
 from humpback_trl.pairs import BUILTIN_PREFIX, builtin_path
 from humpback_trl.scripts import run as run_script
 
@@ -51,7 +52,7 @@ def parse_stage(module_name, recipe, overrides=()):
 
 def assert_local_reference_exists(name):
     if name.startswith(BUILTIN_PREFIX):
-        if name != "builtin:python-docs":
+        if name not in BUILTIN_SOURCES:
             assert builtin_path(name[len(BUILTIN_PREFIX) :]).is_file()
     elif name.startswith((".", "/")) or Path(name).suffix:
         assert (ROOT / name).exists(), name

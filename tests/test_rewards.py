@@ -229,10 +229,10 @@ def pairs_in_labelled_set(name: str) -> int:
 
 @pytest.mark.parametrize("dev_set", ["builtin:pairwise_dev", "builtin:dev"])
 def test_pairwise_accuracy_counts_both_orders_and_ties_half(dev_set: str) -> None:
-    """On the bundled preference pairs (100), or builtin:dev's good answers against the bad answers to the same
+    """On the bundled preference pairs (140), or builtin:dev's good answers against the bad answers to the same
     instruction: a position-biased judge ties everything (0.5 exactly); one that prefers the longer answer is right
     exactly where the good answer is the longer one."""
-    rows = 100 if dev_set == "builtin:pairwise_dev" else pairs_in_labelled_set(dev_set)
+    rows = 140 if dev_set == "builtin:pairwise_dev" else pairs_in_labelled_set(dev_set)
     biased = judge_accuracy(StubPairwise(lambda first, second: 0.9), dev_set)
     assert (biased.metric, biased.value, biased.rows) == ("pairwise_accuracy", 0.5, rows)
     longer = judge_accuracy(StubPairwise(lambda a, b: 0.9 if len(a) > len(b) else 0.1), dev_set)
