@@ -38,6 +38,7 @@ from humpback_trl.calibration import PAGE_FURNITURE, bundled_dev_pairs, truncate
 from humpback_trl.chat_template import encode, render
 from humpback_trl.engines import Engine, as_engine
 from humpback_trl.errors import MissingColumnError, UserError
+from humpback_trl.instruction_checks import trigrams, words
 from humpback_trl.likelihood import LikelihoodWeights
 from humpback_trl.pairs import load_table
 from humpback_trl.scoring import PROMPT_STYLES, ScoreCue, option_cue, score_pairs
@@ -62,6 +63,12 @@ LIKELIHOOD_MARGIN = 0.0
 # (1, 0.1, 0) 0.92 and 8 of 16; (1, 0.1, 0.5) 0.93 and 16 of 16; (1, 0.1, 1) 0.88 and 16 of 16. Selected on the
 # data it is reported on: no held-out figure yet.
 JUDGE_LIKELIHOOD_WEIGHTS = LikelihoodWeights(pmi=1.0, end=0.1, cond=0.5)
+# A looping answer loses to one that does not loop, whatever the scores: a repeated sentence is likely text, so the
+# likelihood judge preferred builtin:pairwise_dev's loops over the answers they repeat in 19 of 20 pairs (0.05), and
+# small models loop. A loop: at least LOOP_SHARE of the answer's word trigrams repeat earlier ones. Measured: the
+# set's 20 loops 0.75-0.97, its other 260 answers 0.02 at most; builtin:dev's 168 outputs, the 181 seed answers and
+# the demo's 48 model answers 0.19 at most (a count of repeats would flag long documentation segments).
+LOOP_SHARE = 0.4
 OPTIONS = ("A", "B")
 JUDGE_CUE = "Better response:"
 JUDGE_PROMPT = (
@@ -297,7 +304,8 @@ class Judge:
 
     def judge(self, rows: Sequence[Mapping[str, str]]) -> list[dict[str, float]]:
         """The raw judgments of comparisons `{instruction, a, b}`: both orders' (p_A, p_B) for the pairwise cue
-        (`p_a_first` ... with a shown first, `p_a_second` ... with a shown second), else each answer's score."""
+        (`p_a_first` ... with a shown first, `p_a_second` ... with a shown second), else each answer's score and
+        whether it loops."""
         if self.positional:
             first = self.probabilities([(row["instruction"], row["a"], row["b"]) for row in rows])
             second = self.probabilities([(row["instruction"], row["b"], row["a"]) for row in rows])
@@ -308,7 +316,15 @@ class Judge:
         scores = self.scores(
             [(row["instruction"], row["a"]) for row in rows] + [(r["instruction"], r["b"]) for r in rows]
         )
-        return [{"score_a": scores[i], "score_b": scores[len(rows) + i]} for i in range(len(rows))]
+        return [
+            {
+                "score_a": scores[i],
+                "score_b": scores[len(rows) + i],
+                "loops_a": loops(row["a"]),
+                "loops_b": loops(row["b"]),
+            }
+            for i, row in enumerate(rows)
+        ]
 
 
 # ---- verdicts ----
@@ -336,8 +352,19 @@ def verdict(prefer_a_first: float, prefer_a_second: float) -> int:
     return 0
 
 
-def pointwise_verdict(score_a: float | None, score_b: float | None, margin: float) -> int:
-    """+1 when a's score is more than `margin` above b's, -1 the other way, else (or without a score) 0."""
+def loops(text: str) -> bool:
+    """The answer repeats itself: at least `LOOP_SHARE` of its word trigrams occurred before in it."""
+    grams = trigrams(words(text))
+    return bool(grams) and 1 - len(set(grams)) / len(grams) >= LOOP_SHARE
+
+
+def pointwise_verdict(
+    score_a: float | None, score_b: float | None, margin: float, loops_a: bool = False, loops_b: bool = False
+) -> int:
+    """+1 when a's score is more than `margin` above b's, -1 the other way, else (or without a score) 0; an answer
+    that loops loses to one that does not, whatever the scores."""
+    if loops_a != loops_b:
+        return -1 if loops_a else 1
     if score_a is None or score_b is None or abs(score_a - score_b) <= margin:
         return 0
     return 1 if score_a > score_b else -1
@@ -357,8 +384,16 @@ def read_judgment(raw: Mapping[str, Any], margin: float) -> dict[str, Any]:
             "choices": [side(prefer_first), side(prefer_second)],
             "verdict": verdict(prefer_first, prefer_second),
         }
-    found = pointwise_verdict(raw["score_a"], raw["score_b"], margin)
-    return {"score_a": raw["score_a"], "score_b": raw["score_b"], "choices": [(found + 1) / 2], "verdict": found}
+    # Judgments saved before the loop rule carry no loop flags: read as no loop.
+    flags = {name: raw.get(name, False) for name in ("loops_a", "loops_b")}
+    found = pointwise_verdict(raw["score_a"], raw["score_b"], margin, **flags)
+    return {
+        "score_a": raw["score_a"],
+        "score_b": raw["score_b"],
+        **flags,
+        "choices": [(found + 1) / 2],
+        "verdict": found,
+    }
 
 
 def position_stats(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:

@@ -8,6 +8,8 @@ never the policy being trained unless `Judge.is_policy` says so (and the card fl
   forward pass per answer, the rubric's KV cache shared by every batch);
 - `LikelihoodReward`: the likelihood score of curation (`likelihood.likelihood_features`: PMI of instruction and
   answer plus the end-of-turn term under the judge), per-output passes once per distinct answer;
+- both pointwise rewards put a looping completion (`judges.loops`) below every other one of the call: likelihood
+  rewards repetition;
 - `PairwiseReward`: the completions for one prompt judged against each other, every pair in both orders with the
   A/B cue of the evaluation (a win only when both orders agree), ranked by Copeland score (wins minus losses), only
   between answers of similar length (SERL, arXiv 2511.07922: within +-20%), normalised by the group's other answers
@@ -43,6 +45,7 @@ from humpback_trl.judges import (
     judge_cue,
     judge_prompt,
     load_pairwise_dev,
+    loops,
     option_probabilities,
     preference,
     verdict,
@@ -57,6 +60,9 @@ CHANCE = 0.5
 # SERL compares two answers only when their lengths are within 20% of each other: a judge's length bias cannot
 # then decide the ranking.
 LENGTH_WINDOW = 0.2
+# A looping completion's reward: this far below the lowest reward of its call (rubric ratings span 1-5, likelihood
+# scores a few nats), so it loses to every completion that does not loop.
+LOOP_PENALTY = 1.0
 
 Completion = str | list[dict[str, Any]]
 
@@ -110,8 +116,21 @@ class PointwiseReward(ABC):
     ) -> list[float | None]:
         """One reward per (instruction, output), in order; `show_progress` for the long calibration pass."""
 
+    def rewards(
+        self, instructions: Sequence[str], outputs: Sequence[str], show_progress: bool = False
+    ) -> list[float | None]:
+        """`score`, with every looping output (`judges.loops`) put below all others: a likelihood judge rewards
+        repetition, and a policy trained on it would learn to loop."""
+        scores = self.score(instructions, outputs, show_progress)
+        looping = [loops(output) for output in outputs]
+        kept = [score for score in scores if score is not None]
+        if not any(looping) or not kept:
+            return scores
+        floor = min(kept) - LOOP_PENALTY
+        return [floor if flag else score for score, flag in zip(scores, looping, strict=True)]
+
     def __call__(self, prompts: Sequence[Completion], completions: Sequence[Completion], **columns: Any) -> list:
-        return self.score(instructions_of(prompts, columns), [message_text(c) for c in completions])
+        return self.rewards(instructions_of(prompts, columns), [message_text(c) for c in completions])
 
 
 class RubricReward(PointwiseReward):
@@ -330,7 +349,7 @@ def judge_accuracy(reward: Reward, dev_set: str) -> JudgeAccuracy:
         value = sum((outcome + 1) / 2 for outcome in outcomes) / len(outcomes)
         return JudgeAccuracy(reward.__name__, reward.judge.name, reward.metric, value, dev_set, len(outcomes))
     dev = load_dev_set(dev_set)
-    scores = reward.score(list(dev["instruction"]), list(dev["output"]), show_progress=True)
+    scores = reward.rewards(list(dev["instruction"]), list(dev["output"]), show_progress=True)
     value = roc_auc(scores, list(dev["label"]))
     return JudgeAccuracy(reward.__name__, reward.judge.name, reward.metric, value, dev_set, len(dev))
 

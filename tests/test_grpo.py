@@ -20,6 +20,7 @@ from humpback_trl import grpo_training
 from humpback_trl.calibration import load_dev_set
 from humpback_trl.collators import PROMPT_SETTINGS_FILE
 from humpback_trl.errors import UserError
+from humpback_trl.judges import load_pairwise_dev
 from humpback_trl.rewards import Judge, PointwiseReward
 from humpback_trl.scripts import grpo
 from humpback_trl.training import last_checkpoint
@@ -76,7 +77,10 @@ def test_grpo_trains_m_k_with_a_fixed_judge_and_publishes(tmp_path, m_k, prompts
     )
     assert [row["metric"] for row in report["judge_accuracy"]] == ["auc", "pairwise_accuracy"]
     assert [row["dev_set"] for row in report["judge_accuracy"]] == ["builtin:dev", "builtin:pairwise_dev"]
-    assert [row["rows"] for row in report["judge_accuracy"]] == [len(load_dev_set("builtin:dev")), 100]
+    assert [row["rows"] for row in report["judge_accuracy"]] == [
+        len(load_dev_set("builtin:dev")),
+        len(load_pairwise_dev()),
+    ]
     assert [row["step"] for row in report["steps"]] == [1, 2]
     for row in report["steps"]:
         watched = {"reward", "completion_length", "end_of_turn_share", "checks_passed_share", "kl"}

@@ -87,6 +87,27 @@ def test_verdict_rules() -> None:
     assert read["choices"] == [0.5, 1.0] and read["verdict"] == 0  # no mass on A or B: undecided
 
 
+def test_a_looping_answer_loses_whatever_its_score() -> None:
+    # Likelihood loves repetition: builtin:pairwise_dev's loops outscored the answers they repeat in 19 of 20 pairs.
+    assert judges.loops("Restart the router. Restart the router. Restart the router.")
+    assert judges.loops("try it and " * 4 + "stop")  # 7 of 11 trigrams repeat
+    assert not judges.loops("Restart the router, then wait a minute and restart the modem.")
+    assert not judges.loops("Restart the router. Restart the router. Then wait a minute and restart the modem.")
+    assert not judges.loops("")
+    cases = ((9.0, 1.0, True, False), (1.0, 9.0, False, True), (3.2, 3.0, True, True), (3.0, 3.0, False, False))
+    assert [pointwise_verdict(a, b, 0.1, la, lb) for a, b, la, lb in cases] == [-1, 1, 1, 0]
+    read = read_judgment({"score_a": 9.0, "score_b": 1.0, "loops_a": True, "loops_b": False}, 0.0)
+    assert (read["verdict"], read["choices"]) == (-1, [0.0])
+    # Judgments saved before the rule have no flags: the scores decide.
+    assert read_judgment({"score_a": 9.0, "score_b": 1.0}, 0.0)["verdict"] == 1
+
+
+def test_the_loop_rule_flags_every_bundled_loop_and_no_good_answer() -> None:
+    rows = bundled_pairwise_dev()
+    assert not any(judges.loops(row["chosen"]) for row in rows)
+    assert [row["kind"] for row in rows if judges.loops(row["rejected"])] == ["loop"] * 20
+
+
 def test_bundled_pairwise_dev_is_the_builders_output() -> None:
     shipped = [json.loads(line) for line in builtin_path("pairwise_dev").read_text(encoding="utf-8").splitlines()]
     assert shipped == bundled_pairwise_dev()
@@ -148,6 +169,11 @@ def test_methods_wrap_the_scorers_and_score_each_answer_once(tiny_model, tiny_to
     )
     assert weights.cond > 0  # fluency counts: word salad must not win on relevance alone
     assert likely == pytest.approx([features[0].score, features[1].score, features[0].score], abs=1e-5)
+    looping = "Red is red. Red is red. Red is red."
+    (raw,) = Judge(tiny_model, tiny_tokenizer, "likelihood", JudgeOptions()).judge(
+        [{"instruction": "Name a colour.", "a": looping, "b": "Red."}]
+    )
+    assert (raw["loops_a"], raw["loops_b"]) == (True, False) and read_judgment(raw, 0.0)["verdict"] == -1
     pairwise = Judge(tiny_model, tiny_tokenizer, "pairwise", JudgeOptions())
     (raw,) = pairwise.judge([{"instruction": "Name a colour.", "a": "Red.", "b": "Table."}])
     assert set(raw) == {"p_a_first", "p_b_first", "p_a_second", "p_b_second"} and 0 < raw["p_a_first"] < 1

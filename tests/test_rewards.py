@@ -199,6 +199,14 @@ class StubPointwise(PointwiseReward):
         return [self.rule(instruction, output) for instruction, output in zip(instructions, outputs, strict=True)]
 
 
+def test_a_looping_completion_gets_less_than_every_other_one() -> None:
+    # The stub likes long answers, as a likelihood judge likes repetition: the loop would win without the rule.
+    reward = StubPointwise(lambda i, o: float(len(o)))
+    outputs = ["Paris.", "The capital is Paris. " * 3, "It is Paris, on the Seine.", ""]
+    assert reward(prompts=["q"] * 4, completions=outputs) == [6.0, -1.0, 26.0, 0.0]  # the lowest (0) minus 1
+    assert reward(prompts=["q"] * 2, completions=outputs[:1] + outputs[2:3]) == [6.0, 26.0]  # no loop: unchanged
+
+
 def test_a_judge_at_chance_is_refused_naming_its_figure() -> None:
     accuracy = judge_accuracy(StubPointwise(lambda i, o: 3.0), "builtin:dev")
     assert (accuracy.metric, accuracy.value, accuracy.rows) == ("auc", 0.5, len(load_dev_set("builtin:dev")))
