@@ -92,29 +92,57 @@ def test_features_against_independent_computation(tiny_model, tiny_tokenizer):
 def test_per_output_passes_run_once_per_distinct_output(tiny_model, tiny_tokenizer, monkeypatch):
     calls = []
     real = likelihood.output_logprobs
+    # Per pass, the rows of each forward: ("prefix", 1) for a shared prefix run once, ("rows", n) for a batch.
+    forwards: list[list[tuple[str, int]]] = []
 
     def spy(model, tokenizer, contexts, outputs, **kwargs):
         calls.append((list(contexts), list(outputs)))
+        forwards.append([])
         return real(model, tokenizer, contexts, outputs, **kwargs)
 
-    rows = []
     forward = tiny_model.forward
 
     def counting_forward(*args, **kwargs):
-        rows.append(kwargs["input_ids"].shape[0])
+        forwards[-1].append(("rows" if "attention_mask" in kwargs else "prefix", kwargs["input_ids"].shape[0]))
         return forward(*args, **kwargs)
+
+    def shape(system_prompt: str | None) -> list[tuple[list[str], int]]:
+        forwards.clear()
+        likelihood_features(
+            tiny_model, tiny_tokenizer, INSTRUCTIONS, OUTPUTS, batch_size=16, system_prompt=system_prompt
+        )
+        return [([kind for kind, _ in run if kind == "prefix"], sum(n for kind, n in run if kind == "rows"))
+                for run in forwards]  # fmt: skip
 
     monkeypatch.setattr(likelihood, "output_logprobs", spy)
     monkeypatch.setattr(tiny_model, "forward", counting_forward)
-    likelihood_features(tiny_model, tiny_tokenizer, INSTRUCTIONS, OUTPUTS, batch_size=16)
+    # Every pair once in the conditional pass, every distinct output once in each output-only pass; the empty-turn
+    # pass shares its whole prompt as one cached prefix, the tiny template's user header (3 tokens) is under
+    # MIN_PREFIX_TOKENS and plain text shares only its start token.
+    assert shape(None) == [([], 5), (["prefix"], 4), ([], 4)]
     unique = [OUTPUTS[0], OUTPUTS[1], OUTPUTS[3], OUTPUTS[4]]
     assert calls == [(INSTRUCTIONS, OUTPUTS), ([""] * 4, unique), ([None] * 4, unique)]
-    # One batch per pass; the empty-turn pass shares its whole prompt as one cached prefix, the tiny template's user
-    # header (3 tokens) is under MIN_PREFIX_TOKENS and plain text shares only its start token.
-    assert rows == [5, 1, 4, 4]
-    rows.clear()
-    likelihood_features(tiny_model, tiny_tokenizer, INSTRUCTIONS, OUTPUTS, batch_size=16, system_prompt="Be brief.")
-    assert rows == [1, 5, 1, 4, 4]
+    assert shape("Be brief.") == [(["prefix"], 5), (["prefix"], 4), ([], 4)]
+
+
+def test_batches_are_length_sorted_and_pad_at_most_max_padding():
+    # Sorted: 100, 95, 94, 50, 49, 48, 47, 10. 95 joins 100 (5% padding), 94 starts a batch because the first is full,
+    # 50 because padding it to 94 costs 47%; 49 joins 50, 47 joins 48 (2%).
+    lengths = [50, 100, 10, 94, 47, 95, 49, 48]
+    assert likelihood.MAX_PADDING == 0.0625
+    assert likelihood._batches(lengths, 2) == [[1, 5], [3], [0, 6], [7, 4], [2]]
+    assert likelihood._batches([7, 7, 7, 7, 7], 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_target_logprobs_in_blocks_equal_one_log_softmax():
+    generator = torch.Generator().manual_seed(0)
+    positions = 2 * likelihood.LOG_SOFTMAX_POSITIONS + 5  # two full blocks and a partial one
+    logits = torch.randn(positions, 1000, generator=generator) * 4
+    targets = torch.randint(0, 1000, (positions,), generator=generator)
+    expected = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets[:, None])[:, 0]
+    got = likelihood.target_logprobs(logits, targets)
+    assert got.dtype == torch.float32 and got.shape == (positions,)
+    assert torch.allclose(got.double(), expected, atol=1e-5, rtol=0)
 
 
 def test_ifd_ratio_edges():
