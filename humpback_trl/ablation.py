@@ -18,10 +18,12 @@ from typing import Any
 
 from datasets import Dataset
 
+from humpback_trl.stage_outputs import CURATE
+
 ABLATIONS = ("none", "random", "all")
 ABLATION_SEED = 0
-# The curate stage's file (without .jsonl) each ablation trains on.
-ABLATION_FILES = {"random": "random", "all": "passed"}
+# The curate stage's file each ablation trains on.
+ABLATION_FILES = {"random": CURATE.random, "all": CURATE.passed}
 BASELINE_NAMES = {"random": "random selection", "all": "training on every candidate"}
 
 

@@ -32,6 +32,7 @@ from humpback_trl.paths import public_name
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
+from humpback_trl.stage_outputs import AUGMENT
 
 
 def load_segments(args: AugmentArguments) -> Dataset:
@@ -122,7 +123,7 @@ def candidate_outputs(
         report=funnel,
         title="Self-augmentation",
         card=card,
-        files={"candidates": candidates},
+        files={AUGMENT.candidates: candidates},
         push=candidates,
         hub_repo=candidates_repo_id(args.hub_prefix) if args.push_to_hub and args.hub_prefix else None,
         private=args.hub_private_repo,

@@ -57,10 +57,10 @@ from humpback_trl.scoring import (
 )
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
+from humpback_trl.stage_outputs import CURATE
 
 logger = logging.getLogger(__name__)
 
-CURATED_FOLDER = "curated"
 # The scored pool of a panel keeps each judge's own score and digit mass beside the panel's.
 JUDGE_FEATURES = [{"judge": Value("string"), "score": Value("float64"), "mass": Value("float64")}]
 # The scored pool: the pair schema, the instruction check that rejected a pair (null when it passed) and the
@@ -539,13 +539,18 @@ def curate(
         summary["calibration"] = calibration_block(
             judges, dev, settings, public_name(settings.calibration_dev_set), thresholds, side_modes
         )
+    # The ablation's baselines (ablation.py): a random sample of A5's size, and every checked, scored pair.
+    baselines = ablation_splits(scored, len(curated["a5"]))
     outputs = StageOutputs(
         report={"candidates": len(candidates), "iterations": [summary]},
         title=f"Curation, iteration {iteration}",
         card=curation_card(summary, hub_repo, private),
-        # The ablation's baselines (ablation.py): a random sample of A5's size, and every checked, scored pair.
-        files={**curated, **ablation_splits(scored, len(curated["a5"]))},
-        folders={CURATED_FOLDER: curated},
+        files={
+            **{CURATE.split_files[name]: split for name, split in curated.items()},
+            CURATE.random: baselines["random"],
+            CURATE.passed: baselines["passed"],
+        },
+        folders={CURATE.curated: curated},
         push=curated,
         hub_repo=hub_repo,
         private=private,

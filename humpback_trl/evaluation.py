@@ -57,6 +57,7 @@ from humpback_trl.modeling import adapter_base_name, adapter_folder, load_tokeni
 from humpback_trl.pairs import load_table
 from humpback_trl.paths import public_name
 from humpback_trl.shards import run_sharded
+from humpback_trl.stage_outputs import EVAL
 
 logger = logging.getLogger(__name__)
 
@@ -414,11 +415,11 @@ def write_files(
         (output_dir / report["model_outputs"][name]).write_text(
             json.dumps(records_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-    with (output_dir / "judgments.jsonl").open("w", encoding="utf-8") as handle:
+    with (output_dir / EVAL.judgments).open("w", encoding="utf-8") as handle:
         for method, rows in records.items():
             handle.writelines(json.dumps({"method": method, **row}, ensure_ascii=False) + "\n" for row in rows)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (output_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (output_dir / EVAL.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (output_dir / EVAL.markdown).write_text(render_markdown(report), encoding="utf-8")
     if report["table"]:
         plot(report["table"], output_dir / "winrate.png")
 

@@ -64,6 +64,7 @@ from humpback_trl.rewards import (
     message_text,
 )
 from humpback_trl.shards import process_state
+from humpback_trl.stage_outputs import GRPO
 from humpback_trl.training import (
     TRAINING_DATA_FILE,
     Artifact,
@@ -78,10 +79,8 @@ from humpback_trl.training import (
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "grpo_report.json"
 # Measured judge accuracies of this output folder; a leading _ keeps it out of the adapter's push.
 CALIBRATION_CACHE = "_judge_calibration.json"
-PLOT_FILE = "reward_length.png"
 POLICY_JUDGE = "policy"
 END_OF_TURN_METRIC = "watch/end_of_turn"
 CHECKS_METRIC = "watch/checks_passed"
@@ -89,7 +88,7 @@ SUMMARY = (
     "The forward model M_k further trained online with TRL's GRPOTrainer: it samples answers to instructions and a "
     "fixed\njudge, measured on labelled data before training, rewards them (humpback-trl: Li et al., ICLR 2024; a "
     "verification\nsignal as reward after SERL, arXiv 2511.07922). Reward and completion length per step: "
-    f"`{REPORT_FILE}`, `{PLOT_FILE}`."
+    f"`{GRPO.report}`, `{GRPO.plot}`."
 )
 SUMMARY_STEPS = 20  # steps the loop report lists; grpo_report.json and the plot hold every logged step
 # What the report keeps of each logged step, under its own name.
@@ -297,9 +296,9 @@ def grpo_report(
 
 
 def write_report(report: Mapping[str, Any], output_dir: Path) -> None:
-    (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (output_dir / GRPO.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if report["steps"]:
-        plot_reward_and_length(report["steps"], output_dir / PLOT_FILE)
+        plot_reward_and_length(report["steps"], output_dir / GRPO.plot)
 
 
 def settings(training_args: GRPOConfig, model_args: ModelConfig, sft_adapter: str | None) -> dict[str, object]:

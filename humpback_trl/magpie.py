@@ -43,6 +43,7 @@ from humpback_trl.paths import public_name
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
+from humpback_trl.stage_outputs import MAGPIE
 
 logger = logging.getLogger(__name__)
 
@@ -248,9 +249,8 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
             private=args.hub_private_repo,
         )  # fmt: skip
     finish_stage(magpie_outputs(kept, counts, summary, args, writer), args.output_dir)
-    state.print(
-        f"MAGPIE: kept {counts['kept']} of {counts['generated']} conversations -> {args.output_dir}/magpie.jsonl"
-    )
+    pairs = Path(args.output_dir) / MAGPIE.pairs
+    state.print(f"MAGPIE: kept {counts['kept']} of {counts['generated']} conversations -> {pairs}")
     return kept
 
 
@@ -293,7 +293,7 @@ def magpie_outputs(
         report=report,
         title="MAGPIE",
         card=magpie_card(counts, args, writer),
-        files={"magpie": kept},
+        files={MAGPIE.pairs: kept},
         push=kept,
         hub_repo=magpie_repo_id(args.hub_prefix) if args.push_to_hub and args.hub_prefix else None,
         private=args.hub_private_repo,

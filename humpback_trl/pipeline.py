@@ -51,6 +51,20 @@ from humpback_trl.errors import MissingFileError, UserError
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 from humpback_trl.shards import write_atomic
+from humpback_trl.stage_outputs import (
+    AUGMENT,
+    CORPUS,
+    CURATE,
+    EVAL,
+    GRPO,
+    MAGPIE,
+    PREFERENCES,
+    REPORT,
+    REPORT_MARKDOWN,
+    REWRITE,
+    TRAINING,
+    Outputs,
+)
 
 MARKERS = ".stages"
 LOCK_FILE = ".humpback.lock"
@@ -84,10 +98,11 @@ class Stage:
     upstream: list[str]
     pushes: bool = False
     evaluated: bool = False  # a forward model the eval stage compares
+    outputs: Outputs = Outputs(report=None)  # what it writes in its folder (stage_outputs.py)
+    processes: int | None = None  # None: the loop's num_processes
 
     def command(self, loop: LoopArguments, accelerate_config: Path) -> list[str]:
-        # Corpus preparation is one pass over the documents (global deduplication): never split across processes.
-        processes = 1 if self.module == "humpback_trl.scripts.corpus" else loop.num_processes
+        processes = self.processes or loop.num_processes
         hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if self.pushes and publishing(loop) else []
         return [
             "accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes", str(processes),
@@ -149,10 +164,10 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     out = Path(loop.output_dir)
     seed_recipe = folder / "seed.yaml"
     seed_data = _listed(read_recipe(seed_recipe).get("data"))
-    magpie_pairs = str(out / "magpie" / "magpie.jsonl")
+    magpie_pairs = str(out / "magpie" / MAGPIE.pairs)
     if loop.magpie == "seed":
         seed_data.append(magpie_pairs)
-    candidates = [str(out / "augment" / "candidates.jsonl")]
+    candidates = [str(out / "augment" / AUGMENT.candidates)]
     if loop.magpie == "candidates":
         candidates.append(magpie_pairs)
     # Overrides go on each stage's command line, so they are part of its hash and a changed model reruns it.
@@ -160,32 +175,36 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
     backward_model = model_override(loop.backward_model or loop.model)
     magpie_model = model_override(loop.magpie_model or loop.model)
     stages = [
+        # Corpus preparation is one pass over the documents (global deduplication): never split across processes.
         Stage(
-            "corpus", "humpback_trl.scripts.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], []
+            "corpus", "humpback_trl.scripts.corpus", folder / "corpus.yaml", ["--output_dir", str(out / "corpus")], [],
+            outputs=CORPUS, processes=1,
         ),
         Stage(
             "myx", "humpback_trl.scripts.sft", folder / "backward.yaml",
-            ["--output_dir", str(out / "myx"), *backward_model], [], pushes=True,
+            ["--output_dir", str(out / "myx"), *backward_model], [], pushes=True, outputs=TRAINING,
         ),
         Stage(
             "augment", "humpback_trl.scripts.augment", folder / "augment.yaml",
-            ["--corpus", str(out / "corpus" / "dataset"), "--adapter", str(out / "myx"),
+            ["--corpus", str(out / "corpus" / CORPUS.dataset), "--adapter", str(out / "myx"),
              "--output_dir", str(out / "augment"), *backward_model],
-            ["corpus", "myx"], pushes=True,
+            ["corpus", "myx"], pushes=True, outputs=AUGMENT,
         ),
     ]  # fmt: skip
     if loop.magpie != "none":
         stages.append(
             Stage(
                 "magpie", "humpback_trl.scripts.magpie", folder / "magpie.yaml",
-                ["--output_dir", str(out / "magpie"), *magpie_model], [], pushes=True,
+                ["--output_dir", str(out / "magpie"), *magpie_model], [], pushes=True, outputs=MAGPIE,
             )
         )  # fmt: skip
     seed_upstream = ["magpie"] if loop.magpie == "seed" else []
     pool_upstream = ["augment"] + (["magpie"] if loop.magpie == "candidates" else [])
+    # The stages that write the pool's instructions are planned by now: their models decide the curate stages' checks.
+    checks = ["--instruction_checks", "none"] if plumbing_writers(stages, loop) else []
     for k in range(loop.iterations + 1):
         if k:
-            stages.append(curate_stage(folder, out, k, candidates, pool_upstream, loop, forward_model))
+            stages.append(curate_stage(folder, out, k, candidates, pool_upstream, loop, forward_model, checks))
         if k and loop.rewrite != "none":
             stages.append(rewrite_stage(folder, out, k, loop, forward_model))
         # The ablation's M1-random / M1-all needs curate-1 only; it trains just before M_K, so the stages after M_K
@@ -199,7 +218,7 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
                 f"m{k}", "humpback_trl.scripts.sft", seed_recipe,
                 ["--output_dir", str(out / f"m{k}"), "--iteration", str(k), *(["--data", *data] if data else []),
                  *forward_model],
-                seed_upstream + upstream, pushes=True, evaluated=True,
+                seed_upstream + upstream, pushes=True, evaluated=True, outputs=TRAINING,
             )
         )  # fmt: skip
     if loop.preference != "none":
@@ -212,16 +231,22 @@ def plan(folder: Path, loop: LoopArguments) -> list[Stage]:
 
 
 def curate_stage(
-    folder: Path, out: Path, k: int, candidates: list[str], upstream: list[str], loop: LoopArguments, model: list[str]
+    folder: Path,
+    out: Path,
+    k: int,
+    candidates: list[str],
+    upstream: list[str],
+    loop: LoopArguments,
+    model: list[str],
+    checks: list[str],
 ) -> Stage:
     """curate-k: M_{k-1} (its adapter merged into its base) scores the pool; its A5 is M_k's added data."""
     scorer = model_override(loop.judge_model) if loop.judge_model else ["--adapter", str(out / f"m{k - 1}"), *model]
-    checks = ["--instruction_checks", "none"] if plumbing_writers(folder, loop) else []
     return Stage(
         f"curate-{k}", "humpback_trl.scripts.curate", folder / "curate.yaml",
         ["--candidates", *candidates, "--iteration", str(k), "--output_dir", str(out / f"curate-{k}"), *scorer,
          *checks],
-        upstream + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True,
+        upstream + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True, outputs=CURATE,
     )  # fmt: skip
 
 
@@ -235,7 +260,7 @@ def rewrite_stage(folder: Path, out: Path, k: int, loop: LoopArguments, model: l
         f"rewrite-{k}", "humpback_trl.scripts.rewrite", recipe,
         ["--pairs", str(out / f"curate-{k}"), "--iteration", str(k), "--output_dir",
          str(out / f"rewrite-{k}"), *(["--rewrite_model", writer] if writer else []), *scorer],
-        [f"curate-{k}"] + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True,
+        [f"curate-{k}"] + ([] if loop.judge_model else [f"m{k - 1}"]), pushes=True, outputs=REWRITE,
     )  # fmt: skip
 
 
@@ -244,11 +269,11 @@ def curated_data(folder: Path, out: Path, k: int, rewrite: str) -> list[str]:
     rewrites, and per on_unfaithful the originals of rejected ones); with `add` the curated split and the accepted
     rewrites."""
     if rewrite == "none":
-        return [str(out / f"curate-{k}" / "a5.jsonl")]
+        return [str(out / f"curate-{k}" / CURATE.a5)]
     if rewrite == "replace":
-        return [str(out / f"rewrite-{k}" / "rewritten.jsonl")]
+        return [str(out / f"rewrite-{k}" / REWRITE.rewritten)]
     split = read_recipe(folder / "rewrite.yaml").get("curated_split", "a5")
-    return [str(out / f"curate-{k}" / f"{split}.jsonl"), str(out / f"rewrite-{k}" / "accepted.jsonl")]
+    return [str(out / f"curate-{k}" / CURATE.split_files[split]), str(out / f"rewrite-{k}" / REWRITE.accepted)]
 
 
 def training_data_label(loop: LoopArguments) -> str:
@@ -264,19 +289,19 @@ def preference_stages(folder: Path, out: Path, loop: LoopArguments, model: list[
     if loop.preference == "grpo":
         return [grpo_stage(folder, out, loop, model)]
     kind, last = loop.preference, f"m{loop.iterations}"
-    scored = str(out / f"curate-{loop.iterations}" / "scored.jsonl")
+    scored = str(out / f"curate-{loop.iterations}" / CURATE.scored)
     source = ["--instructions", scored] if kind == "dpo" else ["--scored_pool", scored]
     return [
         Stage(
             "preferences", "humpback_trl.scripts.preferences", folder / "preferences.yaml",
             ["--kind", kind, "--adapter", str(out / last), *source, "--output_dir", str(out / "preferences"), *model],
-            [last, f"curate-{loop.iterations}"], pushes=True,
+            [last, f"curate-{loop.iterations}"], pushes=True, outputs=PREFERENCES[kind],
         ),
         Stage(
             f"{last}-{kind}", f"humpback_trl.scripts.{kind}", folder / f"{kind}.yaml",
-            ["--sft_adapter", str(out / last), "--sft_stage", last,
-             "--data", str(out / "preferences" / f"{kind}.jsonl"), "--output_dir", str(out / f"{last}-{kind}"), *model],
-            ["preferences"], pushes=True, evaluated=True,
+            ["--sft_adapter", str(out / last), "--sft_stage", last, "--data",
+             str(out / "preferences" / PREFERENCES[kind].data), "--output_dir", str(out / f"{last}-{kind}"), *model],
+            ["preferences"], pushes=True, evaluated=True, outputs=TRAINING,
         ),
     ]  # fmt: skip
 
@@ -284,14 +309,14 @@ def preference_stages(folder: Path, out: Path, loop: LoopArguments, model: list[
 def grpo_stage(folder: Path, out: Path, loop: LoopArguments, model: list[str]) -> Stage:
     """mK-grpo: M_K trained online with GRPO on the instructions of the last scored pool, rewarded by a fixed judge
     (grpo.yaml's judge_model, the loop's judge_model, else the base model) whose accuracy gates the stage."""
-    last, scored = f"m{loop.iterations}", str(out / f"curate-{loop.iterations}" / "scored.jsonl")
+    last, scored = f"m{loop.iterations}", str(out / f"curate-{loop.iterations}" / CURATE.scored)
     judge = ["--judge_model", loop.judge_model] if loop.judge_model else []
     weak = ["--allow_weak_judge", "true"] if loop.allow_weak_judge or plumbing_judge(folder, loop) else []
     return Stage(
         f"{last}-grpo", "humpback_trl.scripts.grpo", folder / "grpo.yaml",
         ["--sft_adapter", str(out / last), "--sft_stage", last, "--prompts", scored,
          "--output_dir", str(out / f"{last}-grpo"), *judge, *weak, *model],
-        [last, f"curate-{loop.iterations}"], pushes=True, evaluated=True,
+        [last, f"curate-{loop.iterations}"], pushes=True, evaluated=True, outputs=GRPO,
     )  # fmt: skip
 
 
@@ -321,15 +346,14 @@ def reward_judge(folder: Path, loop: LoopArguments) -> str | None:
     return loop.judge_model or read_recipe(folder / "grpo.yaml").get("judge_model") or base_model(folder, loop)
 
 
-def plumbing_writers(folder: Path, loop: LoopArguments) -> list[str]:
-    """The plumbing models (builtin_models.is_plumbing_model) among those that write the pool's instructions (the
-    backward model; MAGPIE's model when its pairs join the pool). Their instructions are noise that the instruction
-    checks reject to the last pair, which would leave A5 and every stage after it empty: the curate stages run
-    without checks instead."""
-    writers = [loop.backward_model or loop.model or read_recipe(folder / "backward.yaml").get("model_name_or_path")]
-    if loop.magpie == "candidates":
-        writers.append(loop.magpie_model or loop.model or read_recipe(folder / "magpie.yaml").get("model_name_or_path"))
-    return list(dict.fromkeys(name for name in writers if is_plumbing_model(name)))
+def plumbing_writers(stages: list[Stage], loop: LoopArguments) -> list[str]:
+    """The plumbing models (builtin_models.is_plumbing_model) among the models of the stages that write the pool's
+    instructions (myx, the backward model; magpie when its pairs join the pool). Their instructions are noise that
+    the instruction checks reject to the last pair, which would leave A5 and every stage after it empty: the curate
+    stages run without checks instead."""
+    writers = {"myx", "magpie"} if loop.magpie == "candidates" else {"myx"}
+    models = [stage_model(stage) for stage in stages if stage.name in writers]
+    return list(dict.fromkeys(name for name in models if is_plumbing_model(name)))
 
 
 def plumbing_judge(folder: Path, loop: LoopArguments) -> str | None:
@@ -343,7 +367,7 @@ def plumbing_note(folder: Path, loop: LoopArguments) -> str | None:
     """One line saying which plumbing models the run uses and what the loop relaxes for them, or None: printed when
     the run is planned and kept in the loop report. No ": " in it, which would read as a `[humpback] stage: status`
     line."""
-    writers, judge = plumbing_writers(folder, loop), plumbing_judge(folder, loop)
+    writers, judge = plumbing_writers(plan(folder, loop), loop), plumbing_judge(folder, loop)
     relaxed = ["the curate stages run with --instruction_checks none"] if writers else []
     relaxed += ["the GRPO stage with --allow_weak_judge true (its reward marked WEAK)"] if judge else []
     if not relaxed:
@@ -362,11 +386,11 @@ def ablation_stage(
     """m1-random | m1-all: M1's recipe on the seed plus curate-1's random sample of A5's size, or every candidate
     that passed the checks (ablation.py)."""
     name = f"m1-{kind}"
-    data = [*seed_data, str(out / "curate-1" / f"{ABLATION_FILES[kind]}.jsonl")]
+    data = [*seed_data, str(out / "curate-1" / ABLATION_FILES[kind])]
     return Stage(
         name, "humpback_trl.scripts.sft", seed_recipe,
         ["--output_dir", str(out / name), "--iteration", "1", "--stage", name, "--data", *data, *model],
-        [*upstream, "curate-1"], pushes=True, evaluated=True,
+        [*upstream, "curate-1"], pushes=True, evaluated=True, outputs=TRAINING,
     )  # fmt: skip
 
 
@@ -385,7 +409,7 @@ def eval_stage(folder: Path, out: Path, models: list[str], loop: LoopArguments) 
         "eval", "humpback_trl.scripts.eval", folder / "eval.yaml",
         ["--models", *(str(out / name) for name in models), "--model_names", *names, "--output_dir", str(out / "eval"),
          *eval_judge(folder, loop)],
-        models,
+        models, outputs=EVAL,
     )  # fmt: skip
 
 
@@ -612,10 +636,6 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
 EXAMPLES = 5  # backward-model instructions shown beside their segments
 
 
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _rows(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -647,36 +667,38 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
     funnel and the size of M_k's training set; the preference data and the evaluation table when the loop made them;
     each stage's wall time."""
     out = Path(loop.output_dir)
-    corpus = _json(out / "corpus" / "corpus_counts.json")
-    augment = _json(out / "augment" / "report.json")
+    corpus = CORPUS.read_report(out / "corpus")
+    augment = AUGMENT.read_report(out / "augment")
     report: dict[str, Any] = {
-        "seed": sum(row["source"] == "seed" for row in _rows(out / "m0" / "training_data.jsonl")),
+        "seed": sum(row["source"] == "seed" for row in _rows(out / "m0" / TRAINING.training_data)),
         "documents": corpus["documents_read"],
         "segments": corpus["segments_kept"],
         "candidates": augment["candidates"],
     }
     if loop.magpie != "none":
-        report["magpie_pairs"] = len(_rows(out / "magpie" / "magpie.jsonl"))
+        report["magpie_pairs"] = MAGPIE.read_report(out / "magpie")["kept"]
     # Every filter's count, then the cap augmentation applied (max_segments) and what it wrote instructions for.
     report["corpus_funnel"] = {**corpus, "segments_augmented": augment["segments"]}
-    report["backward_model"] = backward_output(_rows(out / "augment" / "candidates.jsonl"), augment["segments"])
+    report["backward_model"] = backward_output(_rows(out / "augment" / AUGMENT.candidates), augment["segments"])
+    # A curate stage's report holds its one iteration's funnel: together they are the loop's iterations.
     report["iterations"] = [
         {
-            **_json(out / f"curate-{k}" / "report.json")["iterations"][0],
+            **funnel,
             "trains": f"m{k}",
-            "training_pairs": len(_rows(out / f"m{k}" / "training_data.jsonl")),
+            "training_pairs": len(_rows(out / f"m{k}" / TRAINING.training_data)),
             "training_data": training_data_label(loop),
         }
         for k in range(1, loop.iterations + 1)
+        for funnel in CURATE.read_report(out / f"curate-{k}")["iterations"]
     ]
     if loop.rewrite != "none":
         report.update(rewrite_report_part(out, loop))
     if loop.preference == "grpo":
         report.update(grpo_report_part(out, loop))
     elif loop.preference != "none":
-        report["preferences"] = _json(out / "preferences" / "report.json")
+        report["preferences"] = PREFERENCES[loop.preference].read_report(out / "preferences")
     if loop.evaluate:
-        report["evaluation"] = _json(out / "eval" / "report.json")
+        report["evaluation"] = EVAL.read_report(out / "eval")
         if loop.ablation != "none":
             kind = loop.ablation
             report["ablation"] = ablation_verdict(report["evaluation"], "M1", f"M1-{kind}", kind)
@@ -686,21 +708,17 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
     # Inside the run's folder, so the report names no local prefix; print_summary shows them under that folder.
     report["artifacts"] = {
         "backward model": "myx",
-        "candidates": "augment/candidates.jsonl",
-        **{f"A5 iteration {k}": f"curate-{k}/a5.jsonl" for k in range(1, loop.iterations + 1)},
+        "candidates": f"augment/{AUGMENT.candidates}",
+        **{f"A5 iteration {k}": f"curate-{k}/{CURATE.a5}" for k in range(1, loop.iterations + 1)},
         **{
-            f"rewrites iteration {k}": f"rewrite-{k}/rewrites.jsonl"
+            f"rewrites iteration {k}": f"rewrite-{k}/{REWRITE.rewrites}"
             for k in range(1, loop.iterations + 1)
             if loop.rewrite != "none"
         },
         **{stage.name.upper(): stage.name for stage in stages if stage.evaluated},
         **({"preference data": "preferences"} if loop.preference in ("dpo", "kto") else {}),
-        **(
-            {"GRPO reward and length": f"m{loop.iterations}-grpo/reward_length.png"}
-            if loop.preference == "grpo"
-            else {}
-        ),
-        **({"evaluation": "eval/report.md"} if loop.evaluate else {}),
+        **({"GRPO reward and length": f"m{loop.iterations}-grpo/{GRPO.plot}"} if loop.preference == "grpo" else {}),
+        **({"evaluation": f"eval/{EVAL.markdown}"} if loop.evaluate else {}),
     }
     return report
 
@@ -709,7 +727,7 @@ def grpo_report_part(out: Path, loop: LoopArguments) -> dict[str, Any]:
     """The GRPO stage's judges and its reward and length per step (a table in report.md), and its whole report."""
     from humpback_trl.grpo_training import summary  # loads torch; only a GRPO loop needs it
 
-    report = _json(out / f"m{loop.iterations}-grpo" / "grpo_report.json")
+    report = GRPO.read_report(out / f"m{loop.iterations}-grpo")
     return {"preferences": summary(report), "grpo": report}
 
 
@@ -717,7 +735,7 @@ def rewrite_report_part(out: Path, loop: LoopArguments) -> dict[str, Any]:
     """Per rewrite-k its funnel (a line each, which report.md shows) and its whole report under `rewrite`."""
     from humpback_trl.rewrite import funnel_line  # the rewrite module loads torch; only a rewriting loop needs it
 
-    reports = [_json(out / f"rewrite-{k}" / "report.json") for k in range(1, loop.iterations + 1)]
+    reports = [REWRITE.read_report(out / f"rewrite-{k}") for k in range(1, loop.iterations + 1)]
     lines = {f"rewrite-{k} ({loop.rewrite})": funnel_line(part) for k, part in enumerate(reports, start=1)}
     return {**lines, "rewrite": [{"iteration": k, **part} for k, part in enumerate(reports, start=1)]}
 
@@ -727,4 +745,4 @@ def print_summary(report: dict[str, Any], output_dir: str) -> None:
     print("Artifacts:")
     for name, path in report["artifacts"].items():
         print(f"  {name:<20} {Path(output_dir) / path}")
-    print(f"  {'report':<20} {Path(output_dir) / 'report.md'} (+ report.json, scores.png)")
+    print(f"  {'report':<20} {Path(output_dir) / REPORT_MARKDOWN} (+ {REPORT}, scores.png)")

@@ -44,6 +44,7 @@ from humpback_trl.paths import public_name
 from humpback_trl.scoring import GENERATE_SAMPLING, score_pairs
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
+from humpback_trl.stage_outputs import PREFERENCES
 
 logger = logging.getLogger(__name__)
 
@@ -358,8 +359,8 @@ def stage_outputs(
         report=report,
         title=f"Preference data ({args.kind.upper()})",
         card=card,
-        files={args.kind: data},
-        folders={args.kind: data},
+        files={PREFERENCES[args.kind].data: data},
+        folders={PREFERENCES[args.kind].folder: data},
         push=data,
         hub_repo=repo if args.push_to_hub else None,
         private=args.hub_private_repo,

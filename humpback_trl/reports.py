@@ -25,6 +25,7 @@ from typing import Any
 from datasets import Dataset
 
 from humpback_trl.calibration import calibration_markdown
+from humpback_trl.stage_outputs import REPORT, REPORT_MARKDOWN
 
 SCORES = (1, 2, 3, 4, 5)
 
@@ -326,7 +327,7 @@ def plot_scores(iterations: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def write_report(report: Mapping[str, Any], folder: str | Path, title: str = "Data funnel") -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / "report.json", folder / "report.md"
+    json_path, md_path = folder / REPORT, folder / REPORT_MARKDOWN
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     md_path.write_text(render_markdown(report, title), encoding="utf-8")
     paths = [json_path, md_path]

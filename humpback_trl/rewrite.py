@@ -57,6 +57,7 @@ from humpback_trl.reports import EXCERPT_CHARS, length_stats
 from humpback_trl.scoring import ScoreResult
 from humpback_trl.shards import run_sharded
 from humpback_trl.stage import StageOutputs, finish_stage
+from humpback_trl.stage_outputs import CURATE, REWRITE
 
 logger = logging.getLogger(__name__)
 
@@ -368,9 +369,10 @@ def rewritten_repo_id(prefix: str, iteration: int | None) -> str:
 def load_input_pairs(args: RewriteArguments) -> Dataset:
     """The pairs to rewrite: a curate stage's folder (its <curated_split>.jsonl), a curated/ folder or Hub data set
     (its split curated_split), else any pair file."""
-    split_file = Path(args.pairs) / f"{args.curated_split}.jsonl"
+    split_file = CURATE.split_files.get(args.curated_split)
+    local = Path(args.pairs) / split_file if split_file else None
     # The jsonl, not curated/: an empty split (a weak scorer's A5) reads back from save_to_disk as an error.
-    name = str(split_file) if split_file.is_file() else args.pairs
+    name = str(local) if local and local.is_file() else args.pairs
     pairs, _ = load_pairs(name, default_source="augmented", split=args.curated_split)
     if args.max_pairs is not None:
         pairs = pairs.select(range(min(args.max_pairs, len(pairs))))
@@ -557,7 +559,7 @@ def rewrite_outputs(
         report=report,
         title="Rewrite" + (f", iteration {args.iteration}" if args.iteration is not None else ""),
         card=rewrite_card(report, args),
-        files={"rewrites": rewrites, "rewritten": rewritten, "accepted": accepted},
+        files={REWRITE.rewrites: rewrites, REWRITE.rewritten: rewritten, REWRITE.accepted: accepted},
         push=rewritten,
         hub_repo=rewritten_repo_id(args.hub_prefix, args.iteration) if args.push_to_hub and args.hub_prefix else None,
         private=args.hub_private_repo,

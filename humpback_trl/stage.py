@@ -28,8 +28,9 @@ from humpback_trl.reports import write_report
 
 @dataclass
 class StageOutputs:
-    """What a stage leaves in its output folder: `files` as `<name>.jsonl`, `folders` as `save_to_disk` folders,
-    the report (report.json / .md / scores.png) and the card (README.md); `push` goes to `hub_repo` with the card."""
+    """What a stage leaves in its output folder: `files` as JSON lines and `folders` as `save_to_disk` folders, each
+    under the name its stage declares (stage_outputs.py), the report (report.json / .md / scores.png) and the card
+    (README.md); `push` goes to `hub_repo` with the card."""
 
     report: Mapping[str, Any]
     title: str
@@ -47,7 +48,7 @@ def write_outputs(outputs: StageOutputs, output_dir: str | Path) -> None:
     for name, data in outputs.folders.items():
         data.save_to_disk(str(output_dir / name))
     for name, data in outputs.files.items():
-        data.to_json(str(output_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
+        data.to_json(str(output_dir / name), lines=True, force_ascii=False)
     write_report(outputs.report, output_dir, outputs.title)
     outputs.card.save(str(output_dir / "README.md"))
     if outputs.hub_repo and outputs.push is not None:

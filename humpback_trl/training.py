@@ -63,11 +63,12 @@ from humpback_trl.oasst import load_oasst_seed
 from humpback_trl.pairs import PairColumns, load_pairs
 from humpback_trl.paths import check_local
 from humpback_trl.schedule import apply_paper_schedule
+from humpback_trl.stage_outputs import TRAINING
 from humpback_trl.tagging import Tagging
 
 logger = logging.getLogger(__name__)
 
-TRAINING_DATA_FILE = "training_data.jsonl"
+TRAINING_DATA_FILE = TRAINING.training_data  # beside every adapter; the cards name it
 TRAINER_STATE = "trainer_state.json"
 HUB_TOKEN_MESSAGE = (
     "hub_token is refused: it would be pickled into training_args.bin in every checkpoint and pushed with the model. "

@@ -14,6 +14,7 @@ split at the thresholds. In the loop both read the last curation stage's pool, c
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -22,6 +23,7 @@ from humpback_trl.modeling import InferenceModelArguments
 from humpback_trl.preferences import PreferenceArguments, build_preferences
 from humpback_trl.scripts.parsing import HumpbackParser
 from humpback_trl.shards import process_state
+from humpback_trl.stage_outputs import PREFERENCES
 
 
 def make_parser(subparsers=None) -> HumpbackParser:
@@ -40,7 +42,7 @@ def run(argv: list[str] | None = None) -> Dataset:
     args, model_args = make_parser().parse_args_and_config(argv)
     data, report = build_preferences(args, model_args)
     kept = report["pairs_kept"] if args.kind == "dpo" else f"{report['desirable']}+{report['undesirable']}"
-    print(f"{args.kind.upper()} rows kept: {kept} -> {args.output_dir}/{args.kind}.jsonl")
+    print(f"{args.kind.upper()} rows kept: {kept} -> {Path(args.output_dir) / PREFERENCES[args.kind].data}")
     return data
 
 

@@ -9,6 +9,7 @@ rewrite checked against its source (likelihood and lexical floors) and scored by
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from accelerate import PartialState
 from datasets import Dataset
@@ -18,6 +19,7 @@ from humpback_trl.curation import CurationSettings
 from humpback_trl.logs import configure_logging
 from humpback_trl.modeling import InferenceModelArguments
 from humpback_trl.rewrite import RewriteArguments, rewrite
+from humpback_trl.stage_outputs import REWRITE
 
 
 def make_parser(subparsers=None) -> TrlParser:
@@ -38,7 +40,7 @@ def run(argv: list[str] | None = None) -> Dataset:
         decisions = rewrites["decision"]
         print(
             f"Rewrote {len(rewrites)} pairs: {decisions.count('rewritten')} rewrites kept, "
-            f"{len(rewrites) - decisions.count('rewritten')} rejected -> {args.output_dir}/rewrites.jsonl"
+            f"{len(rewrites) - decisions.count('rewritten')} rejected -> {Path(args.output_dir) / REWRITE.rewrites}"
         )
     return rewrites
 
