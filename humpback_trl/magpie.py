@@ -42,7 +42,7 @@ from humpback_trl.pairs import PAIR_FEATURES, make_pair
 from humpback_trl.paths import public_name
 from humpback_trl.reports import subset_stats
 from humpback_trl.shards import run_sharded
-from humpback_trl.stage import StageOutputs, finish_stage
+from humpback_trl.stage import StageOutputs, finish_stage, thinking_counts
 from humpback_trl.stage_outputs import MAGPIE
 
 logger = logging.getLogger(__name__)
@@ -234,6 +234,9 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
     keep, counts = filter_conversations(generated["messages"], checks, args)
     kept = generated.select(keep)
     writer = public_name(model_args.adapter or model_args.model_name_or_path)
+    # Taken before curation, whose own report would otherwise take them: what MAGPIE generated, at the top level of
+    # its report as in every stage's (on every process: gathering is collective).
+    thinking = thinking_counts()
     summary = None
     if args.curate and not len(kept):
         logger.warning("MAGPIE: no conversation survived the filters, so there is nothing to curate")
@@ -248,7 +251,7 @@ def magpie(args: MagpieArguments, model_args: InferenceModelArguments, settings:
             scorer=writer, output_dir=Path(args.output_dir) / "curation", hub_repo=hub_repo,
             private=args.hub_private_repo,
         )  # fmt: skip
-    finish_stage(magpie_outputs(kept, counts, summary, args, writer), args.output_dir)
+    finish_stage(magpie_outputs(kept, counts, summary, args, writer, thinking), args.output_dir)
     pairs = Path(args.output_dir) / MAGPIE.pairs
     state.print(f"MAGPIE: kept {counts['kept']} of {counts['generated']} conversations -> {pairs}")
     return kept
@@ -284,9 +287,16 @@ def magpie_card(counts: dict[str, int], args: MagpieArguments, writer: str) -> D
 
 
 def magpie_outputs(
-    kept: Dataset, counts: dict[str, int], summary: dict[str, Any] | None, args: MagpieArguments, writer: str
+    kept: Dataset,
+    counts: dict[str, int],
+    summary: dict[str, Any] | None,
+    args: MagpieArguments,
+    writer: str,
+    thinking: dict[str, int] | None,
 ) -> StageOutputs:
     report: dict[str, Any] = {**counts, "generator": writer, "num_turns": args.num_turns, "lengths": subset_stats(kept)}
+    if thinking is not None:
+        report["thinking"] = thinking
     if summary is not None:
         report["iterations"] = [summary]
     return StageOutputs(

@@ -149,8 +149,14 @@ def make_portable(folder: Path, args: TrainingArguments, base: str | None) -> No
         local = settings["base_model_name_or_path"]
         config.write_text(json.dumps({**settings, "base_model_name_or_path": base}, indent=2), encoding="utf-8")
         card = folder / "README.md"
-        if card.is_file() and local:
-            card.write_text(card.read_text(encoding="utf-8").replace(local, base), encoding="utf-8")
+        if card.is_file():
+            text = card.read_text(encoding="utf-8")
+            # peft's card names the base as the loaded model's config does: the local folder, also where the adapter
+            # config names it portably (DPO, KTO and GRPO continue M_k's adapter, whose config names `base` already).
+            names = {local, ModelCard(text).data.base_model} - {None, ""}
+            for name in sorted(names, key=len, reverse=True):
+                text = text.replace(name, base)
+            card.write_text(text, encoding="utf-8")
     portable_args = copy.copy(args)
     portable_args.output_dir = Path(args.output_dir).name
     torch.save(portable_args, folder / TRAINING_ARGS_NAME)
