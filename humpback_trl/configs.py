@@ -1305,7 +1305,34 @@ class LoopArguments(PushArguments):
         default="accelerate_configs/cpu.yaml",
         metadata={"help": "For every stage; a relative path is also looked up beside the recipes and in the project."},
     )
-    num_processes: int = field(default=1, metadata={"help": "Processes per stage (accelerate launch)."})
+    num_processes: int = field(
+        default=1,
+        metadata={"help": "Processes per stage (accelerate launch); on several machines, all of their processes."},
+    )
+    num_machines: int = field(
+        default=1,
+        metadata={
+            "help": "Machines that run the loop together: each runs the same `humpback run` with its own machine_rank; "
+            "every multi-process stage spans all of them (docs/recipes.md, Several machines)."
+        },
+    )
+    machine_rank: int = field(
+        default=0,
+        metadata={
+            "help": "This machine's rank (0 .. num_machines-1). Machine 0 holds the output folder's lock, runs the "
+            "single-process stages (corpus), writes the markers and the loop report, and tells the others each step."
+        },
+    )
+    main_process_ip: str | None = field(
+        default=None, metadata={"help": "Machine 0's address, reachable from every machine (with num_machines > 1)."}
+    )
+    main_process_port: int = field(
+        default=29500,
+        metadata={
+            "help": "Port of every stage's main process on machine 0 (with num_machines > 1); the loop's machines "
+            "talk on the next port."
+        },
+    )
     magpie: str = field(
         default="none",
         metadata={"help": "none | candidates (MAGPIE pairs join the pool and are curated) | seed (added to the seed)."},
@@ -1381,3 +1408,19 @@ class LoopArguments(PushArguments):
             raise UserError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         if self.rewrite not in REWRITES:
             raise UserError(f"rewrite must be one of {REWRITES}, got {self.rewrite!r}")
+        self.check_machines()
+
+    def check_machines(self) -> None:
+        """The machine options, checked on each machine before it joins the others (pipeline.machine_options)."""
+        if self.num_machines < 1 or not 0 <= self.machine_rank < self.num_machines:
+            raise UserError(
+                f"machine_rank must be 0 .. num_machines-1 and num_machines at least 1, got machine_rank "
+                f"{self.machine_rank} of num_machines {self.num_machines}"
+            )
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise UserError("num_machines > 1 needs main_process_ip: machine 0's address, the same on every machine")
+        if self.num_processes % self.num_machines:
+            raise UserError(
+                f"num_processes {self.num_processes} does not split over num_machines {self.num_machines}; set it to "
+                "a multiple of num_machines (the processes of all machines together)"
+            )

@@ -25,6 +25,10 @@ lines (so in their hashes). On a plumbing model (builtin:tiny-llama: random weig
 instruction checks and the GRPO stage with allow_weak_judge, so every stage carries data; the run says so in one line
 and in its report. The report adds to the stages' own reports the corpus funnel, what the backward model wrote, the
 evaluation table and each stage's time.
+
+On several machines every machine runs the same `humpback run` with its own `--machine_rank` (and `--num_machines`,
+`--main_process_ip`): machine 0 runs the loop as above and tells the others each decision; they launch their part
+of every multi-process stage and write nothing of the loop's own (machines.py says why).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from humpback_trl.ablation import ABLATION_FILES, BASELINE_NAMES, ablation_verdi
 from humpback_trl.builtin_models import BUILTIN_PREFIX, is_plumbing_model, resolve_model
 from humpback_trl.configs import LoopArguments
 from humpback_trl.errors import MissingFileError, UserError
+from humpback_trl.machines import ALONE, Machines
 from humpback_trl.process import run_stage_process
 from humpback_trl.reports import length_stats, number_stats, render_markdown, write_report
 from humpback_trl.shards import write_atomic
@@ -103,12 +108,27 @@ class Stage:
 
     def command(self, loop: LoopArguments, accelerate_config: Path) -> list[str]:
         processes = self.processes or loop.num_processes
+        on_this_machine = processes if self.processes == 1 else processes // loop.num_machines
         hub = ["--hub_prefix", loop.hub_prefix, "--push_to_hub", "true"] if self.pushes and publishing(loop) else []
         return [
             "accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes", str(processes),
-            "--num_cpu_threads_per_process", str(cpu_threads_per_process(processes)),
+            *machine_options(loop, alone=self.processes == 1),
+            "--num_cpu_threads_per_process", str(cpu_threads_per_process(on_this_machine)),
             "-m", self.module, "--config", str(self.recipe), *self.overrides, *hub,
         ]  # fmt: skip
+
+
+def machine_options(loop: LoopArguments, alone: bool) -> list[str]:
+    """accelerate's options on several machines: a stage spans all of them (each machine launches it with its own
+    rank; num_processes counts the processes of all), except a single-process one, which machine 0 runs alone."""
+    if loop.num_machines == 1:
+        return []
+    if alone:
+        return ["--num_machines", "1"]
+    return [
+        "--num_machines", str(loop.num_machines), "--machine_rank", str(loop.machine_rank),
+        "--main_process_ip", str(loop.main_process_ip), "--main_process_port", str(loop.main_process_port),
+    ]  # fmt: skip
 
 
 def cpu_threads_per_process(processes: int) -> int:
@@ -532,6 +552,9 @@ def move_aside(path: Path) -> Path:
     return target
 
 
+LABELS = {"publish": "publishing", "resume": "resuming", "run": "running"}  # how a stage's launch is printed
+
+
 def decide(previous: dict[str, Any] | None, digest: str, force: bool, loop: LoopArguments, stage: Stage) -> str:
     """skip | publish (done, but not yet pushed to this hub prefix) | resume | run."""
     same = bool(previous and previous["hash"] == digest and not force)
@@ -541,12 +564,19 @@ def decide(previous: dict[str, Any] | None, digest: str, force: bool, loop: Loop
     return "resume" if same else "run"
 
 
-def run_stage(stage: Stage, loop: LoopArguments, accelerate_config: Path, digest: str, force: bool) -> str:
-    """Run, resume, publish or skip one stage; returns what happened."""
+def run_stage(
+    stage: Stage, loop: LoopArguments, accelerate_config: Path, digest: str, force: bool, machines: Machines | None
+) -> str:
+    """Run, resume, publish or skip one stage; returns what happened. On several machines the others hear what to do:
+    skip it, join its launch (told just before this machine launches it), or nothing, for a stage that runs on this
+    machine alone (told once it has finished, so that they start no later stage before it)."""
     marker = marker_path(loop, stage)
     previous = read_marker(marker)
     action = decide(previous, digest, force, loop, stage)
+    alone = stage.processes == 1
     if action == "skip":
+        if machines:
+            machines.tell(stage.name, action)
         print(f"[humpback] {stage.name}: up to date, skipped")
         return "skipped"
     if action == "run" and stage_output(loop, stage).exists():
@@ -554,26 +584,54 @@ def run_stage(stage: Stage, loop: LoopArguments, accelerate_config: Path, digest
         kept = move_aside(stage_output(loop, stage))
         print(f"[humpback] {stage.name}: its inputs changed; the previous output is kept in {kept}", flush=True)
     command = stage.command(loop, accelerate_config)
-    label = {"publish": "publishing", "resume": "resuming", "run": "running"}[action]
+    label = LABELS[action]
     print(f"[humpback] {stage.name}: {label}\n  {shlex.join(command)}", flush=True)
     pushed = previous.get("pushed", []) if previous and action == "publish" else []
     base = {"hash": digest, "command": shlex.join(command), "pushed": pushed}
     write_json(marker, {**base, "status": "started", "seconds": previous.get("seconds") if previous else None})
     start = time.perf_counter()
-    returncode = run_stage_process([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
-    if returncode:
-        raise SystemExit(
-            f"[humpback] stage {stage.name} failed with exit code {returncode}; fix the cause and run the same "
-            "command again: finished stages are skipped and this one resumes."
-        )
+    if machines and not alone:
+        machines.tell(stage.name, action)
+    launch(stage, command)
     seconds = round(time.perf_counter() - start, 1)
     if action == "publish":  # the stage's time stays the one of the run that made it
         seconds = previous.get("seconds")
     if stage.pushes and publishing(loop):
         pushed = [*pushed, loop.hub_prefix]
     write_json(marker, {**base, "status": "done", "seconds": seconds, "pushed": pushed})
+    if machines and alone:
+        machines.tell(stage.name, ALONE)
     print(f"[humpback] {stage.name} finished in {time.perf_counter() - start:.0f} s", flush=True)
     return {"publish": "published", "resume": "resumed", "run": "ran"}[action]
+
+
+def launch(stage: Stage, command: list[str]) -> None:
+    """Run a stage's command to its end (it dies with this process); a failure ends the loop, saying how to go on."""
+    returncode = run_stage_process([sys.executable, "-m", "accelerate.commands.launch", *command[2:]])
+    if returncode:
+        raise SystemExit(
+            f"[humpback] stage {stage.name} failed with exit code {returncode}; fix the cause and run the same "
+            "command again: finished stages are skipped and this one resumes."
+        )
+
+
+def follow_machine_0(stages: list[Stage], loop: LoopArguments, accelerate_config: Path) -> dict[str, Any]:
+    """A machine other than machine 0: its part of every multi-process stage machine 0 launches, and nothing else
+    (no lock, marker or report of its own); returns machine 0's loop report."""
+    prepare_models(stages)  # into this machine's cache, which its stage processes load from
+    machines = Machines(loop, stages)
+    for stage in stages:
+        action = machines.action(stage.name)
+        if action == "skip":
+            print(f"[humpback] {stage.name}: up to date, skipped", flush=True)
+        elif action == ALONE:
+            print(f"[humpback] {stage.name}: run {ALONE}", flush=True)
+        else:
+            command = stage.command(loop, accelerate_config)
+            label = LABELS[action]
+            print(f"[humpback] {stage.name}: {label}\n  {shlex.join(command)}", flush=True)
+            launch(stage, command)
+    return machines.report()
 
 
 @contextmanager
@@ -609,6 +667,8 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
     note = plumbing_note(folder, loop)
     if note:
         print(f"[humpback] {note}", flush=True)
+    if loop.machine_rank:
+        return follow_machine_0(stages, loop, accelerate_config)
     out = Path(loop.output_dir)
     with locked(out):
         model_seconds = prepare_models(stages)
@@ -624,12 +684,15 @@ def run_loop(folder: str | Path, loop: LoopArguments, start_from: str | None = N
             upstream = [hashes[name] for name in stage.upstream]
             hashes[stage.name] = stage_hash(stage, loop, accelerate_config, upstream, cache)
         write_json(cache_path, cache)
+        machines = Machines(loop, stages) if loop.num_machines > 1 else None
         for stage in stages:
-            run_stage(stage, loop, accelerate_config, hashes[stage.name], force=stage.name in forced)
+            run_stage(stage, loop, accelerate_config, hashes[stage.name], stage.name in forced, machines)
         # The plumbing line first: a reader of a plumbing run's report learns before any figure that its data is noise.
         report = {**({"plumbing": note} if note else {}), **loop_report(loop, stages)}
         report["stage_seconds"] = {"models (resolve / convert)": model_seconds, **report["stage_seconds"]}
         write_report(report, loop.output_dir, "Humpback data funnel")
+        if machines:
+            machines.share_report(report)
     return report
 
 

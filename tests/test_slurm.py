@@ -1,5 +1,5 @@
 """recipes/launch.slurm without a cluster: its shell syntax, and what it starts on each node, run with the
-environment Slurm gives a batch job and stand-ins for srun, scontrol and accelerate on PATH."""
+environment Slurm gives a batch job and stand-ins for srun, scontrol, accelerate and humpback on PATH."""
 
 import os
 import shlex
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from humpback_trl.pipeline import plan
+from humpback_trl.pipeline import cpu_threads_per_process, plan
 from humpback_trl.scripts import run
 
 SCRIPT = ROOT / "recipes" / "launch.slurm"
@@ -36,6 +36,15 @@ printf 'node=%s' "${SLURM_NODEID:-none}" >> "$LAUNCH_LOG"
 printf ' %q' "$@" >> "$LAUNCH_LOG"
 printf '\\n' >> "$LAUNCH_LOG"
 """
+# humpback: the dry run is the real one (it checks the recipes and writes nothing); a loop is logged as accelerate is.
+HUMPBACK = """#!/bin/bash
+for arg in "$@"; do
+    [ "$arg" = --dry_run ] && exec python -m humpback_trl.cli "$@"
+done
+printf 'node=%s' "${SLURM_NODEID:-none}" >> "$LAUNCH_LOG"
+printf ' %q' "$@" >> "$LAUNCH_LOG"
+printf '\\n' >> "$LAUNCH_LOG"
+"""
 
 
 def test_the_script_is_valid_bash():
@@ -48,7 +57,7 @@ def cluster(tmp_path) -> dict[str, str]:
     """The environment of a 2-node batch job, with the stand-ins first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("accelerate", ACCELERATE)):
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("accelerate", ACCELERATE), ("humpback", HUMPBACK)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     return {
@@ -103,7 +112,7 @@ def test_outside_an_allocation_or_without_a_stage_it_says_how_to_run(cluster, tm
     assert not Path(cluster["LAUNCH_LOG"]).exists()
 
 
-def test_the_whole_loop_runs_each_stage_across_the_nodes_in_order(cluster, tmp_path):
+def test_the_whole_loop_is_humpback_run_on_every_node_with_its_rank(cluster, tmp_path):
     folder = ROOT / "recipes" / "llama-3.1-8b"
     out = tmp_path / "out"
     result = subprocess.run(
@@ -111,28 +120,35 @@ def test_the_whole_loop_runs_each_stage_across_the_nodes_in_order(cluster, tmp_p
         env=cluster, capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (loop,) = run.make_parser().parse_args_and_config(
-        ["--config", str(folder / "loop_multi_gpu.yaml"), "--output_dir", str(out), "--num_processes", "16"]
-    )
-    stages = plan(folder, loop)
+    # The dry run printed machine 0's plan; then one `humpback run` per node, the allocation's machines appended.
+    assert "[humpback] dry run: " in result.stdout and "stages parse and their inputs resolve" in result.stdout
     calls = launches(cluster)
-    expected_nodes = [["node=0"] if stage.name == "corpus" else ["node=0", "node=1"] for stage in stages]
-    assert [node for node, _ in calls] == [node for nodes in expected_nodes for node in nodes]
-    modules = [option(args, "-m") for _, args in calls]
-    assert modules == [stage.module for stage, nodes in zip(stages, expected_nodes, strict=True) for _ in nodes]
-    for node, args in calls:
-        module = option(args, "-m")
-        if module == "humpback_trl.scripts.corpus":
-            assert (option(args, "--num_machines"), option(args, "--num_processes")) == ("1", "1")
-            continue
-        assert option(args, "--num_machines") == "2" and option(args, "--num_processes") == "16"
-        assert option(args, "--machine_rank") == node.removeprefix("node=")
-        assert option(args, "--main_process_ip") == "gpu-node-a"
-        assert option(args, "--config_file").endswith("accelerate_configs/multi_gpu.yaml")
-    # Each stage's own arguments are those of the loop's plan.
-    augment = next(args for _, args in calls if option(args, "-m") == "humpback_trl.scripts.augment")
-    planned = next(stage for stage in stages if stage.name == "augment")
-    assert augment[augment.index("--config") :] == ["--config", str(planned.recipe), *planned.overrides]
+    assert [node for node, _ in calls] == ["node=0", "node=1"]
+    for rank, (_, args) in enumerate(calls):
+        assert args == [
+            "run", str(folder / "loop_multi_gpu.yaml"), "--output_dir", str(out), "--num_processes", "16",
+            "--num_machines", "2", "--main_process_ip", "gpu-node-a", "--main_process_port", "29742",
+            "--machine_rank", str(rank),
+        ]  # fmt: skip
+        # What that `humpback run` launches on its node: corpus preparation as one process on machine 0 alone, every
+        # other stage across both machines with this node's rank.
+        (loop,) = run.make_parser().parse_args_and_config(["--config", args[1], *args[2:]])
+        stages = plan(folder, loop)
+        assert [stage.name for stage in stages][:3] == ["corpus", "myx", "augment"]
+        config = folder.parent.parent / "accelerate_configs" / "multi_gpu.yaml"
+        for stage in stages:
+            command = stage.command(loop, config)
+            if stage.name == "corpus":
+                assert (option(command, "--num_machines"), option(command, "--num_processes")) == ("1", "1")
+                assert "--machine_rank" not in command
+                continue
+            assert (option(command, "--num_machines"), option(command, "--num_processes")) == ("2", "16")
+            assert option(command, "--machine_rank") == str(rank)
+            assert (option(command, "--main_process_ip"), option(command, "--main_process_port")) == (
+                "gpu-node-a", "29742",
+            )  # fmt: skip
+            # Threads for the 8 processes each node starts, not for all 16.
+            assert option(command, "--num_cpu_threads_per_process") == str(cpu_threads_per_process(8))
     assert not out.exists()
 
 

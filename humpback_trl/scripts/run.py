@@ -5,6 +5,8 @@ humpback run recipes/quickstart/ --model builtin:tiny-llama      (every stage's 
 humpback run recipes/llama-3.1-8b/ --model meta-llama/Llama-3.2-3B --magpie_model meta-llama/Llama-3.2-3B-Instruct
 humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml
 humpback run recipes/llama-3.1-8b/ --dry_run      (check every recipe and input, print the commands, run nothing)
+humpback run recipes/llama-3.1-8b/loop_multi_gpu.yaml --num_processes 16 --num_machines 2 --machine_rank R \
+    --main_process_ip IP      (on every machine, R its rank: one loop across machines; recipes/launch.slurm on Slurm)
 """
 
 from __future__ import annotations
