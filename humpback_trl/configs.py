@@ -1043,7 +1043,7 @@ class AugmentArguments(EngineArguments, SamplingArguments, BatchArguments, Shard
     )
     output_dir: str = field(
         default="outputs/augment",
-        metadata={"help": "candidates.jsonl, candidates/ (save_to_disk), shards/, report, card."},
+        metadata={"help": "candidates.jsonl, shards/ (the resumable generation), report, card."},
     )
     # An instruction is shorter than an answer; segments are many and cheap to shard.
     max_new_tokens: int = default_for(SamplingArguments, "max_new_tokens", 256)
@@ -1085,7 +1085,11 @@ class MagpieArguments(EngineArguments, DedupArguments, BatchArguments, ShardArgu
     )
     overwrite: bool = field(default=False, metadata={"help": "Discard the finished shards of an earlier run."})
     output_dir: str = field(
-        default="outputs/magpie", metadata={"help": "magpie.jsonl, magpie/ (save_to_disk), shards/, report, card."}
+        default="outputs/magpie",
+        metadata={
+            "help": "magpie.jsonl, generation/shards/ (the resumable generation), curation/ (with --curate), "
+            "report, card."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ from humpback_trl.filters import (
 )
 from humpback_trl.pairs import datasets_errors_raised
 from humpback_trl.segmentation import Segment, split, truncate_document
+from humpback_trl.stage_outputs import CORPUS
 
 logger = logging.getLogger(__name__)
 
@@ -356,14 +357,15 @@ def prepare_corpus(config: CorpusConfig, show_progress: bool = True) -> tuple[da
 
 
 def write_corpus(dataset: datasets.Dataset, counts: dict[str, int], output_dir: str | Path) -> Path:
-    """Write `dataset/` (save_to_disk), `segments.jsonl` and `corpus_counts.json` under `output_dir`."""
+    """Write the segments (save_to_disk folder and JSON lines) and the filters' counts under `output_dir`, under the
+    names the corpus stage declares (stage_outputs.CORPUS)."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    dataset.save_to_disk(str(output / "dataset"))
-    with open(output / "segments.jsonl", "w", encoding="utf-8") as handle:
+    dataset.save_to_disk(str(output / CORPUS.dataset))
+    with open(output / CORPUS.segments, "w", encoding="utf-8") as handle:
         for row in dataset:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (output / "corpus_counts.json").write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+    (output / CORPUS.report).write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     return output
 
 

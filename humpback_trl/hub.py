@@ -14,6 +14,7 @@ from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from humpback_trl.paths import looks_local, public_name
+from humpback_trl.stage_outputs import TRAINING
 from humpback_trl.tagging import Tagging
 
 PROJECT_TAGS = ["humpback-trl", "instruction-backtranslation", "trl", "sft"]
@@ -113,11 +114,12 @@ def model_card(
         if direction == "backward"
         else (f"on: {dict(tagging.tags)}" if tagging.enabled else "off")
     )
+    beside = f"`{TRAINING.training_data}` beside this card"
     facts = {
         "Direction": direction,
         "Source tagging": tags,
         "Training data": ", ".join(f"`{public_name(name)}`" for name in data),
-        "Exact training set": f"`{training_dataset}`" if training_dataset else "`training_data.jsonl` beside this card",
+        "Exact training set": f"`{training_dataset}`" if training_dataset else beside,
     }
     return training_card(
         base_model=base_model,
