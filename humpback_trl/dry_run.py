@@ -2,8 +2,8 @@
 
 - every stage's recipe, with the overrides that chain it to the stages before it, through the stage's own parser
   (TrlParser: an unknown key or a bad value fails as it would at launch);
-- the accelerate config through accelerate's own loader (unknown keys fail), and the process count against its
-  machines;
+- the accelerate config through accelerate's own loader (unknown keys fail), and that it leaves the machines to
+  the loop's own options (num_machines, machine_rank, main_process_ip, main_process_port);
 - the inputs the recipes name: local files and folders must exist (or be written by an earlier stage), built-in
   names must be known, Hub ids are checked by their syntax only (offline: nothing is downloaded or looked up);
 - then every stage's command, in order.
@@ -21,8 +21,8 @@ import shlex
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -64,28 +64,30 @@ def on_the_target_gpu() -> Iterator[None]:
         yield
 
 
-def check_accelerate_config(path: Path, loop: LoopArguments) -> tuple[dict[str, Any], list[str]]:
-    """The config's values and its problems: accelerate's loader refuses unknown keys and bad values; the processes
-    must split evenly over the machines (accelerate starts num_processes // num_machines on each)."""
+def check_accelerate_config(path: Path, loop: LoopArguments) -> list[str]:
+    """The config's problems: accelerate's loader refuses unknown keys and bad values; the machines are the loop's
+    options (its stages' launch options), so a config that names several machines would have every stage of a
+    one-machine loop wait for machines that never join."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     try:
         config = load_config_from_file(str(path)).to_dict()
     except (ValueError, TypeError, KeyError) as error:
-        return {}, [f"accelerate_config {path}: {error}"]
+        return [f"accelerate_config {path}: {error}"]
     machines = int(config.get("num_machines") or 1)
-    if loop.num_processes % machines:
-        return config, [
-            f"accelerate_config {path}: num_processes {loop.num_processes} does not split over its {machines} "
-            f"machines; set num_processes to a multiple of {machines} (the processes of all machines together)"
+    if machines > 1 and loop.num_machines == 1:
+        return [
+            f"accelerate_config {path} names {machines} machines, but the loop runs on one; set the loop's "
+            f"num_machines {machines}, machine_rank and main_process_ip instead (the loop passes them to every stage) "
+            "and num_machines: 1 in the config"
         ]
     if loop.num_processes > 1 and config.get("distributed_type") == "NO":
-        return config, [
+        return [
             f"accelerate_config {path} runs one process (distributed_type NO), but num_processes is "
             f"{loop.num_processes}; use a config for several (accelerate_configs/multi_gpu.yaml, fsdp_qlora.yaml, "
             "zero3.yaml)"
         ]
-    return config, []
+    return []
 
 
 def input_kind(name: str, out: Path) -> tuple[str, str | None]:
@@ -170,14 +172,15 @@ def dry_run(folder: str | Path, loop: LoopArguments) -> list[list[str]]:
     how many problems it found (each is printed beside its stage)."""
     folder = Path(folder)
     accelerate_config = find_accelerate_config(loop.accelerate_config, folder)
-    config, problems = check_accelerate_config(accelerate_config, loop)
-    machines = int(config.get("num_machines") or 1)
+    problems = check_accelerate_config(accelerate_config, loop)
     print(f"[humpback] dry run of {folder}: accelerate config {accelerate_config}, {loop.num_processes} process(es)")
-    if machines > 1:
+    if loop.num_machines > 1:
         print(
-            f"[humpback] {machines} machines: each runs the same commands with its own --machine_rank (0 is the main "
-            "process) and --main_process_ip; recipes/launch.slurm does this on Slurm"
+            f"[humpback] {loop.num_machines} machines: each runs `humpback run` with these options and its own "
+            f"--machine_rank (0 .. {loop.num_machines - 1}); the commands below are machine 0's, which also runs the "
+            "one-process stages alone; recipes/launch.slurm does this on Slurm"
         )
+        loop = replace(loop, machine_rank=0)
     for problem in problems:
         print(f"  problem: {problem}")
     note = plumbing_note(folder, loop)

@@ -110,15 +110,27 @@ def test_the_accelerate_config_is_read_by_accelerate(quickstart, tmp_path, capsy
     assert "unknown keys (['num_gpus'])" in message
     two_nodes = tmp_path / "two_nodes.yaml"
     two_nodes.write_text(yaml.safe_dump({**config, "num_machines": 2}), encoding="utf-8")
-    message, _ = dry_run_problems(
-        quickstart, tmp_path, capsys, "--accelerate_config", str(two_nodes), "--num_processes", "3"
-    )
-    assert "num_processes 3 does not split over its 2 machines" in message
+    message, _ = dry_run_problems(quickstart, tmp_path, capsys, "--accelerate_config", str(two_nodes))
+    assert f"accelerate_config {two_nodes} names 2 machines, but the loop runs on one" in message
     single = ROOT / "accelerate_configs" / "single_gpu.yaml"
     message, _ = dry_run_problems(
         quickstart, tmp_path, capsys, "--accelerate_config", str(single), "--num_processes", "2"
     )
     assert "runs one process (distributed_type NO), but num_processes is 2" in message
+
+
+def test_on_several_machines_it_prints_machine_0s_commands_and_says_each_machine_runs_the_loop(tmp_path, capsys):
+    commands = run.run([str(ROOT / "recipes" / "quickstart"), "--dry_run", "--output_dir", str(tmp_path / "out"),
+                        "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
+                        "--num_processes", "2"])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == (
+        "[humpback] 2 machines: each runs `humpback run` with these options and its own --machine_rank (0 .. 1); the "
+        "commands below are machine 0's, which also runs the one-process stages alone; recipes/launch.slurm does this "
+        "on Slurm"
+    )
+    spanning = [command for command in commands if "--machine_rank" in command]
+    assert spanning and all(command[command.index("--machine_rank") + 1] == "0" for command in spanning)
 
 
 def test_the_command_line_reports_one_line_and_exit_2(quickstart, tmp_path, capsys):
