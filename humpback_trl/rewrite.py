@@ -85,19 +85,17 @@ STOPWORDS = frozenset(
 )
 
 GENERATED_FEATURES = Features({**PAIR_FEATURES, "rewrite": Value("string")})
-CHECK_FEATURES = Features(
-    {
-        **GENERATED_FEATURES,
-        "lp_with_source": Value("float64"),
-        "lp_without_source": Value("float64"),
-        "pmi": Value("float64"),
-        "lexical": Value("float64"),
-        "new_numbers": List(Value("string")),
-        "rewrite_score": Value("float64"),
-        "rewrite_score_mass": Value("float64"),
-        "rewrite_reasoning": Value("string"),
-    }
-)
+# The figures of the faithfulness checks: in the checks' shards and, as they are, in every rewrite's row.
+CHECK_FIGURES = {
+    "lp_with_source": Value("float64"),
+    "lp_without_source": Value("float64"),
+    "pmi": Value("float64"),
+    "lexical": Value("float64"),
+    "new_numbers": List(Value("string")),
+    "rewrite_score": Value("float64"),
+    "rewrite_score_mass": Value("float64"),
+}
+CHECK_FEATURES = Features({**GENERATED_FEATURES, **CHECK_FIGURES, "rewrite_reasoning": Value("string")})
 REWRITE_FEATURES = Features(
     {
         "instruction": Value("string"),
@@ -106,13 +104,7 @@ REWRITE_FEATURES = Features(
         "source": Value("string"),
         "source_id": Value("string"),
         "original_score": Value("float64"),
-        "lp_with_source": Value("float64"),
-        "lp_without_source": Value("float64"),
-        "pmi": Value("float64"),
-        "lexical": Value("float64"),
-        "new_numbers": List(Value("string")),
-        "rewrite_score": Value("float64"),
-        "rewrite_score_mass": Value("float64"),
+        **CHECK_FIGURES,
         "decision": Value("string"),
         "reason": Value("string"),
     }
@@ -214,9 +206,7 @@ def decide(checked: Dataset, args: RewriteArguments) -> Dataset:
             "source": row["source"],
             "source_id": row["source_id"],
             "original_score": row["score"],
-            **{name: row[name] for name in ("lp_with_source", "lp_without_source", "pmi", "lexical", "new_numbers")},
-            "rewrite_score": row["rewrite_score"],
-            "rewrite_score_mass": row["rewrite_score_mass"],
+            **{name: row[name] for name in CHECK_FIGURES},
             "decision": decision,
             "reason": reason,
         }
