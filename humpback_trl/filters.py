@@ -23,6 +23,11 @@ _WORDS = re.compile(r"\w+")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
+def sentences(text: str) -> list[str]:
+    """The text split after sentence-ending punctuation and at line breaks."""
+    return _SENTENCE_BREAK.split(text)
+
+
 def capital_ratio(header: str) -> float:
     letters = [char for char in header if char.isalpha()]
     return sum(char.isupper() for char in letters) / len(letters) if letters else 0.0
@@ -33,7 +38,7 @@ def has_repeated_sentences(text: str, n: int, threshold: float) -> bool:
     # n-gram can exceed a threshold >= 0, so an inverted index avoids comparing every pair.
     seen: list[set[tuple[str, ...]]] = []
     index: dict[tuple[str, ...], list[int]] = {}
-    for sentence in _SENTENCE_BREAK.split(text):
+    for sentence in sentences(text):
         words = _WORDS.findall(sentence.lower())
         grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
         if not grams:

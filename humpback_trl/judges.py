@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from humpback_trl.calibration import PAGE_FURNITURE, bundled_dev_pairs, truncate
 from humpback_trl.chat_template import encode, render
 from humpback_trl.engines import Engine, as_engine
 from humpback_trl.errors import MissingColumnError, UserError
+from humpback_trl.filters import sentences
 from humpback_trl.instruction_checks import trigrams, words
 from humpback_trl.likelihood import LikelihoodWeights
 from humpback_trl.pairs import load_table
@@ -100,13 +100,10 @@ def check_methods(methods: Sequence[str], option: str = "judge_method") -> list[
 # ---- the labelled pairwise set ----
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
 def looped(text: str) -> str:
     """The text's first sentence of five words or more, repeated until about the text's length: a looping answer."""
-    sentences = [sentence for sentence in _SENTENCE_END.split(text.strip()) if len(sentence.split()) >= 5]
-    sentence = sentences[0] if sentences else text.strip()
+    long = [sentence for sentence in sentences(text.strip()) if len(sentence.split()) >= 5]
+    sentence = long[0] if long else text.strip()
     return " ".join([sentence] * max(2, round(len(text) / (len(sentence) + 1))))
 
 
