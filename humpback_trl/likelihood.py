@@ -5,7 +5,7 @@ Per (instruction, output) pair, from the model's own forward passes:
 - `lp_cond`: mean log-probability per output token with the instruction as the user turn of the model's chat prompt
   (rendered as the forward model is trained and prompted: `SwappedFieldCollator(direction="forward")`);
 - `lp_uncond`: the same with an empty user turn, and `lp_prior`: the output as plain text after the document-start
-  token;
+  token (only where IFD is asked for: `LikelihoodWeights.computes_ifd`);
 - `lp_end`: the log-probability of the end-of-turn token(s) right after the output (does the answer end there?);
 - `pmi = lp_cond - lp_uncond`: per-token pointwise mutual information between instruction and output (relevance);
 - `ifd = (-lp_cond) / (-lp_prior)`: Instruction-Following Difficulty, the ratio of mean cross-entropies of the
@@ -13,7 +13,9 @@ Per (instruction, output) pair, from the model's own forward passes:
   Superfiltering scores it with GPT-2). Low IFD: the instruction makes the answer easy.
 
 `lp_uncond` and `lp_prior` depend on the output only, so they are computed once per distinct output (several
-instructions per segment share them). Rows of one call share their longest common token prefix (the template's
+instructions per segment share them). The plain-text pass feeds only `lp_prior` and IFD, and at one instruction per
+segment it is a third of the work: it runs when IFD weighs in the score or its columns are asked for, else both are
+None. Rows of one call share their longest common token prefix (the template's
 system block and user header; for `lp_uncond` the whole empty-turn prompt) as one KV cache, as logits-mode scoring
 shares its rubric. The rest is the model's own work: every output token goes through the body and the output head,
 so rows are batched by length with little padding (`_batches`) and the log-softmax over the vocabulary runs in
@@ -335,7 +337,8 @@ def encode_rows(
 
 @dataclass(frozen=True)
 class LikelihoodWeights:
-    """The combined score: `pmi * pmi + end * lp_end + cond * lp_cond - ifd * ifd`.
+    """The combined score: `pmi * pmi + end * lp_end + cond * lp_cond - ifd * ifd`; `with_ifd` computes `lp_prior`
+    and IFD (the plain-text pass) although their weight is 0.
 
     Defaults chosen on builtin:dev (168 pairs, instruction checks first) with base SmolLM2-135M-Instruct, from a grid
     over the four weights: relevance (PMI), completeness (the end-of-turn term) and fluency (lp_cond) gave ROC AUC
@@ -347,22 +350,28 @@ class LikelihoodWeights:
     end: float = 0.2
     cond: float = 0.5
     ifd: float = 0.0
+    with_ifd: bool = False
 
-    def combine(self, lp_cond: float, lp_end: float, pmi: float, ifd: float) -> float:
-        return self.pmi * pmi + self.end * lp_end + self.cond * lp_cond - self.ifd * ifd
+    @property
+    def computes_ifd(self) -> bool:
+        return self.with_ifd or self.ifd != 0.0
+
+    def combine(self, lp_cond: float, lp_end: float, pmi: float, ifd: float | None) -> float:
+        score = self.pmi * pmi + self.end * lp_end + self.cond * lp_cond
+        return score - self.ifd * ifd if ifd is not None else score
 
 
 @dataclass(frozen=True)
 class PairLikelihood:
     lp_cond: float
     lp_uncond: float
-    lp_prior: float
+    lp_prior: float | None
     lp_end: float
     pmi: float
-    ifd: float
+    ifd: float | None
     score: float
 
-    def as_fields(self) -> dict[str, float]:
+    def as_fields(self) -> dict[str, float | None]:
         return {name: getattr(self, name) for name in LIKELIHOOD_COLUMNS}
 
 
@@ -379,16 +388,18 @@ def ifd_ratio(lp_cond: float, lp_prior: float) -> float:
 def combine(
     cond: Sequence[OutputLogprob],
     uncond: Sequence[OutputLogprob],
-    prior: Sequence[OutputLogprob],
+    prior: Sequence[OutputLogprob | None],
     weights: LikelihoodWeights,
 ) -> list[PairLikelihood]:
-    """The pair features from the three passes (each in pair order; `cond` carries the end term)."""
+    """The pair features from the passes (each in pair order; `cond` carries the end term; `prior` None where the
+    plain-text pass did not run)."""
     pairs = []
     for c, u, p in zip(cond, uncond, prior, strict=True):
         pmi = c.mean - u.mean
-        ifd = ifd_ratio(c.mean, p.mean)
+        lp_prior = p.mean if p is not None else None
+        ifd = ifd_ratio(c.mean, lp_prior) if lp_prior is not None else None
         score = weights.combine(c.mean, c.end, pmi, ifd)
-        pairs.append(PairLikelihood(c.mean, u.mean, p.mean, c.end, pmi, ifd, score))
+        pairs.append(PairLikelihood(c.mean, u.mean, lp_prior, c.end, pmi, ifd, score))
     return pairs
 
 
@@ -434,10 +445,10 @@ Passes = Callable[[list, list, bool], list[OutputLogprob]]
 def features_from(
     passes: Passes, instructions: Sequence[str], outputs: Sequence[str], weights: LikelihoodWeights
 ) -> list[PairLikelihood]:
-    """The three passes through any engine's `passes(contexts, outputs, with_end)`: the conditional one per pair,
-    the empty-turn and plain-text ones per distinct output."""
+    """The passes through any engine's `passes(contexts, outputs, with_end)`: the conditional one per pair, the
+    empty-turn one per distinct output, and the plain-text one per distinct output where `weights.computes_ifd`."""
     cond = passes(list(instructions), list(outputs), True)
     unique, where = distinct(outputs)
     uncond = passes([""] * len(unique), unique, False)
-    prior = passes([None] * len(unique), unique, False)
+    prior = passes([None] * len(unique), unique, False) if weights.computes_ifd else [None] * len(unique)
     return combine(cond, [uncond[i] for i in where], [prior[i] for i in where], weights)

@@ -74,7 +74,9 @@ def test_settings_pick_rules_per_mode_and_refuse_both() -> None:
 
 
 def test_likelihood_curation_writes_features_one_pair_per_segment(tmp_path, tiny_model, tiny_tokenizer) -> None:
-    settings = CurationSettings(curation_mode="likelihood", a4_fraction=1.0, a5_fraction=0.34, calibration_dev_set=None)
+    settings = CurationSettings(
+        curation_mode="likelihood", a4_fraction=1.0, a5_fraction=0.34, calibration_dev_set=None, likelihood_ifd=True
+    )
     curated, summary = curate(
         tiny_model, tiny_tokenizer, pool(), settings, iteration=1, scorer="m0", output_dir=tmp_path / "c"
     )
@@ -83,6 +85,7 @@ def test_likelihood_curation_writes_features_one_pair_per_segment(tmp_path, tiny
     for row in scored.select(range(5)):
         assert row["score"] == pytest.approx(row["pmi"] + 0.2 * row["lp_end"] + 0.5 * row["lp_cond"])
         assert row["ifd"] == pytest.approx(row["lp_cond"] / row["lp_prior"])
+    assert summary["ifd"] is True
     # A4: every scored pair but the second-best of segments a and c (the third of c failed its check).
     assert len(curated["a4"]) == 3 and len(set(curated["a4"]["output"])) == 3
     assert summary["same_segment"] == 2
@@ -96,6 +99,17 @@ def test_likelihood_curation_writes_features_one_pair_per_segment(tmp_path, tiny
     assert "likelihood mode" in report and "A5 = top 34.0% of the pool (k=2" in report
     assert "Kept out of A4 / A5 as a segment's second pair: 2." in report
     assert "A5 (top 34.0% (k=2" in (tmp_path / "c" / "README.md").read_text()
+
+
+def test_likelihood_curation_leaves_ifd_null_unless_asked(tmp_path, tiny_model, tiny_tokenizer) -> None:
+    settings = CurationSettings(curation_mode="likelihood", a4_fraction=1.0, a5_fraction=0.34, calibration_dev_set=None)
+    curated, summary = curate(
+        tiny_model, tiny_tokenizer, pool(), settings, iteration=1, scorer="m0", output_dir=tmp_path / "c"
+    )
+    scored = curated["scored"].select(range(5))
+    assert scored["lp_prior"] == [None] * 5 and scored["ifd"] == [None] * 5
+    assert None not in scored["pmi"] and summary["ifd"] is False
+    assert "(PMI, end-of-turn)" in (tmp_path / "c" / "README.md").read_text()
 
 
 def test_calibration_block_shows_every_configured_mode(tmp_path, tiny_model, tiny_tokenizer) -> None:

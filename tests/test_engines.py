@@ -139,7 +139,8 @@ def test_every_scoring_mode_runs_on_any_engine_through_the_interface(tiny_tokeni
     assert [(r.score, r.argmax, r.mass) for r in logits] == [(pytest.approx(4.0625), 5, pytest.approx(0.8))] * 2
     generated = score_pairs(engine, tiny_tokenizer, pairs, mode="generate")
     assert [(r.score, r.reasoning) for r in generated] == [(4.0, "Short reasoning.\nScore: 4")] * 2
-    likely = score_pairs(engine, tiny_tokenizer, pairs, mode="likelihood", likelihood_weights=LikelihoodWeights())
+    weights = LikelihoodWeights(with_ifd=True)
+    likely = score_pairs(engine, tiny_tokenizer, pairs, mode="likelihood", likelihood_weights=weights)
     assert all(r.likelihood is not None and r.likelihood.lp_end == -0.5 for r in likely)
     # One call per pass: the conditional one, then the empty-turn and plain-text ones per distinct output.
     assert engine.calls == [("next_token_logprobs", 2), ("generate", 2), *[("continuation_logprobs", 2)] * 3]

@@ -106,23 +106,47 @@ def test_per_output_passes_run_once_per_distinct_output(tiny_model, tiny_tokeniz
         forwards[-1].append(("rows" if "attention_mask" in kwargs else "prefix", kwargs["input_ids"].shape[0]))
         return forward(*args, **kwargs)
 
-    def shape(system_prompt: str | None) -> list[tuple[list[str], int]]:
+    def shape(system_prompt: str | None, weights: LikelihoodWeights) -> list[tuple[list[str], int]]:
         forwards.clear()
+        calls.clear()
         likelihood_features(
-            tiny_model, tiny_tokenizer, INSTRUCTIONS, OUTPUTS, batch_size=16, system_prompt=system_prompt
-        )
+            tiny_model, tiny_tokenizer, INSTRUCTIONS, OUTPUTS, batch_size=16, system_prompt=system_prompt,
+            weights=weights,
+        )  # fmt: skip
         return [([kind for kind, _ in run if kind == "prefix"], sum(n for kind, n in run if kind == "rows"))
                 for run in forwards]  # fmt: skip
 
     monkeypatch.setattr(likelihood, "output_logprobs", spy)
     monkeypatch.setattr(tiny_model, "forward", counting_forward)
+    with_ifd = LikelihoodWeights(with_ifd=True)
     # Every pair once in the conditional pass, every distinct output once in each output-only pass; the empty-turn
     # pass shares its whole prompt as one cached prefix, the tiny template's user header (3 tokens) is under
     # MIN_PREFIX_TOKENS and plain text shares only its start token.
-    assert shape(None) == [([], 5), (["prefix"], 4), ([], 4)]
+    assert shape(None, with_ifd) == [([], 5), (["prefix"], 4), ([], 4)]
     unique = [OUTPUTS[0], OUTPUTS[1], OUTPUTS[3], OUTPUTS[4]]
     assert calls == [(INSTRUCTIONS, OUTPUTS), ([""] * 4, unique), ([None] * 4, unique)]
-    assert shape("Be brief.") == [(["prefix"], 5), (["prefix"], 4), ([], 4)]
+    assert shape("Be brief.", with_ifd) == [(["prefix"], 5), (["prefix"], 4), ([], 4)]
+    # Without IFD (the default weights), no plain-text pass.
+    assert shape(None, LikelihoodWeights()) == [([], 5), (["prefix"], 4)]
+    assert calls == [(INSTRUCTIONS, OUTPUTS), ([""] * 4, unique)]
+
+
+def test_the_plain_text_pass_runs_only_where_ifd_is_asked_for(tiny_model, tiny_tokenizer):
+    def features(weights: LikelihoodWeights) -> list[likelihood.PairLikelihood]:
+        return likelihood_features(tiny_model, tiny_tokenizer, INSTRUCTIONS, OUTPUTS, weights=weights, batch_size=2)
+
+    assert not LikelihoodWeights().computes_ifd
+    assert LikelihoodWeights(with_ifd=True).computes_ifd and LikelihoodWeights(ifd=0.5).computes_ifd
+    without, with_columns = features(LikelihoodWeights()), features(LikelihoodWeights(with_ifd=True))
+    assert [(pair.lp_prior, pair.ifd) for pair in without] == [(None, None)] * len(OUTPUTS)
+    assert all(pair.lp_prior is not None and pair.ifd is not None for pair in with_columns)
+    # IFD's weight is 0 in both, so the score and every other feature are the same.
+    for a, b in zip(without, with_columns, strict=True):
+        assert (a.lp_cond, a.lp_uncond, a.lp_end, a.pmi, a.score) == (b.lp_cond, b.lp_uncond, b.lp_end, b.pmi, b.score)
+    weighted = features(LikelihoodWeights(ifd=0.5))
+    for pair, reference in zip(weighted, with_columns, strict=True):
+        assert pair.ifd == reference.ifd
+        assert pair.score == pytest.approx(reference.score - 0.5 * reference.ifd, abs=1e-9)
 
 
 def test_batches_are_length_sorted_and_pad_at_most_max_padding():

@@ -55,7 +55,7 @@ def test_likelihood_with_an_adapter_scores_on_transformers_under_auto_and_is_ref
 def test_likelihood_curation_matches_transformers(model_args, tmp_path) -> None:
     settings = CurationSettings(
         curation_engine="vllm", curation_mode="likelihood", a4_fraction=1.0, a5_fraction=0.5,
-        one_pair_per_segment=False, calibration_dev_set=None, instruction_checks=[],
+        one_pair_per_segment=False, calibration_dev_set=None, instruction_checks=[], likelihood_ifd=True,
     )  # fmt: skip
     scorer, tokenizer = load_scorer(model_args, settings)
     assert scorer.name == "vllm"
@@ -65,7 +65,10 @@ def test_likelihood_curation_matches_transformers(model_args, tmp_path) -> None:
         output_dir=tmp_path,
     )  # fmt: skip
     model, tokenizer = load_model(model_args)
-    expected = likelihood_features(model, tokenizer, [i for i, _ in PAIRS], [o for _, o in PAIRS], batch_size=2)
+    instructions, outputs = [i for i, _ in PAIRS], [o for _, o in PAIRS]
+    expected = likelihood_features(
+        model, tokenizer, instructions, outputs, batch_size=2, weights=settings.likelihood_weights
+    )
     for row, features in zip(curated["scored"], expected, strict=True):
         for name in LIKELIHOOD_COLUMNS:
             assert abs(row[name] - getattr(features, name)) < TOLERANCE, name
