@@ -167,7 +167,9 @@ def _count_lines(it: Mapping[str, Any]) -> list[str]:
         )
     edges = it["histogram"]["edges"]
     span = f"scores from {edges[0]:.3g} to {edges[-1]:.3g}" if edges else "no scores"
-    return [f"{it['candidates'] - it['unparsed'] - it.get('rejected_by_checks', 0)} pairs scored ({span})."]
+    # A likelihood pool without IFD has null lp_prior / ifd columns: say why where the scores are described.
+    ifd = " lp_prior and ifd not computed (likelihood_ifd: true adds them)." if it.get("ifd") is False else ""
+    return [f"{it['candidates'] - it['unparsed'] - it.get('rejected_by_checks', 0)} pairs scored ({span}).{ifd}"]
 
 
 def _check_lines(it: Mapping[str, Any]) -> list[str]:

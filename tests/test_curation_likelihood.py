@@ -86,6 +86,7 @@ def test_likelihood_curation_writes_features_one_pair_per_segment(tmp_path, tiny
         assert row["score"] == pytest.approx(row["pmi"] + 0.2 * row["lp_end"] + 0.5 * row["lp_cond"])
         assert row["ifd"] == pytest.approx(row["lp_cond"] / row["lp_prior"])
     assert summary["ifd"] is True
+    assert "not computed" not in (tmp_path / "c" / "report.md").read_text()
     # A4: every scored pair but the second-best of segments a and c (the third of c failed its check).
     assert len(curated["a4"]) == 3 and len(set(curated["a4"]["output"])) == 3
     assert summary["same_segment"] == 2
@@ -110,6 +111,9 @@ def test_likelihood_curation_leaves_ifd_null_unless_asked(tmp_path, tiny_model, 
     assert scored["lp_prior"] == [None] * 5 and scored["ifd"] == [None] * 5
     assert None not in scored["pmi"] and summary["ifd"] is False
     assert "(PMI, end-of-turn)" in (tmp_path / "c" / "README.md").read_text()
+    report = (tmp_path / "c" / "report.md").read_text()
+    assert "5 pairs scored (scores from" in report
+    assert "lp_prior and ifd not computed (likelihood_ifd: true adds them)." in report
 
 
 def test_calibration_block_shows_every_configured_mode(tmp_path, tiny_model, tiny_tokenizer) -> None:
