@@ -284,18 +284,14 @@ def measure(model, tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace)
             len(r.output) + len(r.end) for r in rows
         )
 
-    def likelihood(chosen: list[tuple[str, str]], weights: LikelihoodWeights) -> tuple[int, int, Callable[[], object]]:
-        """The work of likelihood mode with `weights` on `chosen`, and the call that does it."""
-        instructions, outputs = [i for i, _ in chosen], [o for _, o in chosen]
-        return *likelihood_tokens(chosen, weights), lambda: likelihood_features(
-            model, tokenizer, instructions, outputs, batch_size=args.batch_size, weights=weights
-        )
-
     def likelihood_row(
         name: str, chosen: list[tuple[str, str]], weights: LikelihoodWeights
     ) -> tuple[Measure, Callable[[], object]]:
-        block_tokens, head_positions, call = likelihood(chosen, weights)
-        return Measure(name, args.pairs, math.inf, block_tokens, head_positions), call
+        """The work of likelihood mode with `weights` on `chosen`, and the call that does it."""
+        instructions, outputs = [i for i, _ in chosen], [o for _, o in chosen]
+        return Measure(name, args.pairs, math.inf, *likelihood_tokens(chosen, weights)), lambda: likelihood_features(
+            model, tokenizer, instructions, outputs, batch_size=args.batch_size, weights=weights
+        )
 
     def batched(sampling: SamplingConfig) -> Callable[[], object]:
         return lambda: generate(model, tokenizer, doc_prompts, sampling, args.token_budget, show_progress=False)
