@@ -555,6 +555,11 @@ def move_aside(path: Path) -> Path:
 LABELS = {"publish": "publishing", "resume": "resuming", "run": "running"}  # how a stage's launch is printed
 
 
+def announce_launch(stage: Stage, action: str, command: list[str]) -> None:
+    """The `[humpback] stage: status` line of a launch (run, resume, publish) and its command, on every machine."""
+    print(f"[humpback] {stage.name}: {LABELS[action]}\n  {shlex.join(command)}", flush=True)
+
+
 def decide(previous: dict[str, Any] | None, digest: str, force: bool, loop: LoopArguments, stage: Stage) -> str:
     """skip | publish (done, but not yet pushed to this hub prefix) | resume | run."""
     same = bool(previous and previous["hash"] == digest and not force)
@@ -584,8 +589,7 @@ def run_stage(
         kept = move_aside(stage_output(loop, stage))
         print(f"[humpback] {stage.name}: its inputs changed; the previous output is kept in {kept}", flush=True)
     command = stage.command(loop, accelerate_config)
-    label = LABELS[action]
-    print(f"[humpback] {stage.name}: {label}\n  {shlex.join(command)}", flush=True)
+    announce_launch(stage, action, command)
     pushed = previous.get("pushed", []) if previous and action == "publish" else []
     base = {"hash": digest, "command": shlex.join(command), "pushed": pushed}
     write_json(marker, {**base, "status": "started", "seconds": previous.get("seconds") if previous else None})
@@ -628,8 +632,7 @@ def follow_machine_0(stages: list[Stage], loop: LoopArguments, accelerate_config
             print(f"[humpback] {stage.name}: run {ALONE}", flush=True)
         else:
             command = stage.command(loop, accelerate_config)
-            label = LABELS[action]
-            print(f"[humpback] {stage.name}: {label}\n  {shlex.join(command)}", flush=True)
+            announce_launch(stage, action, command)
             launch(stage, command)
     return machines.report()
 
