@@ -64,9 +64,8 @@ from humpback_trl.rewards import (
     message_text,
 )
 from humpback_trl.shards import process_state
-from humpback_trl.stage_outputs import GRPO
+from humpback_trl.stage_outputs import GRPO, TRAINING
 from humpback_trl.training import (
-    TRAINING_DATA_FILE,
     Artifact,
     ExactResumeMixin,
     PortableSaveMixin,
@@ -385,7 +384,7 @@ def describe_grpo(
 
         def card(data_repo: str | None) -> ModelCard:
             links = {"starting model (M_k)": start_link(args), "prompts": prompts,
-                     "exact prompt set": data_repo or TRAINING_DATA_FILE}  # fmt: skip
+                     "exact prompt set": data_repo or TRAINING.training_data}  # fmt: skip
             return training_card(
                 base_model=portable_name(base),
                 stage=stage_name(args),

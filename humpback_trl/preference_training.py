@@ -39,8 +39,8 @@ from humpback_trl.logs import peft_wrapping
 from humpback_trl.modeling import InferenceModelArguments, adapter_base_name, adapter_folder
 from humpback_trl.pairs import is_local, load_table
 from humpback_trl.preferences import preferences_repo_id
+from humpback_trl.stage_outputs import TRAINING
 from humpback_trl.training import (
-    TRAINING_DATA_FILE,
     Artifact,
     ExactResumeMixin,
     PortableSaveMixin,
@@ -283,7 +283,7 @@ def describe_preferences(
             links = {
                 "starting model (M_k)": start_link(args),
                 "preference data": preference_data,
-                "exact training set": data_repo or TRAINING_DATA_FILE,
+                "exact training set": data_repo or TRAINING.training_data,
             }
             pushed = [
                 data_link(name, kind, args.hub_prefix) for name in args.data if args.hub_prefix or not is_local(name)

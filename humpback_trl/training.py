@@ -68,7 +68,6 @@ from humpback_trl.tagging import Tagging
 
 logger = logging.getLogger(__name__)
 
-TRAINING_DATA_FILE = TRAINING.training_data  # beside every adapter; the cards name it
 TRAINER_STATE = "trainer_state.json"
 HUB_TOKEN_MESSAGE = (
     "hub_token is refused: it would be pickled into training_args.bin in every checkpoint and pushed with the model. "
@@ -311,7 +310,7 @@ def save_and_publish(trainer: Trainer, artifact: Artifact) -> None:
         record_base(output_dir, artifact.base)
     trainer.save_model(str(output_dir))
     if main:
-        artifact.training_set.to_json(str(output_dir / TRAINING_DATA_FILE), lines=True, force_ascii=False)
+        artifact.training_set.to_json(str(output_dir / TRAINING.training_data), lines=True, force_ascii=False)
         data_repo = dataset_repo_id(artifact.hub_prefix, artifact.stage) if artifact.hub_prefix else None
         card = artifact.card(data_repo)
         card.save(str(output_dir / "README.md"))

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from sft_adapter import make_sft_adapter
 
 from humpback_trl.collators import PROMPT_SETTINGS_FILE
-from humpback_trl.preference_training import TRAINING_DATA_FILE
 from humpback_trl.scripts import dpo, kto
+from humpback_trl.stage_outputs import TRAINING
 
 PROMPTS = [f"What is {i} plus {i}?" for i in range(8)]
 
@@ -85,7 +85,7 @@ def lora_weights(folder):
 
 
 def check_saved(out, adapter, rows):
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", TRAINING_DATA_FILE} <= {
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", TRAINING.training_data} <= {
         p.name for p in out.iterdir()
     }
     assert not (out / "ref").exists(), "the frozen reference copy is not part of the artifact"
@@ -93,7 +93,7 @@ def check_saved(out, adapter, rows):
     before, after = lora_weights(adapter), lora_weights(out)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before), "the adapter must train"
-    saved = [json.loads(line) for line in (out / TRAINING_DATA_FILE).read_text().splitlines()]
+    saved = [json.loads(line) for line in (out / TRAINING.training_data).read_text().splitlines()]
     assert len(saved) == rows
     return saved
 

@@ -15,6 +15,7 @@ from humpback_trl import training
 from humpback_trl.chat_template import encode
 from humpback_trl.schedule import LORA_LEARNING_RATE, paper_batch_size, paper_steps
 from humpback_trl.scripts import sft
+from humpback_trl.stage_outputs import TRAINING
 
 PAIRS = [
     {
@@ -84,7 +85,7 @@ def test_qlora_backward_trains_saves_and_reloads(tmp_path, tiny_path, data_path)
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
         p.name for p in out.iterdir()
     }
-    saved = [json.loads(line) for line in (out / training.TRAINING_DATA_FILE).read_text().splitlines()]
+    saved = [json.loads(line) for line in (out / TRAINING.training_data).read_text().splitlines()]
     assert len(saved) == 24 and saved[0]["source_id"] == "p0" and "blank" not in {r["source_id"] for r in saved}
     card = (out / "README.md").read_text()
     # A local base is named by its last two path parts, never by the trainer's absolute path.
