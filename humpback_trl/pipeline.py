@@ -765,10 +765,13 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
         report["preferences"] = PREFERENCES[loop.preference].read_report(out / "preferences")
     if loop.evaluate:
         report["evaluation"] = EVAL.read_report(out / "eval")
-        if loop.ablation != "none":
-            kind = loop.ablation
-            report["ablation"] = ablation_verdict(report["evaluation"], "M1", f"M1-{kind}", kind)
-            report[f"curation vs {BASELINE_NAMES[kind]}"] = report["ablation"]["line"]
+    if loop.evaluate and loop.ablation != "none":
+        kind = loop.ablation
+        report["ablation"] = ablation_verdict(report["evaluation"], "M1", f"M1-{kind}", kind)
+        report[f"curation vs {BASELINE_NAMES[kind]}"] = report["ablation"]["line"]
+    else:
+        # A selection never compared with random selection says so, rather than leave the question unasked.
+        report[f"curation vs {BASELINE_NAMES['random']}"] = not_compared_line(loop)
     # The wall time of the run that finished each stage (a skipped stage keeps the time it took when it ran).
     report["stage_seconds"] = {stage.name: read_marker(marker_path(loop, stage)).get("seconds") for stage in stages}
     # Inside the run's folder, so the report names no local prefix; print_summary shows them under that folder.
@@ -787,6 +790,15 @@ def loop_report(loop: LoopArguments, stages: list[Stage]) -> dict[str, Any]:
         **({"evaluation": f"eval/{EVAL.markdown}"} if loop.evaluate else {}),
     }
     return report
+
+
+def not_compared_line(loop: LoopArguments) -> str:
+    """What the report says of a run that did not compare curation with random selection, and how to make it."""
+    why = "ablation: none" if loop.ablation == "none" else "evaluate: false"
+    return (
+        f"not measured ({why} in loop.yaml); `ablation: random` with `evaluate: true` trains M1-random on a random "
+        "sample of A5's size with M1's recipe and compares the two"
+    )
 
 
 def grpo_report_part(out: Path, loop: LoopArguments) -> dict[str, Any]:

@@ -85,6 +85,15 @@ def loop_arguments(**changes):
     return pipeline.LoopArguments(**{**vars(loop), **changes})
 
 
+def test_a_loop_without_the_comparison_says_why() -> None:
+    assert pipeline.not_compared_line(loop_arguments(ablation="none")).startswith(
+        "not measured (ablation: none in loop.yaml)"
+    )
+    assert pipeline.not_compared_line(loop_arguments(ablation="random", evaluate=False)).startswith(
+        "not measured (evaluate: false in loop.yaml)"
+    )
+
+
 @pytest.mark.parametrize("iterations", [1, 2])
 def test_the_ablation_stage_and_the_eval_judge(tmp_path, iterations) -> None:
     out = tmp_path / "out"

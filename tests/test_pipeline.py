@@ -51,6 +51,10 @@ def test_loop_report_is_consistent(first_run):
     assert report["preferences"] == json.loads((out / "preferences" / "report.json").read_text())
     evaluation = json.loads((out / "eval" / "report.json").read_text())
     assert report["evaluation"] == evaluation
+    # The shared run has no ablation: its report says the curated data was not compared with random selection.
+    line = report["curation vs random selection"]
+    assert line.startswith("not measured (ablation: none in loop.yaml); `ablation: random` with `evaluate: true`")
+    assert line in (out / "report.md").read_text()
     # Every later model against M0, the first one compared.
     assert evaluation["reference"] == "M0"
     assert [row["model"] for row in evaluation["table"]] == ["M1", "M2", "M2-dpo"]
